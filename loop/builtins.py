@@ -1,0 +1,28 @@
+"""Built-in components that need nothing heavy; written exactly as a third-party plugin would be."""
+
+from __future__ import annotations
+
+import loop
+from loop.records import Verdict
+
+
+class ExactMatchVerifier(loop.Verifier):
+    """Passes when the stripped answer equals the task's reference exactly (string compare).
+
+    An attempt with an empty answer is a `format` mistake; any other mismatch a `wrong_answer`."""
+
+    name = "exact_match"
+
+    def verify(self, task, attempt):
+        answer = attempt.completion.strip()
+        reference = (task.reference or "").strip()
+        if answer == reference:
+            return Verdict(passed=True, score=1.0)
+        mistake = "format" if not answer else "wrong_answer"
+        return Verdict(passed=False, score=0.0, error_kind="model", mistake=mistake,
+                       feedback=f"expected {reference!r}, got {answer[:200]!r}")
+
+
+@loop.hookimpl
+def register_verifiers(register):
+    register(ExactMatchVerifier())

@@ -1,0 +1,263 @@
+"""The run configuration: pydantic models, filled from (lowest to highest precedence)
+
+    defaults < task file (tasks/NAME.yaml) < config file (--config) < env LOOP_<SECTION>__<FIELD>
+    < CLI flags (--model, --rounds, --method) < --set KEY=VALUE
+
+Every model forbids unknown keys and NaN/inf, so a typo or a bad number is an error naming the
+field (`config error: train.learning_rate: ...`), raised before anything is written. The resolved
+config is stored with the run (`runs.config_json`), so a run can always be reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(Exception):
+    """A bad config value; `str()` is the one line the CLI prints."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+
+
+class ComponentRef(Section):
+    """A plugin component chosen by name, with options validated by the component's Options."""
+
+    name: str = Field(min_length=1, description="registered name of the component")
+    options: dict[str, Any] = Field(default_factory=dict, description="the component's options")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class TaskConfig(Section):
+    source: str = Field(default="", description="registered task source (e.g. arithmetic, jsonl)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the source's options")
+    verifiers: list[ComponentRef] = Field(default_factory=list, description=(
+        "verifiers that judge each attempt (default: the task source's own default_verifiers)"))
+    rewards: list[ComponentRef] = Field(default_factory=lambda: [ComponentRef(name="binary")],
+                                        description="reward functions (TRL contract)")
+    pass_verifier: str | None = Field(default=None, description=(
+        "the verifier whose verdict decides pass/fail; default: an attempt passes when every "
+        "verifier passes"))
+
+
+class SelectConfig(Section):
+    prompts_per_round: int = Field(default=128, ge=1, le=1_000_000,
+                                   description="fresh training prompts per round")
+
+
+class GenerateConfig(Section):
+    n: int = Field(default=4, ge=1, le=1024, description="samples per training prompt")
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0, description="0 = greedy")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    batch_size: int = Field(default=64, ge=1, le=100_000, description="rows decoded at once")
+
+
+class EvaluateConfig(Section):
+    problems: int | None = Field(default=None, ge=1, description="held-out problems (default: all)")
+    max_new_tokens: int = Field(default=256, ge=1, le=1_000_000)
+    batch_size: int = Field(default=64, ge=1, le=100_000)
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(default=True, description="train a LoRA adapter (false: full fine-tuning)")
+    r: int = Field(default=16, ge=1, le=4096)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field(default="all-linear")
+
+
+class TrainConfig(Section):
+    method: str = Field(default="sft", min_length=1, description="registered updater name")
+    learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0)
+    epochs: float = Field(default=1.0, gt=0.0, le=1000.0)
+    batch_size: int = Field(default=8, ge=1, le=100_000)
+    max_length: int = Field(default=512, ge=8, le=1_000_000, description="tokens per example")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    options: dict[str, Any] = Field(default_factory=dict, description="the updater's own options")
+
+
+class LoopConfig(Section):
+    """Everything a run needs; `loop run` validates it before touching the store."""
+
+    name: str | None = Field(default=None, description="a unique, human name for the run")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    rounds: int = Field(default=3, ge=0, le=10_000, description="training rounds after round 0")
+    model: str = Field(default=DEFAULT_MODEL, min_length=1, description="alias, local folder or hub id")
+    backend: ComponentRef = Field(default_factory=lambda: ComponentRef(name="hf"))
+    threads: int | None = Field(default=None, ge=1, le=1024, description="torch CPU threads")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_an_id_lookalike(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or len(value) > 200):
+            raise ValueError("must be 1-200 characters")
+        return value
+
+
+# ----- loading ---------------------------------------------------------------------------------
+
+SECTIONS = tuple(LoopConfig.model_fields)
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = [p for p in dotted.split(".")]
+    if not all(parts):
+        raise ConfigError(f"config error: {dotted!r}: empty key part")
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
+    """Read a YAML mapping; any problem is a one-line ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} error: {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} error: {path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{what} error: {path}{where}: not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} error: {path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A --set or env value: YAML scalars/lists/maps (`1e-4`, `true`, `[a, b]`), else the string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """LOOP_<SECTION>__<FIELD>[__<SUB>] variables as a nested dict. Other LOOP_* variables (LOOP_DB,
+    LOOP_LOAD_PLUGINS, ...) are not config and are left alone."""
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith("LOOP_") or "__" not in key:
+            continue
+        path = key[len("LOOP_"):].lower().split("__")
+        _set_path(out, ".".join(path), parse_value(value))
+    return out
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "config error") -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{prefix}: {loc}: {msg}{extra}"
+
+
+def build_config(
+    task: str | None = None,
+    config_path: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    task_dirs: list[Path] | None = None,
+) -> LoopConfig:
+    """Resolve and validate a run config. Raises ConfigError with a one-line message."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if task:
+        data["task"] = load_task_file(task, task_dirs)
+    if config_path is not None:
+        file_data = read_yaml(Path(config_path))
+        data = _deep_merge(data, file_data)
+    data = _deep_merge(data, env_overrides(environ))
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_path(data, key, value)
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError(f"config error: --set {item!r}: expected KEY=VALUE")
+        key, _, value = item.partition("=")
+        _set_path(data, key.strip(), parse_value(value))
+    _reject_nonfinite(data, ())
+    try:
+        return LoopConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def _reject_nonfinite(value: Any, path: tuple[str, ...]) -> None:
+    # Free-form option dicts are validated later by each component; NaN is never a good option.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config error: {'.'.join(path)}: must be a finite number")
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _reject_nonfinite(child, (*path, str(key)))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            _reject_nonfinite(child, (*path, str(i)))
+
+
+def default_task_dirs() -> list[Path]:
+    """Where `loop run NAME` looks for NAME.yaml: ./tasks, then the tasks/ of this checkout."""
+    here = Path(__file__).resolve().parent.parent / "tasks"
+    dirs = [Path.cwd() / "tasks"]
+    if here not in dirs:
+        dirs.append(here)
+    return dirs
+
+
+def load_task_file(task: str, task_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """The `task:` section for TASK: a YAML path, tasks/TASK.yaml, or a bare task source name."""
+    path = Path(task)
+    if task.endswith((".yaml", ".yml")) or path.is_file():
+        data = read_yaml(path, "task")
+    else:
+        for folder in task_dirs if task_dirs is not None else default_task_dirs():
+            candidate = folder / f"{task}.yaml"
+            if candidate.is_file():
+                data = read_yaml(candidate, "task")
+                break
+        else:
+            return {"source": task}
+    data.setdefault("source", path.stem if path.suffix else task)
+    return data

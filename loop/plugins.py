@@ -1,0 +1,199 @@
+"""Plugin manager factory and the name registry built from it.
+
+Plugins come from three places, in this order:
+1. built-ins inside `loop` itself (`loop.builtins`: generic pieces with no heavy dependency);
+2. installed distributions with an entry point in group "loop" (the first-party `plugins/loop-*`
+   distributions are loaded exactly this way). `LOOP_LOAD_PLUGINS` works as in llm: unset loads all,
+   "" loads none, "a,b" loads only the named entry points or distributions;
+3. loose `.py` files in `--plugins-dir DIR` (env `LOOP_PLUGINS_DIR`), imported by path under a private
+   module name: the folder is never put on sys.path, so its file names cannot shadow real modules.
+
+`build_registry(pm)` asks every plugin to register its components and maps each kind's names to
+components; a name registered twice is an error that names both plugins.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import pluggy
+
+from loop import hookspecs
+
+ENTRY_POINT_GROUP = "loop"
+
+# kind -> hook name; the kinds a config selects by name.
+KINDS: dict[str, str] = {
+    "tasks": "register_tasks",
+    "backends": "register_backends",
+    "verifiers": "register_verifiers",
+    "critics": "register_critics",
+    "rewards": "register_rewards",
+    "updaters": "register_updaters",
+}
+
+
+class PluginError(Exception):
+    """A plugin failed to load or register; the message names the plugin."""
+
+
+def get_plugin_manager(load_entrypoints: bool = True, plugins_dir: str | Path | None = None,
+                       builtins: bool = True) -> pluggy.PluginManager:
+    """Build a fresh plugin manager (tests build their own; nothing global is mutated)."""
+    pm = pluggy.PluginManager("loop")
+    pm.add_hookspecs(hookspecs)
+    if builtins:
+        from loop import builtins as builtin_plugin
+
+        pm.register(builtin_plugin, name="loop.builtins")
+    if load_entrypoints:
+        _load_entrypoints(pm)
+    plugins_dir = plugins_dir or os.environ.get("LOOP_PLUGINS_DIR") or None
+    if plugins_dir:
+        load_plugins_dir(pm, Path(plugins_dir))
+    if os.environ.get("LOOP_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+        pm.enable_tracing()
+    return pm
+
+
+def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+    wanted = os.environ.get("LOOP_LOAD_PLUGINS")
+    allowed = None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else ""
+        if allowed is not None and ep.name not in allowed and dist not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not take the CLI down silently
+            raise PluginError(f"plugin {ep.name!r} ({dist}) failed to import: {exc}") from exc
+        pm.register(module, name=ep.name)
+
+
+def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:
+    """Import every `*.py` in `folder` by path and register it; return the plugin names."""
+    if not folder.is_dir():
+        raise PluginError(f"--plugins-dir {folder}: no such folder")
+    names = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        name = f"file:{path.name}"
+        module_name = f"_loop_plugins_dir.{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginError(f"plugin file {path}: {type(exc).__name__}: {exc}") from exc
+        if pm.get_plugin(name) is None:
+            pm.register(module, name=name)
+        names.append(name)
+    return names
+
+
+@dataclass
+class Registered:
+    component: Any
+    plugin: str
+
+
+@dataclass
+class Registry:
+    """Components by kind and name, plus which plugin registered each."""
+
+    kinds: dict[str, dict[str, Registered]] = field(default_factory=dict)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.kinds.get(kind, {}))
+
+    def get(self, kind: str, name: str) -> Any:
+        try:
+            return self.kinds[kind][name].component
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none"
+            raise PluginError(f"unknown {kind[:-1]} {name!r} (installed: {known})") from None
+
+    def plugin_of(self, kind: str, name: str) -> str:
+        return self.kinds[kind][name].plugin
+
+
+def _component_name(kind: str, component: Any, name: str | None) -> str:
+    if name:
+        return name
+    if kind == "rewards":
+        return getattr(component, "name", None) or getattr(component, "__name__", "")
+    return getattr(component, "name", "")
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call every registry hook, one plugin at a time, so each name knows its plugin."""
+    registry = Registry({kind: {} for kind in KINDS})
+    for kind, hook_name in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin_name = impl.plugin_name
+            register = _make_register(registry, kind, plugin_name)
+            kwargs = {arg: register for arg in impl.argnames}
+            try:
+                impl.function(**kwargs)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
+    return registry
+
+
+def _make_register(registry: Registry, kind: str, plugin_name: str) -> Callable[..., None]:
+    def register(component: Any, name: str | None = None) -> None:
+        key = _component_name(kind, component, name)
+        if not key:
+            raise PluginError(f"plugin {plugin_name!r} registered a {kind[:-1]} without a name")
+        existing = registry.kinds[kind].get(key)
+        if existing is not None:
+            raise PluginError(
+                f"duplicate {kind[:-1]} name {key!r}: registered by plugin {existing.plugin!r} "
+                f"and by plugin {plugin_name!r}"
+            )
+        registry.kinds[kind][key] = Registered(component, plugin_name)
+
+    return register
+
+
+def plugin_version(pm: pluggy.PluginManager, plugin: ModuleType | object) -> str | None:
+    for plug, dist in pm.list_plugin_distinfo():
+        if plug is plugin:
+            return dist.version
+    return None
+
+
+def describe_plugins(pm: pluggy.PluginManager, registry: Registry) -> list[dict[str, Any]]:
+    """What `loop plugins --json` prints: name, version, hooks and registered names per kind."""
+    out = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        registers = {
+            kind: sorted(n for n, reg in registry.kinds[kind].items() if reg.plugin == name)
+            for kind in KINDS
+        }
+        version = plugin_version(pm, plugin)
+        if version is None and name == "loop.builtins":
+            import loop
+
+            version = loop.__version__
+        out.append({"name": name, "version": version, "hooks": hooks,
+                    **{k: v for k, v in registers.items()}})
+    return out
