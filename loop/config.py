@@ -48,9 +48,6 @@ class TaskConfig(Section):
         "verifiers that judge each attempt (default: the task source's own default_verifiers)"))
     rewards: list[ComponentRef] = Field(default_factory=lambda: [ComponentRef(name="binary")],
                                         description="reward functions (TRL contract)")
-    pass_verifier: str | None = Field(default=None, description=(
-        "the verifier whose verdict decides pass/fail; default: an attempt passes when every "
-        "verifier passes"))
 
 
 class SelectConfig(Section):
@@ -98,7 +95,6 @@ class LoopConfig(Section):
     rounds: int = Field(default=3, ge=0, le=10_000, description="training rounds after round 0")
     model: str = Field(default=DEFAULT_MODEL, min_length=1, description="alias, local folder or hub id")
     backend: ComponentRef = Field(default_factory=lambda: ComponentRef(name="hf"))
-    threads: int | None = Field(default=None, ge=1, le=1024, description="torch CPU threads")
     task: TaskConfig = Field(default_factory=TaskConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)

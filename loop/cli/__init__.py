@@ -1,0 +1,49 @@
+"""The `loop` command line: a Typer app with one module per command group.
+
+Nothing here imports torch: plugins import their heavy libraries inside the functions that use
+them, so `loop --help` stays fast. Plugin commands are registered before the app runs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from loop.cli import inspect as inspect_commands
+from loop.cli import plugins as plugin_commands
+from loop.cli import run as run_commands
+
+app = typer.Typer(
+    name="loop",
+    help="Self-improvement loops for language models: generate, verify, train, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Self-improvement loops for language models: generate, verify, train, evaluate."""
+
+
+run_commands.register(app)
+inspect_commands.register(app)
+plugin_commands.register(app)
+
+
+def build_app() -> typer.Typer:
+    """The app with every plugin's extra commands (register_commands hook) added."""
+    from loop.cli.common import plugin_manager
+
+    try:
+        pm = plugin_manager()
+    except Exception:  # a broken plugin must not hide the built-in commands; `loop plugins` reports it
+        return app
+    pm.hook.register_commands(app=app)
+    return app
+
+
+def main() -> None:
+    sys.exit(build_app()(standalone_mode=True))

@@ -1,0 +1,126 @@
+"""How runs look in a terminal: live rich progress per stage, and the per-round table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+UNITS = {"generate": "prompts", "evaluate": "prompts", "verify": "attempts",
+         "evaluate:verify": "attempts", "train": "steps", "reward": "functions"}
+
+
+class StageBar:
+    """One progress bar; callable as the engine's StageProgress."""
+
+    def __init__(self, progress: Progress, task_id: Any):
+        self.progress = progress
+        self.task_id = task_id
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> "StageBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.progress.stop_task(self.task_id)
+        return False
+
+    def __call__(self, *, prompts: int = 0, tokens: int = 0, items: int = 0,
+                 total: int | None = None) -> None:
+        if total is not None:
+            self.progress.update(self.task_id, total=total)
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = f"{self.tokens / elapsed:,.0f} tok/s" if self.tokens else ""
+        self.progress.update(self.task_id, advance=prompts + items, rate=rate)
+
+
+class RichReporter:
+    """Draws a bar per stage (counts, tokens/s, elapsed) and a line per finished round."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<26}"),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            TextColumn("[cyan]{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.progress.stop()
+        return False
+
+    def stage(self, round_idx: int, stage: str, total: int | None) -> StageBar:
+        label = stage.replace("evaluate:verify", "verify held-out")
+        task_id = self.progress.add_task(f"round {round_idx} · {label}", total=total,
+                                         unit=UNITS.get(stage, ""), rate="")
+        return StageBar(self.progress, task_id)
+
+    def round_done(self, summary: dict) -> None:
+        self.console.print(round_line(summary), highlight=False)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def round_line(summary: dict) -> str:
+    train, ev = summary["train"], summary["eval"]
+    parts = [f"[bold]round {summary['index']} done[/bold]:"]
+    if train["attempts"]:
+        parts.append(f"train solved {train['solved_prompts']}/{train['prompts']} prompts, "
+                     f"{train['passed']}/{train['attempts']} attempts passed;")
+    if ev["n"]:
+        parts.append(f"held-out pass@1 [bold]{ev['pass_at_1']:.3f}[/bold] on {ev['n']} "
+                     f"(cut off {_pct(ev['truncated_share'])});")
+    parts.append(f"{sum(summary['timings'].values()):.0f} s")
+    return " ".join(parts)
+
+
+def rounds_table(data: dict) -> Table:
+    """The per-round table of `loop run` (at the end) and `loop show`."""
+    run = data["run"]
+    table = Table(title=f"run {run['name']} ({run['id']}) · {run['task']} · {run['status']}")
+    for column in ("round", "train prompts", "solved", "attempts passed", "train cut",
+                   "held-out pass@1", "eval cut", "eval tokens", "gen tok/s", "train s",
+                   "round s"):
+        table.add_column(column, justify="right")
+    for r in data["rounds"]:
+        train, ev = r["train"], r["eval"]
+        solve = (f"{train['solved_prompts']}/{train['prompts']} "
+                 f"({100 * train['solved_prompts'] / train['prompts']:.0f}%)"
+                 if train["prompts"] else "–")
+        passed = f"{train['passed']}/{train['attempts']}" if train["attempts"] else "–"
+        table.add_row(
+            str(r["index"]), str(train["prompts"] or "–"), solve, passed,
+            _pct(train["truncated_share"]),
+            f"{ev['pass_at_1']:.3f}" if ev["pass_at_1"] is not None else "–",
+            _pct(ev["truncated_share"]),
+            f"{ev['mean_completion_tokens']:.1f}" if ev["mean_completion_tokens"] else "–",
+            f"{r['tokens_per_s'].get('generate', r['tokens_per_s'].get('evaluate', 0)):.0f}",
+            f"{r['timings'].get('train', 0):.0f}",
+            f"{sum(r['timings'].values()):.0f}",
+        )
+    return table

@@ -1,0 +1,153 @@
+"""`loop run TASK`: validate everything first, then create the run and drive the round engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from loop.cli.common import (
+    DB_OPTION,
+    PLUGINS_DIR_OPTION,
+    console,
+    db_path,
+    fail,
+    plugin_manager,
+)
+
+VERSIONED = ("loop", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+             "sqlite-utils", "math-verify")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+
+
+def run(
+    task: str = typer.Argument(..., help="task: tasks/NAME.yaml, a task YAML file, or a "
+                               "registered task source"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="run config YAML"),
+    model: Optional[str] = typer.Option(None, "--model", help="model alias, local HF folder or "
+                                        "hub id"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="training rounds after round 0"),
+    method: Optional[str] = typer.Option(None, "--method", help="update method (e.g. sft)"),
+    sets: list[str] = typer.Option([], "--set", help="override any config key: KEY=VALUE "
+                                   "(e.g. train.learning_rate=1e-4); repeatable"),
+    db: Optional[Path] = DB_OPTION,
+    name: Optional[str] = typer.Option(None, "--name", help="a unique name for the run"),
+    plugins_dir: Optional[Path] = PLUGINS_DIR_OPTION,
+) -> None:
+    """Run a self-improvement loop on TASK: round 0 evaluates the model, then each round
+    samples, verifies, rewards, logs mistakes, trains and evaluates again."""
+    from loop.components import resolve_components
+    from loop.config import ConfigError, build_config
+    from loop.plugins import PluginError, build_registry
+
+    try:
+        pm = plugin_manager(plugins_dir)
+        registry = build_registry(pm)
+    except PluginError as exc:
+        fail(str(exc), code=2)
+    try:
+        cfg = build_config(task, config,
+                           flags={"model": model, "rounds": rounds, "train.method": method,
+                                  "name": name},
+                           sets=sets)
+        components = resolve_components(cfg, registry)
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+
+    # Everything that can be wrong with the input is found before the run is created.
+    source = components.task_source
+    try:
+        tasks = source.component.load(source.options, cfg.seed)
+    except (ValueError, OSError) as exc:
+        fail(f"task error: {cfg.task.source}: {exc}", code=2)
+    if not tasks.train or not tasks.eval:
+        fail(f"task error: {cfg.task.source}: needs both train and eval tasks "
+             f"(got {len(tasks.train)} and {len(tasks.eval)})", code=2)
+    prepare = getattr(components.backend.component, "prepare", None)
+    if prepare is not None:
+        try:
+            with console.status(f"preparing model {cfg.model} (first use converts it once)"):
+                prepare(cfg.model)
+        except Exception as exc:
+            fail(f"model error: {exc}", code=2)
+
+    from loop.store import Store, StoreError
+
+    path = db_path(db)
+    store = Store.open(path, pm)
+    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    run_name = cfg.name or _default_name(store, cfg.task.source)
+    run_dir = path.parent / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        store.create_run(run_id=run_id, name=run_name, task=cfg.task.source, model=cfg.model,
+                         config=cfg.model_dump(mode="json"), seed=cfg.seed,
+                         rounds_planned=cfg.rounds, versions=_versions(), git_sha=_git_sha(),
+                         run_dir=str(run_dir))
+    except StoreError as exc:
+        fail(str(exc), code=2)
+    console.print(f"run [bold]{run_name}[/bold] ({run_id}): {cfg.task.source} on {cfg.model}, "
+                  f"{cfg.rounds} rounds, method {cfg.train.method}; store {path}", highlight=False)
+    drive(store, cfg, components, run_id, run_dir, pm, tasks)
+
+
+def drive(store, cfg, components, run_id, run_dir, pm, tasks) -> None:
+    """Run the engine with progress bars and record how the run ended."""
+    from loop.cli.display import RichReporter, rounds_table
+    from loop.rounds import RoundEngine
+    from loop.summary import run_summary
+
+    with RichReporter(console) as reporter:
+        engine = RoundEngine(store=store, config=cfg, components=components, run_id=run_id,
+                             run_dir=Path(run_dir), reporter=reporter, pm=pm, tasks=tasks)
+        try:
+            engine.run()
+        except KeyboardInterrupt:
+            store.set_run_status(run_id, "interrupted")
+            reporter.warn("interrupted")
+            raise typer.Exit(130)
+        except Exception as exc:
+            store.set_run_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            if os.environ.get("LOOP_DEBUG"):
+                raise
+            reporter.progress.stop()
+            fail(f"run {run_id} failed: {type(exc).__name__}: {exc} "
+                 "(what it finished is in the store; LOOP_DEBUG=1 shows the traceback)")
+    store.set_run_status(run_id, "finished")
+    console.print(rounds_table(run_summary(store, store.get_run(run_id))))
+
+
+def _default_name(store, task: str) -> str:
+    taken = {r["name"] for r in store.list_runs()}
+    n = 1
+    while f"{task}-{n}" in taken:
+        n += 1
+    return f"{task}-{n}"
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for dist in VERSIONED:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _git_sha() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

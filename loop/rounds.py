@@ -1,0 +1,427 @@
+"""The round engine: one run is round 0 (evaluate the untouched model) and then rounds of
+
+    select → generate → verify → reward → mistakes → train → evaluate
+
+Each stage reads what earlier stages stored, does its work, and writes its rows together with its
+completion marker in one transaction. A round's finished stages are listed in `rounds.stages_json`;
+running a round again (after a crash) skips them, and deterministic row ids make re-done work land
+on the same rows. Plugins are reached only through the resolved `Components`; an exception inside a
+verifier or reward function becomes an `infra` verdict or a None reward for that item, never a
+crashed round. (critique/refine gets its slot between verify and reward in a later issue.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from loop.components import Components
+from loop.config import LoopConfig
+from loop.records import (
+    Attempt,
+    ModelRef,
+    Sample,
+    Sampling,
+    Task,
+    TaskSet,
+    UpdateResult,
+    Verdict,
+)
+from loop.store import Store
+
+TRAIN_STAGES = ("select", "generate", "verify", "reward", "mistakes", "train", "evaluate")
+ROUND0_STAGES = ("evaluate",)
+
+
+class EmptyDataset(Exception):
+    """Raised by an updater when the round gave it nothing to train on; the round keeps its model."""
+
+
+class StageProgress(Protocol):
+    def __call__(self, *, prompts: int = 0, tokens: int = 0, items: int = 0,
+                 total: int | None = None) -> None: ...
+
+
+class Reporter(Protocol):
+    """What the engine tells the user; the CLI draws rich progress bars from it."""
+
+    def stage(self, round_idx: int, stage: str, total: int | None) -> Any: ...
+    def round_done(self, summary: dict) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+class _NullStage:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __call__(self, **_: Any) -> None:
+        pass
+
+
+class NullReporter:
+    def stage(self, round_idx: int, stage: str, total: int | None) -> _NullStage:
+        return _NullStage()
+
+    def round_done(self, summary: dict) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class UpdateContext:
+    """Everything an updater gets for one round.
+
+    `samples` are the round's train attempts with their pass/fail, score and reward; the updater
+    builds its own dataset from them. It must write its adapter (or model) into `output_dir` and
+    return its path; the engine moves it into place atomically after the update returns.
+    """
+
+    run_id: str
+    round_index: int
+    samples: list[Sample]
+    base_model: str
+    adapter_in: str | None
+    output_dir: Path
+    config: LoopConfig
+    options: Any
+    seed: int
+    progress: StageProgress
+    reward_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RoundEngine:
+    store: Store
+    config: LoopConfig
+    components: Components
+    run_id: str
+    run_dir: Path
+    reporter: Reporter = field(default_factory=NullReporter)
+    pm: Any = None
+    tasks: TaskSet | None = None
+
+    # ----- the run --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run (or continue) every round of the config, in order."""
+        self.tasks = self._load_tasks()
+        for idx in range(self.config.rounds + 1):
+            self.run_round(idx)
+
+    def run_round(self, idx: int) -> dict:
+        previous = self.store.get_round(self.run_id, idx - 1) if idx > 0 else None
+        model_in = previous["model_out"] if previous else None
+        row = self.store.ensure_round(self.run_id, idx, model_in)
+        if row["stage"] == "done":
+            return self.summary(idx)
+        if self.pm is not None:
+            self.pm.hook.round_started(run_id=self.run_id, round_index=idx, config=self.config)
+        stages = ROUND0_STAGES if idx == 0 else TRAIN_STAGES
+        for stage in stages:
+            if stage in self._done_stages(idx):
+                continue
+            getattr(self, f"stage_{stage}")(idx)
+        with self.store.transaction():
+            self.store.mark_stage(self.run_id, idx, "done", {})
+        summary = self.summary(idx)
+        self.reporter.round_done(summary)
+        if self.pm is not None:
+            self.pm.hook.round_finished(run_id=self.run_id, round_index=idx, summary=summary)
+        return summary
+
+    # ----- stages ---------------------------------------------------------------------------
+
+    def stage_select(self, idx: int) -> None:
+        """Pick the round's prompts: the next fresh training tasks this run has not used yet."""
+        started = time.perf_counter()
+        used = self.store.task_ids_used(self.run_id, "train")
+        train = self.tasks.train
+        fresh = [t for t in train if t.id not in used]
+        want = self.config.select.prompts_per_round
+        if len(fresh) < want:
+            self.reporter.warn(f"round {idx}: only {len(fresh)} unused training prompts left; "
+                               "reusing earlier ones")
+            fresh += [t for t in train if t.id in used][: want - len(fresh)]
+        chosen = fresh[:want]
+        with self.store.transaction():
+            self.store.upsert_tasks(chosen)
+            self.store.mark_stage(self.run_id, idx, "select", {
+                "seconds": time.perf_counter() - started, "count": len(chosen),
+                "task_ids": [t.id for t in chosen]})
+
+    def stage_generate(self, idx: int) -> None:
+        task_ids = self._stage_stats(idx, "select")["task_ids"]
+        tasks = self.store.get_tasks(task_ids)
+        ordered = [tasks[i] for i in task_ids]
+        gen = self.config.generate
+        sampling = Sampling(n=gen.n, temperature=gen.temperature, top_p=gen.top_p,
+                            max_new_tokens=gen.max_new_tokens,
+                            seed=_derive_seed(self.config.seed, idx, "generate"))
+        attempts, stats = self._sample(idx, ordered, sampling, "train", "generate", gen.batch_size)
+        with self.store.transaction():
+            self.store.insert_attempts(attempts)
+            self.store.mark_stage(self.run_id, idx, "generate", stats)
+
+    def stage_verify(self, idx: int) -> None:
+        started = time.perf_counter()
+        attempts = self.store.attempts(self.run_id, idx, "train")
+        rows = self._verify(idx, attempts, "verify")
+        with self.store.transaction():
+            self.store.insert_verdicts(rows)
+            self.store.mark_stage(self.run_id, idx, "verify", {
+                "seconds": time.perf_counter() - started, "count": len(rows)})
+
+    def stage_reward(self, idx: int) -> None:
+        started = time.perf_counter()
+        attempts = self.store.attempts(self.run_id, idx, "train")
+        tasks = self.store.get_tasks({a.task_id for a in attempts})
+        verdicts = self.store.verdicts(a.id for a in attempts)
+        rows: list[tuple[str, str, float | None]] = []
+        with self.reporter.stage(idx, "reward", len(self.components.rewards)) as progress:
+            for name, fn in self.components.reward_fns.items():
+                values = self._call_reward(name, fn, attempts, tasks, verdicts)
+                rows += [(a.id, name, v) for a, v in zip(attempts, values)]
+                progress(items=1)
+        with self.store.transaction():
+            self.store.insert_rewards(rows)
+            self.store.mark_stage(self.run_id, idx, "reward", {
+                "seconds": time.perf_counter() - started, "count": len(rows)})
+
+    def stage_mistakes(self, idx: int) -> None:
+        """Fold the round's failures into the mistake log, one row per (task, kind)."""
+        started = time.perf_counter()
+        attempts = self.store.attempts(self.run_id, idx, "train")
+        verdicts = self.store.verdicts(a.id for a in attempts)
+        seen: dict[tuple[str, str], tuple[str, str, int]] = {}
+        solved: set[str] = set()
+        for attempt in attempts:
+            by_verifier = verdicts[attempt.id]
+            if _passed(by_verifier):
+                solved.add(attempt.task_id)
+                continue
+            for verdict in by_verifier.values():
+                if verdict.passed or verdict.error_kind not in (None, "model"):
+                    continue  # infra/timeout failures are not the model's mistakes
+                key = (attempt.task_id, verdict.mistake or "wrong_answer")
+                first, feedback, count = seen.get(key, (attempt.id, verdict.feedback, 0))
+                seen[key] = (first, verdict.feedback or feedback, count + 1)
+        with self.store.transaction():
+            counts = self.store.update_mistakes(self.run_id, idx, seen, solved)
+            self.store.mark_stage(self.run_id, idx, "mistakes", {
+                "seconds": time.perf_counter() - started, **counts})
+
+    def stage_train(self, idx: int) -> None:
+        started = time.perf_counter()
+        attempts = self.store.attempts(self.run_id, idx, "train")
+        tasks = self.store.get_tasks({a.task_id for a in attempts})
+        verdicts = self.store.verdicts(a.id for a in attempts)
+        rewards = self.store.rewards(a.id for a in attempts)
+        first_reward = self.components.rewards[0].name if self.components.rewards else None
+        samples = [
+            Sample(task=tasks[a.task_id], attempt=a, passed=_passed(verdicts[a.id]),
+                   score=min((v.score for v in verdicts[a.id].values()), default=0.0),
+                   reward=rewards[a.id].get(first_reward) if first_reward else None)
+            for a in attempts
+        ]
+        model_in = self.store.get_round(self.run_id, idx)["model_in"]
+        final_dir = self.run_dir / f"round-{idx}" / "adapter"
+        tmp_dir = self.run_dir / f".tmp-round-{idx}-adapter"
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed earlier try
+        tmp_dir.mkdir(parents=True)
+        updater = self.components.updater
+        with self.reporter.stage(idx, "train", None) as progress:
+            context = UpdateContext(
+                run_id=self.run_id, round_index=idx, samples=samples, base_model=self.config.model,
+                adapter_in=model_in, output_dir=tmp_dir, config=self.config,
+                options=updater.options, seed=_derive_seed(self.config.seed, idx, "train"),
+                progress=progress, reward_names=[r.name for r in self.components.rewards],
+            )
+            try:
+                result: UpdateResult | None = updater.component.update(context)
+            except EmptyDataset as exc:
+                self.reporter.warn(f"round {idx}: no update ({exc}); the model stays as it was")
+                result = None
+        if result is None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            model_out, sha, metrics, size = model_in, None, {"skipped": "empty dataset"}, 0
+        else:
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            final_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(result.adapter_path), final_dir)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            model_out, sha = str(final_dir), folder_sha256(final_dir)
+            metrics = result.metrics
+            size = int(metrics.get("dataset_size", 0))
+        seconds = time.perf_counter() - started
+        with self.store.transaction():
+            self.store.record_update(self.run_id, idx, updater.name, size, metrics,
+                                     model_out if result else None, sha, seconds)
+            self.store.mark_stage(self.run_id, idx, "train",
+                                  {"seconds": seconds, "count": size,
+                                   "tokens": int(metrics.get("train_tokens", 0))},
+                                  model_out=model_out)
+
+    def stage_evaluate(self, idx: int) -> None:
+        """Greedy pass@1 on the held-out split with the round's final model."""
+        eval_tasks = self.tasks.eval[: self.config.evaluate.problems or None]
+        self.store.upsert_tasks(eval_tasks)
+        ev = self.config.evaluate
+        sampling = Sampling(n=1, temperature=0.0, max_new_tokens=ev.max_new_tokens,
+                            seed=_derive_seed(self.config.seed, idx, "evaluate"))
+        attempts, stats = self._sample(idx, eval_tasks, sampling, "eval", "evaluate",
+                                       ev.batch_size, model=self._model_after(idx))
+        started = time.perf_counter()
+        by_task = {t.id: t for t in eval_tasks}
+        rows = self._verify(idx, attempts, "evaluate", tasks=by_task, show=False)
+        verdicts: dict[str, dict[str, Verdict]] = {}
+        for attempt_id, name, verdict, _ in rows:
+            verdicts.setdefault(attempt_id, {})[name] = verdict
+        passed = sum(_passed(verdicts.get(a.id, {})) for a in attempts)
+        truncated = sum(a.finish_reason == "length" for a in attempts)
+        mean_tokens = sum(a.completion_tokens for a in attempts) / max(1, len(attempts))
+        stats["seconds"] += time.perf_counter() - started
+        with self.store.transaction():
+            self.store.insert_attempts(attempts)
+            self.store.insert_verdicts(rows)
+            self.store.record_evaluation(self.run_id, idx, "eval", len(attempts), passed,
+                                         truncated, mean_tokens, stats["seconds"])
+            self.store.mark_stage(self.run_id, idx, "evaluate", stats)
+
+    # ----- helpers --------------------------------------------------------------------------
+
+    def _load_tasks(self) -> TaskSet:
+        source = self.components.task_source
+        return source.component.load(source.options, self.config.seed)
+
+    def _done_stages(self, idx: int) -> set[str]:
+        row = self.store.get_round(self.run_id, idx)
+        return set(json.loads(row["stages_json"] or "{}"))
+
+    def _stage_stats(self, idx: int, stage: str) -> dict:
+        row = self.store.get_round(self.run_id, idx)
+        return json.loads(row["stages_json"])[stage]
+
+    def _model_after(self, idx: int) -> ModelRef:
+        row = self.store.get_round(self.run_id, idx)
+        adapter = row["model_out"] if idx > 0 else None
+        return ModelRef(base=self.config.model, adapter=adapter)
+
+    def _sample(self, idx: int, tasks: list[Task], sampling: Sampling, purpose: str, stage: str,
+                batch_size: int, model: ModelRef | None = None) -> tuple[list[Attempt], dict]:
+        if model is None:
+            row = self.store.get_round(self.run_id, idx)
+            model = ModelRef(base=self.config.model, adapter=row["model_in"])
+        backend = self.components.backend
+        started = time.perf_counter()
+        with self.reporter.stage(idx, stage, len(tasks)) as progress:
+            session = backend.component.open(model, backend.options)
+            try:
+                generations = session.generate([t.prompt for t in tasks], sampling,
+                                               progress=progress, batch_size=batch_size)
+            finally:
+                session.close()
+        seconds = time.perf_counter() - started
+        attempts = []
+        for task, samples in zip(tasks, generations):
+            for k, g in enumerate(samples):
+                attempts.append(Attempt(
+                    id=Attempt.make_id(self.run_id, idx, task.id, purpose, k),
+                    run_id=self.run_id, round_index=idx, task_id=task.id, purpose=purpose,
+                    sample_index=k, messages=[*task.prompt, {"role": "assistant", "content": g.text}],
+                    completion=g.text, token_ids=g.token_ids, prompt_tokens=g.prompt_tokens,
+                    completion_tokens=g.completion_tokens, finish_reason=g.finish_reason,
+                    logprobs=g.logprobs, model_ref=str(model), seed=sampling.seed,
+                ))
+        tokens = sum(a.completion_tokens for a in attempts)
+        stats = {"seconds": seconds, "count": len(attempts), "tokens": tokens,
+                 "truncated": sum(a.finish_reason == "length" for a in attempts)}
+        return attempts, stats
+
+    def _verify(self, idx: int, attempts: list[Attempt], stage: str,
+                tasks: dict[str, Task] | None = None,
+                show: bool = True) -> list[tuple[str, str, Verdict, float]]:
+        tasks = tasks or self.store.get_tasks({a.task_id for a in attempts})
+        rows = []
+        context = self.reporter.stage(idx, stage if show else f"{stage}:verify", len(attempts))
+        with context as progress:
+            for attempt in attempts:
+                task = tasks[attempt.task_id]
+                for chosen in self.components.verifiers:
+                    t0 = time.perf_counter()
+                    verdict = safe_verify(chosen, task, attempt)
+                    rows.append((attempt.id, chosen.name, verdict, (time.perf_counter() - t0) * 1e3))
+                progress(items=1)
+        return rows
+
+    def _call_reward(self, name: str, fn: Callable, attempts: list[Attempt],
+                     tasks: dict[str, Task], verdicts: dict[str, dict[str, Verdict]]
+                     ) -> list[float | None]:
+        """Call a reward function with TRL's contract; a failure gives None for every item."""
+        try:
+            values = fn(
+                prompts=[tasks[a.task_id].prompt for a in attempts],
+                completions=[[{"role": "assistant", "content": a.completion}] for a in attempts],
+                completion_ids=[a.token_ids for a in attempts],
+                tasks=[tasks[a.task_id] for a in attempts],
+                attempts=attempts,
+                verdicts=[verdicts[a.id] for a in attempts],
+                reference=[tasks[a.task_id].reference for a in attempts],
+            )
+            values = list(values)
+            if len(values) != len(attempts):
+                raise ValueError(f"returned {len(values)} values for {len(attempts)} completions")
+            return [None if v is None else float(v) for v in values]
+        except Exception as exc:
+            self.reporter.warn(f"reward {name!r} failed, rewards left empty: "
+                               f"{type(exc).__name__}: {exc}")
+            return [None] * len(attempts)
+
+    def summary(self, idx: int) -> dict:
+        from loop.summary import round_summary
+
+        return round_summary(self.store, self.run_id, idx)
+
+
+def safe_verify(chosen: Any, task: Task, attempt: Attempt) -> Verdict:
+    """Run one verifier; an exception or a wrong return type is an `infra` verdict naming the
+    plugin, so a broken verifier never crashes the round nor penalises the model."""
+    try:
+        verdict = chosen.component.verify(task, attempt)
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"returned {type(verdict).__name__}, not Verdict")
+        return verdict
+    except Exception as exc:
+        return Verdict(passed=False, score=0.0, error_kind="infra",
+                       feedback=f"verifier {chosen.name!r} (plugin {chosen.plugin}) raised "
+                                f"{type(exc).__name__}: {str(exc)[:500]}")
+
+
+def _passed(verdicts: dict[str, Verdict]) -> bool:
+    return bool(verdicts) and all(v.passed for v in verdicts.values())
+
+
+def _derive_seed(seed: int, idx: int, stage: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{idx}:{stage}".encode()).hexdigest()[:8], 16)
+
+
+def folder_sha256(folder: Path) -> str:
+    """A hash over every file (relative path + bytes) in a folder, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,332 @@
+"""The trajectory store: the only code that writes to SQLite.
+
+One SQLite file (WAL mode) holds every run. Stages write their rows inside one transaction together
+with the stage's completion marker in `rounds`, so after a crash a stage is either fully recorded or
+not at all. Row ids are deterministic, and inserts ignore rows that already exist, so re-running a
+stage never duplicates anything. Plugins never get a handle on the database except through the
+`prepare_db` hook (for tables of their own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlite_utils import Database
+
+from loop.migrations import migrations
+from loop.records import Attempt, Task, Verdict, stable_id
+
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+class StoreError(Exception):
+    """A lookup that found nothing (or too much); the message is for the user."""
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def open_db(path: str | Path | None = None, pm: Any = None, memory: bool = False) -> Database:
+    """Open (creating if needed) and migrate a store. Always go through here, never Database()."""
+    if memory:
+        db = Database(memory=True)
+    else:
+        path = Path(path)  # type: ignore[arg-type]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = Database(path)
+        db.enable_wal()
+    db.execute("pragma foreign_keys = on")
+    db.execute("pragma busy_timeout = 5000")
+    migrations.apply(db)
+    if pm is not None:
+        pm.hook.prepare_db(db=db)
+    return db
+
+
+class Store:
+    """Typed reads and writes over one store database."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    @classmethod
+    def open(cls, path: str | Path, pm: Any = None) -> "Store":
+        return cls(open_db(path, pm))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything written inside lands together or not at all."""
+        with self.db.atomic():
+            yield
+
+    # ----- runs ---------------------------------------------------------------------------------
+
+    def create_run(self, *, run_id: str, name: str, task: str, model: str, config: dict,
+                   seed: int, rounds_planned: int, versions: dict, git_sha: str | None,
+                   run_dir: str) -> dict:
+        if self.db["runs"].count_where("name = ?", [name]):
+            raise StoreError(f"a run named {name!r} already exists: choose another --name")
+        row = {
+            "id": run_id, "name": name, "task": task, "model": model, "status": "running",
+            "config_json": _json(config), "seed": seed, "rounds_planned": rounds_planned,
+            "versions_json": _json(versions), "git_sha": git_sha, "run_dir": run_dir,
+            "error": None, "created": utcnow(), "finished": None,
+        }
+        self.db["runs"].insert(row)
+        return row
+
+    def get_run(self, ref: str) -> dict:
+        """A run by id, id prefix or unique name."""
+        rows = list(self.db["runs"].rows_where("id = ? or name = ?", [ref, ref]))
+        if not rows and len(ref) >= 4:
+            rows = list(self.db["runs"].rows_where("id like ?", [ref + "%"]))
+        if not rows:
+            raise StoreError(f"no run {ref!r} in this store (see `loop runs`)")
+        if len(rows) > 1:
+            raise StoreError(f"{ref!r} matches {len(rows)} runs: give the full id")
+        return rows[0]
+
+    def list_runs(self) -> list[dict]:
+        return list(self.db["runs"].rows_where(order_by="created"))
+
+    def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        assert status in STATUSES, status
+        finished = utcnow() if status != "running" else None
+        self.db["runs"].update(run_id, {"status": status, "error": error, "finished": finished})
+
+    # ----- rounds -------------------------------------------------------------------------------
+
+    @staticmethod
+    def round_id(run_id: str, idx: int) -> str:
+        return stable_id(run_id, "round", idx)
+
+    def ensure_round(self, run_id: str, idx: int, model_in: str | None) -> dict:
+        rid = self.round_id(run_id, idx)
+        self.db["rounds"].insert(
+            {"id": rid, "run_id": run_id, "idx": idx, "stage": "", "stages_json": "{}",
+             "model_in": model_in, "model_out": None, "summary_json": None,
+             "started": utcnow(), "finished": None},
+            ignore=True,
+        )
+        return self.db["rounds"].get(rid)
+
+    def get_round(self, run_id: str, idx: int) -> dict | None:
+        rows = list(self.db["rounds"].rows_where("run_id = ? and idx = ?", [run_id, idx]))
+        return rows[0] if rows else None
+
+    def rounds(self, run_id: str) -> list[dict]:
+        return list(self.db["rounds"].rows_where("run_id = ?", [run_id], order_by="idx"))
+
+    def mark_stage(self, run_id: str, idx: int, stage: str, stats: dict[str, Any],
+                   **fields: Any) -> None:
+        """Record that `stage` of round `idx` is complete (call inside the stage's transaction)."""
+        row = self.db["rounds"].get(self.round_id(run_id, idx))
+        stages = json.loads(row["stages_json"] or "{}")
+        stages[stage] = stats
+        update = {"stage": stage, "stages_json": _json(stages), **fields}
+        if stage == "done":
+            update["finished"] = utcnow()
+        self.db["rounds"].update(row["id"], update)
+
+    # ----- tasks and attempts -------------------------------------------------------------------
+
+    def upsert_tasks(self, tasks: Iterable[Task]) -> None:
+        self.db["tasks"].insert_all(
+            ({"id": t.id, "source": t.source, "split": t.split, "prompt_json": _json(t.prompt),
+              "reference": t.reference, "metadata_json": _json(t.metadata)} for t in tasks),
+            ignore=True, batch_size=1000,
+        )
+
+    def get_tasks(self, ids: Iterable[str]) -> dict[str, Task]:
+        ids = list(ids)
+        out: dict[str, Task] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db["tasks"].rows_where(f"id in ({marks})", chunk):
+                out[row["id"]] = Task(
+                    id=row["id"], source=row["source"], split=row["split"],
+                    prompt=json.loads(row["prompt_json"]), reference=row["reference"],
+                    metadata=json.loads(row["metadata_json"] or "{}"),
+                )
+        return out
+
+    def task_ids_used(self, run_id: str, purpose: str = "train") -> set[str]:
+        rows = self.db.execute(
+            "select distinct task_id from attempts where run_id = ? and purpose = ?", [run_id, purpose]
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def insert_attempts(self, attempts: Iterable[Attempt]) -> None:
+        now = utcnow()
+        self.db["attempts"].insert_all(
+            ({"id": a.id, "run_id": a.run_id, "round_idx": a.round_index, "task_id": a.task_id,
+              "purpose": a.purpose, "sample_index": a.sample_index, "parent_id": a.parent_id,
+              "depth": a.depth, "messages_json": _json(a.messages), "completion": a.completion,
+              "token_ids_json": _json(a.token_ids), "prompt_tokens": a.prompt_tokens,
+              "completion_tokens": a.completion_tokens, "finish_reason": a.finish_reason,
+              "logprobs_json": _json(a.logprobs), "model_ref": a.model_ref, "seed": a.seed,
+              "created": now} for a in attempts),
+            ignore=True, batch_size=1000,
+        )
+
+    def attempts(self, run_id: str, round_idx: int, purpose: str) -> list[Attempt]:
+        rows = self.db["attempts"].rows_where(
+            "run_id = ? and round_idx = ? and purpose = ?", [run_id, round_idx, purpose],
+            order_by="task_id, sample_index",
+        )
+        return [self._attempt(r) for r in rows]
+
+    @staticmethod
+    def _attempt(r: dict) -> Attempt:
+        return Attempt(
+            id=r["id"], run_id=r["run_id"], round_index=r["round_idx"], task_id=r["task_id"],
+            purpose=r["purpose"], sample_index=r["sample_index"], parent_id=r["parent_id"],
+            depth=r["depth"], messages=json.loads(r["messages_json"]), completion=r["completion"],
+            token_ids=json.loads(r["token_ids_json"] or "[]"), prompt_tokens=r["prompt_tokens"],
+            completion_tokens=r["completion_tokens"], finish_reason=r["finish_reason"],
+            logprobs=json.loads(r["logprobs_json"]) if r["logprobs_json"] else None,
+            model_ref=r["model_ref"] or "", seed=r["seed"] or 0,
+        )
+
+    # ----- verdicts and rewards -----------------------------------------------------------------
+
+    def insert_verdicts(self, rows: Iterable[tuple[str, str, Verdict, float]]) -> None:
+        """rows: (attempt_id, verifier name, verdict, duration_ms)."""
+        self.db["verdicts"].insert_all(
+            ({"id": stable_id(attempt_id, verifier), "attempt_id": attempt_id, "verifier": verifier,
+              "passed": int(v.passed), "score": v.score, "error_kind": v.error_kind,
+              "mistake": v.mistake, "feedback": v.feedback, "details_json": _json(v.details),
+              "duration_ms": ms} for attempt_id, verifier, v, ms in rows),
+            ignore=True, batch_size=1000,
+        )
+
+    def verdicts(self, attempt_ids: Iterable[str]) -> dict[str, dict[str, Verdict]]:
+        """attempt id -> {verifier: Verdict}."""
+        ids = list(attempt_ids)
+        out: dict[str, dict[str, Verdict]] = {i: {} for i in ids}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db["verdicts"].rows_where(f"attempt_id in ({marks})", chunk):
+                out[r["attempt_id"]][r["verifier"]] = Verdict(
+                    passed=bool(r["passed"]), score=r["score"] or 0.0, feedback=r["feedback"] or "",
+                    error_kind=r["error_kind"], mistake=r["mistake"],
+                    details=json.loads(r["details_json"] or "{}"),
+                )
+        return out
+
+    def insert_rewards(self, rows: Iterable[tuple[str, str, float | None]]) -> None:
+        self.db["rewards"].insert_all(
+            ({"attempt_id": a, "reward_fn": fn, "value": value} for a, fn, value in rows),
+            ignore=True, batch_size=1000,
+        )
+
+    def rewards(self, attempt_ids: Iterable[str]) -> dict[str, dict[str, float | None]]:
+        ids = list(attempt_ids)
+        out: dict[str, dict[str, float | None]] = {i: {} for i in ids}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db["rewards"].rows_where(f"attempt_id in ({marks})", chunk):
+                out[r["attempt_id"]][r["reward_fn"]] = r["value"]
+        return out
+
+    # ----- mistakes -----------------------------------------------------------------------------
+
+    def update_mistakes(self, run_id: str, round_idx: int,
+                        seen: dict[tuple[str, str], tuple[str, str, int]],
+                        solved_tasks: set[str]) -> dict[str, int]:
+        """Fold one round into the mistake log.
+
+        seen: (task_id, kind) -> (first attempt id of this round, feedback, occurrences this round).
+        solved_tasks: tasks with at least one passing attempt this round; their open mistakes are
+        marked resolved in this round (a mistake seen again in the same round stays open).
+        Idempotent per round: a round already folded in is skipped.
+        """
+        table = self.db["mistakes"]
+        opened = recurred = resolved = 0
+        for (task_id, kind), (attempt_id, feedback, count) in seen.items():
+            mid = stable_id(run_id, task_id, kind)
+            existing = table.get(mid) if table.count_where("id = ?", [mid]) else None
+            if existing is None:
+                table.insert({"id": mid, "run_id": run_id, "task_id": task_id, "kind": kind,
+                              "first_round": round_idx, "last_round": round_idx,
+                              "occurrences": count, "first_attempt_id": attempt_id,
+                              "last_feedback": feedback, "resolved_round": None})
+                opened += 1
+            elif existing["last_round"] < round_idx:
+                table.update(mid, {"last_round": round_idx,
+                                   "occurrences": existing["occurrences"] + count,
+                                   "last_feedback": feedback, "resolved_round": None})
+                recurred += 1
+        seen_keys = set(seen)
+        for task_id in solved_tasks:
+            for row in table.rows_where("run_id = ? and task_id = ? and resolved_round is null",
+                                        [run_id, task_id]):
+                if (task_id, row["kind"]) not in seen_keys:
+                    table.update(row["id"], {"resolved_round": round_idx})
+                    resolved += 1
+        return {"opened": opened, "recurred": recurred, "resolved": resolved}
+
+    # ----- updates and evaluations --------------------------------------------------------------
+
+    def record_update(self, run_id: str, round_idx: int, method: str, dataset_size: int,
+                      metrics: dict, adapter_path: str | None, adapter_sha256: str | None,
+                      seconds: float) -> None:
+        self.db["updates"].insert(
+            {"id": stable_id(run_id, "update", round_idx), "run_id": run_id,
+             "round_idx": round_idx, "method": method, "dataset_size": dataset_size,
+             "metrics_json": _json(metrics), "adapter_path": adapter_path,
+             "adapter_sha256": adapter_sha256, "seconds": seconds, "created": utcnow()},
+            replace=True,
+        )
+
+    def updates(self, run_id: str) -> list[dict]:
+        return list(self.db["updates"].rows_where("run_id = ?", [run_id], order_by="round_idx"))
+
+    def record_evaluation(self, run_id: str, round_idx: int, split: str, n: int, passed: int,
+                          truncated: int, mean_tokens: float, seconds: float) -> None:
+        self.db["evaluations"].insert(
+            {"id": stable_id(run_id, "eval", round_idx, split), "run_id": run_id,
+             "round_idx": round_idx, "split": split, "n": n, "passed": passed,
+             "pass_at_1": passed / n if n else 0.0,
+             "truncated_share": truncated / n if n else 0.0,
+             "mean_completion_tokens": mean_tokens, "seconds": seconds, "created": utcnow()},
+            replace=True,
+        )
+
+    def evaluations(self, run_id: str) -> dict[int, dict]:
+        return {r["round_idx"]: r for r in
+                self.db["evaluations"].rows_where("run_id = ? and split = 'eval'", [run_id])}
+
+    def train_counts(self, run_id: str) -> dict[int, dict[str, int]]:
+        """Per round of the train split: prompts, attempts, passing attempts, prompts with at least
+        one passing attempt (solved), and attempts cut off at the token limit."""
+        rows = self.db.execute(
+            """
+            with judged as (
+              select a.round_idx, a.task_id, a.finish_reason,
+                (exists (select 1 from verdicts v where v.attempt_id = a.id)
+                 and not exists (select 1 from verdicts v where v.attempt_id = a.id
+                                 and v.passed = 0)) as ok
+              from attempts a where a.run_id = ? and a.purpose = 'train'
+            )
+            select round_idx, count(distinct task_id), count(*), sum(ok),
+              count(distinct case when ok then task_id end),
+              sum(case when finish_reason = 'length' then 1 else 0 end)
+            from judged group by round_idx
+            """,
+            [run_id],
+        ).fetchall()
+        return {r[0]: {"prompts": r[1], "attempts": r[2], "passed": r[3] or 0,
+                       "solved_prompts": r[4] or 0, "truncated": r[5] or 0} for r in rows}

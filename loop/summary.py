@@ -1,0 +1,54 @@
+"""Read-side summaries of a run, shared by `loop show`, the progress table and observers."""
+
+from __future__ import annotations
+
+import json
+
+from loop.store import Store
+
+TIMED_STAGES = ("select", "generate", "verify", "reward", "mistakes", "train", "evaluate")
+
+
+def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = None,
+                  evaluations: dict | None = None) -> dict:
+    """One round as `loop show --json` prints it."""
+    row = store.get_round(run_id, idx)
+    counts = store.train_counts(run_id) if counts is None else counts
+    evaluations = store.evaluations(run_id) if evaluations is None else evaluations
+    stages = json.loads(row["stages_json"] or "{}") if row else {}
+    train = counts.get(idx, {"prompts": 0, "attempts": 0, "passed": 0, "solved_prompts": 0,
+                             "truncated": 0})
+    ev = evaluations.get(idx)
+    timings = {s: round(stages[s]["seconds"], 3) for s in TIMED_STAGES
+               if s in stages and "seconds" in stages[s]}
+    tokens_per_s = {
+        s: round(stages[s]["tokens"] / stages[s]["seconds"], 1)
+        for s in TIMED_STAGES
+        if s in stages and stages[s].get("tokens") and stages[s].get("seconds")
+    }
+    return {
+        "index": idx,
+        "stage": row["stage"] if row else "",
+        "train": {"prompts": train["prompts"], "attempts": train["attempts"],
+                  "passed": train["passed"], "solved_prompts": train["solved_prompts"],
+                  "truncated_share": (train["truncated"] / train["attempts"]
+                                      if train["attempts"] else None)},
+        "eval": {"n": ev["n"] if ev else 0, "pass_at_1": ev["pass_at_1"] if ev else None,
+                 "truncated_share": ev["truncated_share"] if ev else None,
+                 "mean_completion_tokens": ev["mean_completion_tokens"] if ev else None},
+        "timings": timings,
+        "tokens_per_s": tokens_per_s,
+    }
+
+
+def run_summary(store: Store, run: dict) -> dict:
+    counts = store.train_counts(run["id"])
+    evaluations = store.evaluations(run["id"])
+    rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations)
+              for r in store.rounds(run["id"])]
+    return {
+        "run": {"id": run["id"], "name": run["name"], "status": run["status"],
+                "task": run["task"], "model": run["model"], "created": run["created"],
+                "finished": run["finished"], "error": run["error"]},
+        "rounds": rounds,
+    }

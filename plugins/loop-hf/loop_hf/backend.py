@@ -1,0 +1,127 @@
+"""The `hf` generation backend: transformers models (base + LoRA adapter) on CPU or one GPU.
+
+A session loads the model once per phase; the round engine opens one for generation and one for
+evaluation and closes it before training, so memory is free for the trainer. A LoRA adapter is
+merged into the weights for generation (same outputs, no adapter overhead per token).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import loop
+from loop.records import Generation, Message, ModelRef, Sampling
+
+
+class HFOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="weights dtype for generation (bf16 changes answers on CPU)")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda if present")
+    batch_size: int | None = Field(default=None, ge=1, description="rows per decode batch "
+                                   "(default: the config's generate/evaluate batch_size)")
+
+
+class HFBackend(loop.Backend):
+    name = "hf"
+    Options = HFOptions
+
+    def open(self, model: ModelRef, options: BaseModel | None = None) -> "HFSession":
+        return HFSession(model, options or HFOptions())
+
+
+class HFSession(loop.GenerationSession):
+    def __init__(self, ref: ModelRef, options: HFOptions):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from loop_hf.models import resolve_model
+
+        started = time.perf_counter()
+        self.options = options
+        path = resolve_model(ref.base)
+        device = options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        full_model = bool(ref.adapter) and (Path(ref.adapter) / "config.json").is_file()
+        if full_model:  # full fine-tuning writes a whole model, not an adapter
+            path = ref.adapter
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, options.dtype))
+        if ref.adapter and not full_model:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, ref.adapter).merge_and_unload()
+        self.model = model.to(device).eval()
+        self.device = device
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_token_ids = eos
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else min(eos)
+        self.load_seconds = time.perf_counter() - started
+
+    def encode(self, messages: list[Message]) -> list[int]:
+        """The prompt's token ids through the tokenizer's chat template."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def generate(self, prompts: list[list[Message]], sampling: Sampling,
+                 progress: Any = None, batch_size: int = 64) -> list[list[Generation]]:
+        import torch
+
+        from loop_hf.decoding import decode_batch
+
+        batch_rows = self.options.batch_size or batch_size
+        encoded = [self.encode(p) for p in prompts]
+        # Length-sorted chunks waste less on padding; results go back in the callers' order.
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        n = sampling.n if sampling.temperature > 0 else 1
+        per_chunk = max(1, batch_rows // n)
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for chunk_no, start in enumerate(range(0, len(order), per_chunk)):
+            chunk = order[start:start + per_chunk]
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed + chunk_no)
+            on_token = (lambda rows: progress(tokens=rows)) if progress else None
+            decoded = decode_batch(
+                self.model, [encoded[i] for i in chunk], n=n,
+                max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                top_p=sampling.top_p, eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id, generator=generator, on_token=on_token,
+            )
+            for i, samples in zip(chunk, decoded):
+                gens = [
+                    Generation(
+                        text=self.tokenizer.decode(s.token_ids, skip_special_tokens=True),
+                        token_ids=s.token_ids, prompt_tokens=len(encoded[i]),
+                        finish_reason=s.finish_reason, logprobs=s.logprobs,
+                    )
+                    for s in samples
+                ]
+                if n < sampling.n:  # greedy: every sample would be the same answer
+                    gens = gens * sampling.n
+                results[i] = gens
+            if progress:
+                progress(prompts=len(chunk))
+        return results
+
+    def close(self) -> None:
+        import gc
+
+        del self.model
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+

@@ -1,0 +1,184 @@
+"""The `jsonl` task source: word problems from GSM8K-style JSON Lines files.
+
+One JSON object per line, e.g. `{"question": "...", "answer": "...reasoning...\\n#### 72"}`. The
+reference is the text after the last "####" (stripped, thousands commas removed); an answer with no
+"####" is the reference as a whole. Blank lines are skipped. See the plugin README for the format.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+import loop
+from loop.records import Task, TaskSet
+
+from loop_math._options import coerce_options
+
+DEFAULT_SYSTEM_PROMPT = "Solve the problem step by step. End with: The answer is <number>."
+MAX_FIELD_CHARS = 100_000  # a longer question is a broken file, not a word problem
+
+
+class JsonlOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    path: str = Field(min_length=1, description=(
+        "JSONL file of problems (relative to the working directory); the train split, and the "
+        "eval split too unless eval_path is given"))
+    eval_path: str | None = Field(default=None, min_length=1, description=(
+        "optional JSONL file of held-out problems; rows whose question is also in it are dropped "
+        "from train"))
+    eval_size: int = Field(default=200, ge=1, le=1_000_000, description=(
+        "held-out problems, by a seeded shuffle: from eval_path if given, else split off path"))
+    train_size: int | None = Field(default=None, ge=1, description=(
+        "cap on training problems (default: all that are not held out)"))
+    system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, max_length=10_000,
+                                      description="system message; null or empty for none")
+    question_field: str = Field(default="question", min_length=1,
+                                description="JSON key holding the question text")
+    answer_field: str = Field(default="answer", min_length=1, description=(
+        'JSON key holding the answer; the reference is what follows "####", or all of it'))
+
+    @model_validator(mode="after")
+    def _fields_differ(self) -> "JsonlOptions":
+        if self.question_field == self.answer_field:
+            raise ValueError("question_field and answer_field must differ")
+        return self
+
+
+def reference_of(answer: str) -> str:
+    """The reference in a GSM8K answer: after the last "####", stripped, commas removed
+    ("...\\n#### 1,234" -> "1234"); without "####", the whole answer stripped."""
+    if "####" in answer:
+        return answer.rsplit("####", 1)[1].strip().replace(",", "")
+    return answer.strip()
+
+
+def read_rows(path: str, options: JsonlOptions) -> list[dict[str, Any]]:
+    """Parse `path` into [{"line", "question", "answer", "reference"}] in file order.
+
+    Every problem raises ValueError with one line naming the file (and line, where there is one):
+    missing or unreadable file, invalid UTF-8 or JSON, a non-object row, a missing/empty/non-text
+    field, or a file with no rows."""
+    file = Path(path).expanduser()
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, expected a .jsonl file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+    rows = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: not valid UTF-8") from None
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = getattr(exc, "msg", "too deeply nested")
+            raise ValueError(f"{where}: invalid JSON ({msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        question = _text_field(obj, options.question_field, where)
+        answer = _text_field(obj, options.answer_field, where)
+        reference = reference_of(answer)
+        if not reference:
+            raise ValueError(f"{where}: empty answer after '####'")
+        rows.append({"line": number, "question": question, "answer": answer,
+                     "reference": reference})
+    if not rows:
+        raise ValueError(f"{path}: empty file (no JSON rows)")
+    return rows
+
+
+def _text_field(obj: dict[str, Any], key: str, where: str) -> str:
+    if key not in obj:
+        raise ValueError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    # Numbers are accepted (some datasets store answers as 72); bool is an int subclass, not text.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{where}: field {key!r} is empty")
+    if len(value) > MAX_FIELD_CHARS:
+        raise ValueError(f"{where}: field {key!r} is longer than {MAX_FIELD_CHARS} characters")
+    return value
+
+
+class JsonlTasks(loop.TaskSource):
+    """Word problems from a JSONL file (GSM8K format by default).
+
+    Contract of `load(options, seed)`:
+    - rows with the same question are kept once (first occurrence), so no question is in both
+      splits;
+    - without eval_path: a seeded shuffle of the rows, the first eval_size are eval, the rest
+      train (capped at train_size), so eval never depends on train_size; at least one row must
+      be left for train;
+    - with eval_path: eval is eval_size rows drawn the same way from that file, and train is every
+      row of path whose question is not in eval_path (shuffled, capped at train_size);
+    - Task.prompt is [system (if set), user=question]; reference as in `reference_of`; metadata
+      holds the file line and the full answer text (the worked solution, useful for SFT);
+    - bad input raises ValueError with one line naming the file and line.
+    """
+
+    name = "jsonl"
+    default_verifiers: ClassVar[list[str]] = ["math"]
+    Options = JsonlOptions
+
+    def load(self, options: Any, seed: int) -> TaskSet:
+        opts = coerce_options(JsonlOptions, options)
+        rng = random.Random(seed)
+        rows = _dedupe(read_rows(opts.path, opts))
+        if opts.eval_path is None:
+            if len(rows) <= opts.eval_size:
+                raise ValueError(
+                    f"{opts.path}: {len(rows)} distinct problems, but eval_size={opts.eval_size} "
+                    "would leave none for training; lower eval_size or give eval_path")
+            rng.shuffle(rows)
+            eval_rows, train_rows = rows[:opts.eval_size], rows[opts.eval_size:]
+        else:
+            held_out = _dedupe(read_rows(opts.eval_path, opts))
+            # A question anywhere in the eval file is withheld from training, even if it is not
+            # among the eval_size drawn: the file as a whole is declared held-out.
+            held_questions = {row["question"] for row in held_out}
+            train_rows = [row for row in rows if row["question"] not in held_questions]
+            if not train_rows:
+                raise ValueError(f"{opts.path}: every problem is also in {opts.eval_path}")
+            rng.shuffle(held_out)
+            eval_rows = held_out[:opts.eval_size]
+            rng.shuffle(train_rows)
+        if opts.train_size is not None:
+            train_rows = train_rows[:opts.train_size]
+        return TaskSet(train=[self._task(opts, row, "train") for row in train_rows],
+                       eval=[self._task(opts, row, "eval") for row in eval_rows])
+
+    def _task(self, opts: JsonlOptions, row: dict[str, Any], split: str) -> Task:
+        messages = []
+        if opts.system_prompt:
+            messages.append({"role": "system", "content": opts.system_prompt})
+        messages.append({"role": "user", "content": row["question"]})
+        return Task(source=self.name, split=split, prompt=messages, reference=row["reference"],
+                    metadata={"line": row["line"], "solution": row["answer"]})
+
+
+def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            out.append(row)
+    return out
