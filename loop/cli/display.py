@@ -102,19 +102,18 @@ def round_line(summary: dict) -> str:
 def rounds_table(data: dict) -> Table:
     """The per-round table of `loop run` (at the end) and `loop show`."""
     run = data["run"]
-    table = Table(title=f"run {run['name']} ({run['id']}) · {run['task']} · {run['status']}")
-    for column in ("round", "train prompts", "solved", "attempts passed", "train cut",
-                   "held-out pass@1", "eval cut", "eval tokens", "gen tok/s", "train s",
-                   "round s"):
+    table = Table(title=f"run {run['name']} ({run['id']}) · {run['task']} · {run['status']}",
+                  caption="solved: train prompts with a verified answer · pass@1: greedy, "
+                          "held-out split · cut: answers stopped by the token limit")
+    for column in ("round", "solved", "passed", "cut", "pass@1", "eval cut", "eval tok",
+                   "gen tok/s", "train s", "round s"):
         table.add_column(column, justify="right")
     for r in data["rounds"]:
         train, ev = r["train"], r["eval"]
-        solve = (f"{train['solved_prompts']}/{train['prompts']} "
-                 f"({100 * train['solved_prompts'] / train['prompts']:.0f}%)"
-                 if train["prompts"] else "–")
-        passed = f"{train['passed']}/{train['attempts']}" if train["attempts"] else "–"
+        solve = _pct(train["solved_prompts"] / train["prompts"]) if train["prompts"] else "–"
+        passed = _pct(train["passed"] / train["attempts"]) if train["attempts"] else "–"
         table.add_row(
-            str(r["index"]), str(train["prompts"] or "–"), solve, passed,
+            str(r["index"]), solve, passed,
             _pct(train["truncated_share"]),
             f"{ev['pass_at_1']:.3f}" if ev["pass_at_1"] is not None else "–",
             _pct(ev["truncated_share"]),

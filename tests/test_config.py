@@ -1,0 +1,169 @@
+"""Config: every shipped file validates; precedence; malformed input is one clear line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from loop.cli import app
+from loop.config import ConfigError, LoopConfig, build_config, env_overrides
+
+from conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path, registry):
+    from loop.components import resolve_components
+
+    config = build_config("arithmetic", path, task_dirs=[REPO / "tasks"])
+    components = resolve_components(config, registry)
+    assert components.task_source.name == "arithmetic"
+    assert [v.name for v in components.verifiers] == ["math"]
+
+
+def test_shipped_configs_exist():
+    assert {p.name for p in CONFIGS} >= {"default.yaml", "tiny-cpu.yaml"}
+
+
+def test_task_file_then_config_then_env_then_flags_then_set(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("rounds: 5\ntrain: {learning_rate: 0.001, epochs: 2}\nmodel: a\n")
+    env = {"LOOP_TRAIN__LEARNING_RATE": "0.002", "LOOP_TRAIN__EPOCHS": "3", "LOOP_DB": "x.db"}
+    config = build_config("arithmetic", cfg_file, flags={"model": "b", "rounds": None},
+                          sets=["train.epochs=4"], environ=env, task_dirs=[REPO / "tasks"])
+    assert config.rounds == 5  # file (flag was None)
+    assert config.train.learning_rate == 0.002  # env beats file
+    assert config.train.epochs == 4  # --set beats env
+    assert config.model == "b"  # flag beats file
+    assert config.task.options["train_size"] == 2000  # from tasks/arithmetic.yaml
+
+
+def test_config_task_section_overrides_task_file(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("task: {options: {eval_size: 300}}\n")
+    config = build_config("arithmetic", cfg_file, environ={}, task_dirs=[REPO / "tasks"])
+    assert config.task.options["eval_size"] == 300
+    assert config.task.options["train_size"] == 2000  # merged, not replaced
+
+
+def test_env_ignores_non_config_loop_variables():
+    assert env_overrides({"LOOP_DB": "x", "LOOP_LOAD_PLUGINS": "", "LOOP_GENERATE__N": "8"}) == {
+        "generate": {"n": 8}}
+
+
+def test_bare_source_name_becomes_task_source():
+    config = build_config("jsonl", None, environ={}, task_dirs=[])
+    assert config.task.source == "jsonl"
+
+
+BAD = [
+    # (YAML config text, the field the one-line error must name)
+    ("rounds: -1", "rounds"),
+    ("rounds: many", "rounds"),
+    ("rounds: 1.5", "rounds"),
+    ("rounds: [1]", "rounds"),
+    ("seed: -3", "seed"),
+    ("model: ''", "model"),
+    ("model: 12", "model"),
+    ("roundz: 3", "roundz"),
+    ("train: {learning_rate: -1}", "train.learning_rate"),
+    ("train: {learning_rate: .nan}", "train.learning_rate"),
+    ("train: {learning_rate: .inf}", "train.learning_rate"),
+    ("train: {learning_rate: fast}", "train.learning_rate"),
+    ("train: {epochs: 0}", "train.epochs"),
+    ("train: {batch_size: 0}", "train.batch_size"),
+    ("train: {lr: 0.1}", "train.lr"),
+    ("train: {lora: {r: 0}}", "train.lora.r"),
+    ("train: {lora: {dropout: 1.5}}", "train.lora.dropout"),
+    ("train: {lora: {rank: 8}}", "train.lora.rank"),
+    ("train: {max_length: 2}", "train.max_length"),
+    ("train: 5", "train"),
+    ("generate: {n: 0}", "generate.n"),
+    ("generate: {temperature: -0.5}", "generate.temperature"),
+    ("generate: {top_p: 0}", "generate.top_p"),
+    ("generate: {top_p: 1.5}", "generate.top_p"),
+    ("generate: {max_new_tokens: 0}", "generate.max_new_tokens"),
+    ("generate: {samples: 4}", "generate.samples"),
+    ("select: {prompts_per_round: 0}", "select.prompts_per_round"),
+    ("evaluate: {problems: 0}", "evaluate.problems"),
+    ("backend: {name: ''}", "backend.name"),
+    ("backend: {name: hf, opts: {}}", "backend.opts"),
+    ("task: {verifiers: [{}]}", "task.verifiers.0.name"),
+    ("task: {options: {x: .nan}}", "task.options.x"),
+    ("name: ''", "name"),
+]
+
+
+@pytest.mark.parametrize("text,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_one_line_naming_the_field(tmp_path, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        build_config("arithmetic", path, environ={}, task_dirs=[REPO / "tasks"])
+    message = str(info.value)
+    assert message.startswith(f"config error: {field}:"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "rounds: [", "\tfoo: : bar", "just a string"])
+def test_unparseable_or_non_mapping_file(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        build_config(None, path, environ={})
+    assert str(info.value).startswith("config error:") and "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        build_config(None, tmp_path / "nope.yaml", environ={})
+
+
+def test_bad_env_value_names_field():
+    with pytest.raises(ConfigError, match=r"^config error: train.batch_size:"):
+        build_config("arithmetic", None, environ={"LOOP_TRAIN__BATCH_SIZE": "zero"},
+                     task_dirs=[REPO / "tasks"])
+
+
+def test_set_without_equals():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        build_config("arithmetic", None, sets=["rounds"], environ={}, task_dirs=[REPO / "tasks"])
+
+
+def test_resolved_config_round_trips():
+    config = build_config("arithmetic", REPO / "configs" / "default.yaml", environ={},
+                          task_dirs=[REPO / "tasks"])
+    again = LoopConfig.model_validate_json(config.model_dump_json())
+    assert again == config
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "train.learning_rate=-1"], "config error: train.learning_rate:"),
+    (["--set", "generate.n=0"], "config error: generate.n:"),
+    (["--method", "nope"], "config error: train.method: unknown updater 'nope'"),
+    (["--set", "backend.name=nope"], "config error: backend: unknown backend 'nope'"),
+    (["--set", "task.verifiers=[nope]"], "config error: task.verifiers.nope: unknown verifier"),
+    (["--set", "task.options.digits=0"], "config error: task.options: digits:"),
+    (["--set", "train.options.bogus=1"], "config error: train.method.options: bogus: unknown key"),
+    (["--rounds", "-2"], "config error: rounds:"),
+])
+def test_cli_config_errors_exit_2_with_one_line_and_write_nothing(tmp_path, args, needle):
+    db = tmp_path / "store" / "loop.db"
+    result = CliRunner().invoke(app, ["run", "arithmetic", "--db", str(db), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not db.exists()  # nothing written
+
+
+def test_cli_unknown_task_file_field(tmp_path):
+    task = tmp_path / "t.yaml"
+    task.write_text("source: arithmetic\nverifier: [math]\n")
+    result = CliRunner().invoke(app, ["run", str(task)])
+    assert result.exit_code == 2
+    assert "config error: task.verifier: unknown key" in result.output

@@ -1,0 +1,160 @@
+"""Store: exact schema from the migrations, idempotent opens, lossless attempts, idempotent writes."""
+
+from __future__ import annotations
+
+import pytest
+import sqlite_utils
+
+from loop.migrations import migrations
+from loop.records import Attempt, Task, Verdict
+from loop.store import Store, StoreError, open_db
+
+EXPECTED_COLUMNS = {
+    "runs": {"id": str, "name": str, "task": str, "model": str, "status": str, "config_json": str,
+             "seed": int, "rounds_planned": int, "versions_json": str, "git_sha": str,
+             "run_dir": str, "error": str, "created": str, "finished": str},
+    "rounds": {"id": str, "run_id": str, "idx": int, "stage": str, "stages_json": str,
+               "model_in": str, "model_out": str, "summary_json": str, "started": str,
+               "finished": str},
+    "tasks": {"id": str, "source": str, "split": str, "prompt_json": str, "reference": str,
+              "metadata_json": str},
+    "attempts": {"id": str, "run_id": str, "round_idx": int, "task_id": str, "purpose": str,
+                 "sample_index": int, "parent_id": str, "depth": int, "messages_json": str,
+                 "completion": str, "token_ids_json": str, "prompt_tokens": int,
+                 "completion_tokens": int, "finish_reason": str, "logprobs_json": str,
+                 "model_ref": str, "seed": int, "created": str},
+    "verdicts": {"id": str, "attempt_id": str, "verifier": str, "passed": int, "score": float,
+                 "error_kind": str, "mistake": str, "feedback": str, "details_json": str,
+                 "duration_ms": float},
+    "rewards": {"attempt_id": str, "reward_fn": str, "value": float},
+    "mistakes": {"id": str, "run_id": str, "task_id": str, "kind": str, "first_round": int,
+                 "last_round": int, "occurrences": int, "first_attempt_id": str,
+                 "last_feedback": str, "resolved_round": int},
+    "updates": {"id": str, "run_id": str, "round_idx": int, "method": str, "dataset_size": int,
+                "metrics_json": str, "adapter_path": str, "adapter_sha256": str,
+                "seconds": float, "created": str},
+    "evaluations": {"id": str, "run_id": str, "round_idx": int, "split": str, "n": int,
+                    "passed": int, "pass_at_1": float, "truncated_share": float,
+                    "mean_completion_tokens": float, "seconds": float, "created": str},
+}
+
+
+def test_migrate_blank_gives_exact_schema():
+    db = open_db(memory=True)
+    tables = set(db.table_names()) - {"_sqlite_migrations"}
+    assert tables == set(EXPECTED_COLUMNS)
+    for name, columns in EXPECTED_COLUMNS.items():
+        assert db[name].columns_dict == columns, name
+    assert set(db.view_names()) == {"accuracy_per_round", "open_mistakes"}
+    fks = {(fk.table, fk.column, fk.other_table) for fk in db["attempts"].foreign_keys}
+    assert fks == {("attempts", "run_id", "runs"), ("attempts", "task_id", "tasks"),
+                   ("attempts", "parent_id", "attempts")}
+    unique = {tuple(i.columns) for i in db["rounds"].indexes if i.unique}
+    assert ("run_id", "idx") in unique
+    assert db["rewards"].pks == ["attempt_id", "reward_fn"]
+
+
+def test_migrate_is_idempotent(tmp_path):
+    path = tmp_path / "x.db"
+    open_db(path)
+    db = open_db(path)
+    applied = [m.name for m in migrations.applied(db)]
+    assert applied == ["m001_create_core_tables", "m002_create_views"]
+    assert db.journal_mode == "wal"
+
+
+def test_prepare_db_hook_lets_plugins_add_tables(tmp_path):
+    import loop
+    from loop.plugins import get_plugin_manager
+
+    class Plugin:
+        @loop.hookimpl
+        def prepare_db(self, db):
+            db["my_plugin_rows"].create({"id": int}, pk="id", if_not_exists=True)
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(Plugin(), name="mine")
+    db = open_db(tmp_path / "p.db", pm)
+    assert "my_plugin_rows" in db.table_names()
+
+
+def _run(store: Store, run_id="r1", name="first"):
+    store.create_run(run_id=run_id, name=name, task="t", model="m", config={"a": 1}, seed=0,
+                     rounds_planned=1, versions={}, git_sha=None, run_dir="/tmp/x")
+
+
+def test_runs_by_id_prefix_and_name(store):
+    _run(store, "20260101-aaaa", "alpha")
+    _run(store, "20260101-bbbb", "beta")
+    assert store.get_run("alpha")["id"] == "20260101-aaaa"
+    assert store.get_run("20260101-b")["name"] == "beta"
+    with pytest.raises(StoreError, match="matches 2 runs"):
+        store.get_run("2026")
+    with pytest.raises(StoreError, match="no run"):
+        store.get_run("gamma")
+    with pytest.raises(StoreError, match="already exists"):
+        _run(store, "other", "alpha")
+
+
+def _task():
+    return Task(source="s", split="train", prompt=[{"role": "user", "content": "1+1="}],
+                reference="2")
+
+
+def test_attempt_round_trips_losslessly_and_inserts_are_idempotent(store):
+    _run(store)
+    task = _task()
+    store.upsert_tasks([task, task])
+    store.ensure_round("r1", 1, None)
+    raw = "two\x00 NUL, emoji 🙂, and a replacement char \ufffd"
+    attempt = Attempt(id=Attempt.make_id("r1", 1, task.id, "train", 0), run_id="r1",
+                      round_index=1, task_id=task.id, purpose="train", sample_index=0,
+                      messages=[*task.prompt, {"role": "assistant", "content": raw}],
+                      completion=raw, token_ids=[5, 0, 49151], prompt_tokens=3,
+                      completion_tokens=3, finish_reason="length", logprobs=[-0.1, -2.5, -0.0])
+    store.insert_attempts([attempt])
+    store.insert_attempts([attempt])  # a re-run of the stage: no duplicate
+    got = store.attempts("r1", 1, "train")
+    assert got == [attempt]
+    assert store.db["attempts"].count == 1
+    store.insert_verdicts([(attempt.id, "v", Verdict(passed=False, mistake="format"), 1.0)] * 2)
+    assert store.db["verdicts"].count == 1
+    assert store.verdicts([attempt.id])[attempt.id]["v"].mistake == "format"
+    store.insert_rewards([(attempt.id, "binary", 0.0), (attempt.id, "binary", 0.0)])
+    assert store.rewards([attempt.id]) == {attempt.id: {"binary": 0.0}}
+
+
+def test_task_ids_are_content_addressed():
+    assert _task().id == _task().id
+    other = Task(source="s", split="train", prompt=[{"role": "user", "content": "1+1="}],
+                 reference="3")
+    assert other.id != _task().id
+
+
+def test_mistake_log_opens_recurs_and_resolves(store):
+    _run(store)
+    task = _task()
+    store.upsert_tasks([task])
+    for idx in (1, 2, 3):
+        store.ensure_round("r1", idx, None)
+    aid = Attempt.make_id("r1", 1, task.id, "train", 0)
+    store.insert_attempts([Attempt(id=aid, run_id="r1", round_index=1, task_id=task.id,
+                                   purpose="train", sample_index=0, messages=[], completion="")])
+    seen = {(task.id, "format"): (aid, "no answer", 2)}
+    assert store.update_mistakes("r1", 1, seen, set()) == {"opened": 1, "recurred": 0,
+                                                           "resolved": 0}
+    assert store.update_mistakes("r1", 1, seen, set())["opened"] == 0  # same round again: no-op
+    assert store.update_mistakes("r1", 2, seen, set())["recurred"] == 1
+    assert store.update_mistakes("r1", 3, {}, {task.id})["resolved"] == 1
+    row = next(store.db["mistakes"].rows)
+    assert (row["first_round"], row["last_round"], row["occurrences"], row["resolved_round"]) == (
+        1, 2, 4, 3)
+    assert row["first_attempt_id"] == aid
+
+
+def test_store_is_plain_sqlite(tmp_path):
+    path = tmp_path / "plain.db"
+    store = Store.open(path)
+    _run(store)
+    # Readable without loop: plain sqlite-utils / sqlite3.
+    assert sqlite_utils.Database(path)["runs"].count == 1
