@@ -146,19 +146,20 @@ class Store:
             ignore=True, batch_size=1000,
         )
 
-    def get_tasks(self, ids: Iterable[str]) -> dict[str, Task]:
-        ids = list(ids)
-        out: dict[str, Task] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+    def _rows_in(self, table: str, column: str, values: list[str]) -> Iterator[dict]:
+        """Rows whose `column` is one of `values`, in chunks below SQLite's variable limit."""
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.db["tasks"].rows_where(f"id in ({marks})", chunk):
-                out[row["id"]] = Task(
-                    id=row["id"], source=row["source"], split=row["split"],
-                    prompt=json.loads(row["prompt_json"]), reference=row["reference"],
-                    metadata=json.loads(row["metadata_json"] or "{}"),
-                )
-        return out
+            yield from self.db[table].rows_where(f"{column} in ({marks})", chunk)
+
+    def get_tasks(self, ids: Iterable[str]) -> dict[str, Task]:
+        return {
+            row["id"]: Task(id=row["id"], source=row["source"], split=row["split"],
+                            prompt=json.loads(row["prompt_json"]), reference=row["reference"],
+                            metadata=json.loads(row["metadata_json"] or "{}"))
+            for row in self._rows_in("tasks", "id", list(ids))
+        }
 
     def task_ids_used(self, run_id: str, purpose: str = "train") -> set[str]:
         rows = self.db.execute(
@@ -214,15 +215,12 @@ class Store:
         """attempt id -> {verifier: Verdict}."""
         ids = list(attempt_ids)
         out: dict[str, dict[str, Verdict]] = {i: {} for i in ids}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for r in self.db["verdicts"].rows_where(f"attempt_id in ({marks})", chunk):
-                out[r["attempt_id"]][r["verifier"]] = Verdict(
-                    passed=bool(r["passed"]), score=r["score"] or 0.0, feedback=r["feedback"] or "",
-                    error_kind=r["error_kind"], mistake=r["mistake"],
-                    details=json.loads(r["details_json"] or "{}"),
-                )
+        for r in self._rows_in("verdicts", "attempt_id", ids):
+            out[r["attempt_id"]][r["verifier"]] = Verdict(
+                passed=bool(r["passed"]), score=r["score"] or 0.0, feedback=r["feedback"] or "",
+                error_kind=r["error_kind"], mistake=r["mistake"],
+                details=json.loads(r["details_json"] or "{}"),
+            )
         return out
 
     def insert_rewards(self, rows: Iterable[tuple[str, str, float | None]]) -> None:
@@ -234,11 +232,8 @@ class Store:
     def rewards(self, attempt_ids: Iterable[str]) -> dict[str, dict[str, float | None]]:
         ids = list(attempt_ids)
         out: dict[str, dict[str, float | None]] = {i: {} for i in ids}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for r in self.db["rewards"].rows_where(f"attempt_id in ({marks})", chunk):
-                out[r["attempt_id"]][r["reward_fn"]] = r["value"]
+        for r in self._rows_in("rewards", "attempt_id", ids):
+            out[r["attempt_id"]][r["reward_fn"]] = r["value"]
         return out
 
     # ----- mistakes -----------------------------------------------------------------------------

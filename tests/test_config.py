@@ -167,3 +167,26 @@ def test_cli_unknown_task_file_field(tmp_path):
     result = CliRunner().invoke(app, ["run", str(task)])
     assert result.exit_code == 2
     assert "config error: task.verifier: unknown key" in result.output
+
+
+@pytest.mark.parametrize("model,needle", [
+    ("./no/such/model", "model error: ./no/such/model: no such model folder"),
+    (".", "model error: .: folder has no config.json"),
+])
+def test_cli_bad_model_exits_2_before_writing(tmp_path, model, needle):
+    db = tmp_path / "store" / "loop.db"
+    result = CliRunner().invoke(app, ["run", "arithmetic", "--model", model, "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert not db.exists()
+
+
+def test_cli_bad_task_data_exits_2_naming_file_and_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n{not json}\n')
+    db = tmp_path / "store" / "loop.db"
+    result = CliRunner().invoke(app, ["run", "jsonl", "--set", f"task.options.path={data}",
+                                      "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert "task error: jsonl:" in result.output and "line 2" in result.output
+    assert not db.exists()

