@@ -20,7 +20,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import pluggy
@@ -78,6 +77,11 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
         except Exception as exc:  # a broken third-party plugin must not take the CLI down silently
             raise PluginError(f"plugin {ep.name!r} ({dist}) failed to import: {exc}") from exc
         pm.register(module, name=ep.name)
+        _DISTRIBUTIONS.setdefault(id(pm), {})[ep.name] = ep.dist.version if ep.dist else None
+
+
+# plugin-manager id -> {plugin name: version of the distribution it came from}
+_DISTRIBUTIONS: dict[int, dict[str, str | None]] = {}
 
 
 def load_plugins_dir(pm: pluggy.PluginManager, folder: Path) -> list[str]:
@@ -173,11 +177,13 @@ def _make_register(registry: Registry, kind: str, plugin_name: str) -> Callable[
     return register
 
 
-def plugin_version(pm: pluggy.PluginManager, plugin: ModuleType | object) -> str | None:
-    for plug, dist in pm.list_plugin_distinfo():
-        if plug is plugin:
-            return dist.version
-    return None
+def plugin_version(pm: pluggy.PluginManager, name: str) -> str | None:
+    """The version of the distribution a plugin was loaded from (None for loose files)."""
+    if name == "loop.builtins":
+        import loop
+
+        return loop.__version__
+    return _DISTRIBUTIONS.get(id(pm), {}).get(name)
 
 
 def describe_plugins(pm: pluggy.PluginManager, registry: Registry) -> list[dict[str, Any]]:
@@ -189,11 +195,6 @@ def describe_plugins(pm: pluggy.PluginManager, registry: Registry) -> list[dict[
             kind: sorted(n for n, reg in registry.kinds[kind].items() if reg.plugin == name)
             for kind in KINDS
         }
-        version = plugin_version(pm, plugin)
-        if version is None and name == "loop.builtins":
-            import loop
-
-            version = loop.__version__
-        out.append({"name": name, "version": version, "hooks": hooks,
-                    **{k: v for k, v in registers.items()}})
+        out.append({"name": name, "version": plugin_version(pm, name), "hooks": hooks,
+                    **registers})
     return out

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from loop.cli import app
 from loop.config import ConfigError, LoopConfig, build_config, env_overrides
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from loop.cli import app
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 OBSERVER = '''
 import json, os

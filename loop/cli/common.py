@@ -10,7 +10,8 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
-console = Console()
+# Piped output (CI logs, benchmarks) gets a fixed width wide enough for the per-round table.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 DB_OPTION = typer.Option(None, "--db", help="store database (default: $LOOP_DB or store/loop.db)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -103,10 +104,11 @@ def rounds_table(data: dict) -> Table:
     """The per-round table of `loop run` (at the end) and `loop show`."""
     run = data["run"]
     table = Table(title=f"run {run['name']} ({run['id']}) · {run['task']} · {run['status']}",
+                  box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="solved: train prompts with a verified answer · pass@1: greedy, "
                           "held-out split · cut: answers stopped by the token limit")
-    for column in ("round", "solved", "passed", "cut", "pass@1", "eval cut", "eval tok",
-                   "gen tok/s", "train s", "round s"):
+    for column in ("round", "solved", "passed", "cut", "pass@1", "eval cut", "eval len",
+                   "tok/s", "train s", "total s"):
         table.add_column(column, justify="right")
     for r in data["rounds"]:
         train, ev = r["train"], r["eval"]

@@ -1,4 +1,5 @@
-"""Shared test setup: an isolated store and cache per test, first-party plugins only, no hub."""
+"""Shared test setup for tests/ and every plugins/*/tests/: an isolated store per test,
+first-party plugins only, no hub."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_model.py
+sys.path.insert(0, str(Path(__file__).parent / "tests"))  # tests/tiny_model.py
 
 FIRST_PARTY = "hf,math,trl"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
