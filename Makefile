@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.loop-installed
 PLUGINS := $(sort $(wildcard plugins/loop-*))
 
-.PHONY: setup run test test-quick bench clean
+.PHONY: setup run test test-quick soak bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
+
+# The long tier of the crash test: 50 runs, each killed 1-5 times at random instants and resumed.
+soak: $(STAMP)
+	LOOP_SOAK_RUNS=50 $(PY) -m pytest tests/test_resume.py -k soak -q
 
 bench: $(STAMP)
 	$(PY) bench/efficacy.py

@@ -69,6 +69,12 @@ class EvaluateConfig(Section):
     batch_size: int = Field(default=64, ge=1, le=100_000)
 
 
+class VerifyConfig(Section):
+    timeout_s: float = Field(default=30.0, gt=0.0, le=86_400.0, description=(
+        "time limit of one verifier call (a reward function gets this per completion); past it "
+        "the item gets a `timeout` error row and the round goes on"))
+
+
 class LoraConfig(Section):
     enabled: bool = Field(default=True, description="train a LoRA adapter (false: full fine-tuning)")
     r: int = Field(default=16, ge=1, le=4096)
@@ -99,6 +105,7 @@ class LoopConfig(Section):
     select: SelectConfig = Field(default_factory=SelectConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("name")
@@ -138,22 +145,49 @@ def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+MAX_FILE_BYTES = 1 << 20  # configs and task files are small; a huge one is a mistake
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
-    """Read a YAML mapping; any problem is a one-line ConfigError."""
+    """Read a YAML mapping; any problem is a one-line ConfigError naming the file."""
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if path.is_dir():
+            raise ConfigError(f"{what} error: {path}: is a folder, not a file")
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{what} error: {path}: file too large ({size} bytes; the limit "
+                              f"is {MAX_FILE_BYTES} bytes)")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{what} error: {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} error: {path}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} error: {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} error: {path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{what} error: {path}{where}: not valid YAML") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{what} error: {path}{where}: {problem}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{what} error: {path}: file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} error: {path}: top level must be a mapping, got {type(data).__name__}")
     return data

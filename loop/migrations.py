@@ -206,3 +206,12 @@ def m002_create_views(db: Database) -> None:
         where m.resolved_round is null
         """,
     )
+
+
+@migrations()
+def m003_add_completion_raw(db: Database) -> None:
+    # Text that is not valid UTF-8 (lone surrogates, e.g. from a JSON "\udcff" escape) cannot be
+    # stored as TEXT: `completion` then holds a readable copy with U+FFFD and `completion_raw`
+    # the exact string as UTF-8 with surrogates passed through, so it still round-trips.
+    if "completion_raw" not in db["attempts"].columns_dict:
+        db["attempts"].add_column("completion_raw", bytes)

@@ -116,8 +116,10 @@ class Verdict(Record):
     answer made (e.g. `format`, `wrong_answer`) for the mistake log; None when it passed.
     """
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     passed: bool
-    score: float = 0.0
+    score: float = Field(default=0.0, ge=0.0, le=1.0)
     feedback: str = ""
     error_kind: ErrorKind | None = None
     mistake: str | None = None

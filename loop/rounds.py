@@ -12,15 +12,18 @@ crashed round. (critique/refine gets its slot between verify and reward in a lat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
+from loop.checkpoints import TMP_PREFIX, CheckpointError, publish, remove_temporary
+from loop.checkpoints import verify as verify_checkpoint
 from loop.components import Components
 from loop.config import LoopConfig
 from loop.records import (
@@ -33,6 +36,8 @@ from loop.records import (
     UpdateResult,
     Verdict,
 )
+from loop.failpoints import failpoint
+from loop.isolation import PluginFailure, call_plugin
 from loop.store import Store
 
 TRAIN_STAGES = ("select", "generate", "verify", "reward", "mistakes", "train", "evaluate")
@@ -115,7 +120,8 @@ class RoundEngine:
 
     def run(self) -> None:
         """Run (or continue) every round of the config, in order."""
-        self.tasks = self._load_tasks()
+        if self.tasks is None:
+            self.tasks = self._load_tasks()
         for idx in range(self.config.rounds + 1):
             self.run_round(idx)
 
@@ -125,20 +131,37 @@ class RoundEngine:
         row = self.store.ensure_round(self.run_id, idx, model_in)
         if row["stage"] == "done":
             return self.summary(idx)
-        if self.pm is not None:
-            self.pm.hook.round_started(run_id=self.run_id, round_index=idx, config=self.config)
+        self._notify("round_started", run_id=self.run_id, round_index=idx, config=self.config)
+        failpoint("round.start")
         stages = ROUND0_STAGES if idx == 0 else TRAIN_STAGES
         for stage in stages:
             if stage in self._done_stages(idx):
                 continue
             getattr(self, f"stage_{stage}")(idx)
+        failpoint("round.before_done")
         with self.store.transaction():
             self.store.mark_stage(self.run_id, idx, "done", {})
+        failpoint("round.after_done")
         summary = self.summary(idx)
         self.reporter.round_done(summary)
-        if self.pm is not None:
-            self.pm.hook.round_finished(run_id=self.run_id, round_index=idx, summary=summary)
+        self._notify("round_finished", run_id=self.run_id, round_index=idx, summary=summary)
         return summary
+
+    def recover(self) -> list[str]:
+        """Before resuming: drop unfinished temporary checkpoints, and send every round whose
+        checkpoint fails its manifest back to its train stage. Returns one line per action."""
+        messages = [f"removed unfinished checkpoint folder {p}"
+                    for p in remove_temporary(self.run_dir)]
+        for row in self.store.rounds(self.run_id):
+            stages = json.loads(row["stages_json"] or "{}")
+            if "train" not in stages or not row["model_out"] or row["model_out"] == row["model_in"]:
+                continue
+            try:
+                verify_checkpoint(row["model_out"])
+            except CheckpointError as exc:
+                messages.append(f"{exc}: not loading it; retraining round {row['idx']}")
+                self.store.reset_round_from_train(self.run_id, row["idx"])
+        return messages
 
     # ----- stages ---------------------------------------------------------------------------
 
@@ -154,7 +177,7 @@ class RoundEngine:
                                "reusing earlier ones")
             fresh += [t for t in train if t.id in used][: want - len(fresh)]
         chosen = fresh[:want]
-        with self.store.transaction():
+        with self._commit("select"):
             self.store.upsert_tasks(chosen)
             self.store.mark_stage(self.run_id, idx, "select", {
                 "seconds": time.perf_counter() - started, "count": len(chosen),
@@ -169,7 +192,7 @@ class RoundEngine:
                             max_new_tokens=gen.max_new_tokens,
                             seed=_derive_seed(self.config.seed, idx, "generate"))
         attempts, stats = self._sample(idx, ordered, sampling, "train", "generate", gen.batch_size)
-        with self.store.transaction():
+        with self._commit("generate"):
             self.store.insert_attempts(attempts)
             self.store.mark_stage(self.run_id, idx, "generate", stats)
 
@@ -177,7 +200,7 @@ class RoundEngine:
         started = time.perf_counter()
         attempts = self.store.attempts(self.run_id, idx, "train")
         rows = self._verify(idx, attempts, "verify")
-        with self.store.transaction():
+        with self._commit("verify"):
             self.store.insert_verdicts(rows)
             self.store.mark_stage(self.run_id, idx, "verify", {
                 "seconds": time.perf_counter() - started, "count": len(rows)})
@@ -193,7 +216,7 @@ class RoundEngine:
                 values = self._call_reward(name, fn, attempts, tasks, verdicts)
                 rows += [(a.id, name, v) for a, v in zip(attempts, values)]
                 progress(items=1)
-        with self.store.transaction():
+        with self._commit("reward"):
             self.store.insert_rewards(rows)
             self.store.mark_stage(self.run_id, idx, "reward", {
                 "seconds": time.perf_counter() - started, "count": len(rows)})
@@ -216,7 +239,7 @@ class RoundEngine:
                 key = (attempt.task_id, verdict.mistake or "wrong_answer")
                 first, feedback, count = seen.get(key, (attempt.id, verdict.feedback, 0))
                 seen[key] = (first, verdict.feedback or feedback, count + 1)
-        with self.store.transaction():
+        with self._commit("mistakes"):
             counts = self.store.update_mistakes(self.run_id, idx, seen, solved)
             self.store.mark_stage(self.run_id, idx, "mistakes", {
                 "seconds": time.perf_counter() - started, **counts})
@@ -235,8 +258,10 @@ class RoundEngine:
             for a in attempts
         ]
         model_in = self.store.get_round(self.run_id, idx)["model_in"]
+        if model_in:
+            verify_checkpoint(model_in)
         final_dir = self.run_dir / f"round-{idx}" / "adapter"
-        tmp_dir = self.run_dir / f".tmp-round-{idx}-adapter"
+        tmp_dir = self.run_dir / f"{TMP_PREFIX}round-{idx}-adapter"
         shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed earlier try
         tmp_dir.mkdir(parents=True)
         updater = self.components.updater
@@ -256,16 +281,14 @@ class RoundEngine:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             model_out, sha, metrics, size = model_in, None, {"skipped": "empty dataset"}, 0
         else:
-            if final_dir.exists():
-                shutil.rmtree(final_dir)
-            final_dir.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(Path(result.adapter_path), final_dir)
+            failpoint("train.after_update")
+            sha = publish(Path(result.adapter_path), final_dir)
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            model_out, sha = str(final_dir), folder_sha256(final_dir)
-            metrics = result.metrics
+            failpoint("train.after_rename")
+            model_out, metrics = str(final_dir), result.metrics
             size = int(metrics.get("dataset_size", 0))
         seconds = time.perf_counter() - started
-        with self.store.transaction():
+        with self._commit("train"):
             self.store.record_update(self.run_id, idx, updater.name, size, metrics,
                                      model_out if result else None, sha, seconds)
             self.store.mark_stage(self.run_id, idx, "train",
@@ -292,7 +315,7 @@ class RoundEngine:
         truncated = sum(a.finish_reason == "length" for a in attempts)
         mean_tokens = sum(a.completion_tokens for a in attempts) / max(1, len(attempts))
         stats["seconds"] += time.perf_counter() - started
-        with self.store.transaction():
+        with self._commit("evaluate"):
             self.store.insert_attempts(attempts)
             self.store.insert_verdicts(rows)
             self.store.record_evaluation(self.run_id, idx, "eval", len(attempts), passed,
@@ -300,6 +323,25 @@ class RoundEngine:
             self.store.mark_stage(self.run_id, idx, "evaluate", stats)
 
     # ----- helpers --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _commit(self, stage: str) -> Iterator[None]:
+        """The transaction that lands a stage's rows with its completion marker."""
+        failpoint(f"{stage}.before_commit")
+        with self.store.transaction():
+            yield
+        failpoint(f"{stage}.after_commit")
+
+    def _notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an observer hook on every plugin; a failing observer is reported, not fatal."""
+        if self.pm is None:
+            return
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                self.reporter.warn(f"plugin {impl.plugin_name!r} failed in {hook_name}: "
+                                   f"{type(exc).__name__}: {exc}")
 
     def _load_tasks(self) -> TaskSet:
         source = self.components.task_source
@@ -323,13 +365,21 @@ class RoundEngine:
         if model is None:
             row = self.store.get_round(self.run_id, idx)
             model = ModelRef(base=self.config.model, adapter=row["model_in"])
+        if model.adapter:
+            verify_checkpoint(model.adapter)  # never generate with a torn checkpoint
         backend = self.components.backend
         started = time.perf_counter()
         with self.reporter.stage(idx, stage, len(tasks)) as progress:
+
+            def advance(**counts: Any) -> None:
+                progress(**counts)
+                if counts.get("prompts"):
+                    failpoint(f"{stage}.in_batch")
+
             session = backend.component.open(model, backend.options)
             try:
                 generations = session.generate([t.prompt for t in tasks], sampling,
-                                               progress=progress, batch_size=batch_size)
+                                               progress=advance, batch_size=batch_size)
             finally:
                 session.close()
         seconds = time.perf_counter() - started
@@ -360,33 +410,49 @@ class RoundEngine:
                 task = tasks[attempt.task_id]
                 for chosen in self.components.verifiers:
                     t0 = time.perf_counter()
-                    verdict = safe_verify(chosen, task, attempt)
+                    verdict = safe_verify(chosen, task, attempt, self.config.verify.timeout_s)
                     rows.append((attempt.id, chosen.name, verdict, (time.perf_counter() - t0) * 1e3))
                 progress(items=1)
+                if stage == "verify":
+                    failpoint("verify.in_batch")
         return rows
 
     def _call_reward(self, name: str, fn: Callable, attempts: list[Attempt],
                      tasks: dict[str, Task], verdicts: dict[str, dict[str, Verdict]]
                      ) -> list[float | None]:
-        """Call a reward function with TRL's contract; a failure gives None for every item."""
+        """Call a reward function with TRL's contract. A failure (exception, exit, timeout, a
+        list of the wrong length) gives None for every item; a non-number or non-finite value
+        gives None for that item. Each problem is reported in one line naming the reward."""
+        kwargs = dict(
+            prompts=[tasks[a.task_id].prompt for a in attempts],
+            completions=[[{"role": "assistant", "content": a.completion}] for a in attempts],
+            completion_ids=[a.token_ids for a in attempts],
+            tasks=[tasks[a.task_id] for a in attempts],
+            attempts=attempts,
+            verdicts=[verdicts[a.id] for a in attempts],
+            reference=[tasks[a.task_id].reference for a in attempts],
+        )
+        plugin = next(r.plugin for r in self.components.rewards if r.name == name)
         try:
-            values = fn(
-                prompts=[tasks[a.task_id].prompt for a in attempts],
-                completions=[[{"role": "assistant", "content": a.completion}] for a in attempts],
-                completion_ids=[a.token_ids for a in attempts],
-                tasks=[tasks[a.task_id] for a in attempts],
-                attempts=attempts,
-                verdicts=[verdicts[a.id] for a in attempts],
-                reference=[tasks[a.task_id].reference for a in attempts],
-            )
+            values = call_plugin(fn, self.config.verify.timeout_s * max(1, len(attempts)),
+                                 **kwargs)
             values = list(values)
             if len(values) != len(attempts):
-                raise ValueError(f"returned {len(values)} values for {len(attempts)} completions")
-            return [None if v is None else float(v) for v in values]
-        except Exception as exc:
-            self.reporter.warn(f"reward {name!r} failed, rewards left empty: "
-                               f"{type(exc).__name__}: {exc}")
+                raise PluginFailure(f"returned {len(values)} values for {len(attempts)} "
+                                    "completions")
+        except (PluginFailure, TypeError) as exc:
+            reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
+            self.reporter.warn(f"reward {name!r} (plugin {plugin}) failed: {reason}; its rewards "
+                               "for this round are NULL")
             return [None] * len(attempts)
+        out: list[float | None] = []
+        for attempt, value in zip(attempts, values):
+            number = _finite(value)
+            if number is None and value is not None:
+                self.reporter.warn(f"reward {name!r} (plugin {plugin}) on attempt {attempt.id}: "
+                                   f"{value!r} is not a finite number; stored NULL")
+            out.append(number)
+        return out
 
     def summary(self, idx: int) -> dict:
         from loop.summary import round_summary
@@ -394,18 +460,26 @@ class RoundEngine:
         return round_summary(self.store, self.run_id, idx)
 
 
-def safe_verify(chosen: Any, task: Task, attempt: Attempt) -> Verdict:
-    """Run one verifier; an exception or a wrong return type is an `infra` verdict naming the
-    plugin, so a broken verifier never crashes the round nor penalises the model."""
+def safe_verify(chosen: Any, task: Task, attempt: Attempt,
+                timeout_s: float | None = None) -> Verdict:
+    """Run one verifier; an exception, `sys.exit`, a hang past `timeout_s` or a wrong return type
+    becomes an `infra` (or `timeout`) verdict naming the plugin, the attempt and the reason, so a
+    broken verifier never crashes the round nor penalises the model."""
     try:
-        verdict = chosen.component.verify(task, attempt)
+        verdict = call_plugin(chosen.component.verify, timeout_s, task, attempt)
         if not isinstance(verdict, Verdict):
-            raise TypeError(f"returned {type(verdict).__name__}, not Verdict")
+            raise PluginFailure(f"returned {type(verdict).__name__}, not a Verdict")
         return verdict
-    except Exception as exc:
-        return Verdict(passed=False, score=0.0, error_kind="infra",
-                       feedback=f"verifier {chosen.name!r} (plugin {chosen.plugin}) raised "
-                                f"{type(exc).__name__}: {str(exc)[:500]}")
+    except PluginFailure as exc:
+        return Verdict(passed=False, score=0.0, error_kind="timeout" if exc.timed_out else "infra",
+                       feedback=f"verifier {chosen.name!r} (plugin {chosen.plugin}) on attempt "
+                                f"{attempt.id}: {exc.reason}")
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _passed(verdicts: dict[str, Verdict]) -> bool:
@@ -415,13 +489,3 @@ def _passed(verdicts: dict[str, Verdict]) -> bool:
 def _derive_seed(seed: int, idx: int, stage: str) -> int:
     return int(hashlib.sha256(f"{seed}:{idx}:{stage}".encode()).hexdigest()[:8], 16)
 
-
-def folder_sha256(folder: Path) -> str:
-    """A hash over every file (relative path + bytes) in a folder, in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -32,7 +32,28 @@ def utcnow() -> str:
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return None
+    text = json.dumps(value, ensure_ascii=False)
+    if not _encodable(text):  # lone surrogates: JSON's \u escapes keep them, losslessly
+        text = json.dumps(value, ensure_ascii=True)
+    return text
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _text_and_raw(text: str) -> tuple[str, bytes | None]:
+    """(TEXT-safe copy, raw bytes or None): raw only when the string is not valid UTF-8."""
+    if _encodable(text):
+        return text, None
+    raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace"), raw
 
 
 def open_db(path: str | Path | None = None, pm: Any = None, memory: bool = False) -> Database:
@@ -64,9 +85,30 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Everything written inside lands together or not at all."""
-        with self.db.atomic():
+        """Everything written inside lands together or not at all.
+
+        `BEGIN IMMEDIATE` takes the write lock up front (waiting up to the busy timeout) instead of
+        failing with SQLITE_BUSY when a deferred transaction tries to upgrade; writes inside run
+        as savepoints of this transaction (sqlite-utils nests `atomic()` that way)."""
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
             yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.conn.commit()
+
+    def integrity_problems(self) -> list[str]:
+        """`PRAGMA integrity_check` and `foreign_key_check` findings; empty when healthy."""
+        rows = [r[0] for r in self.db.execute("pragma integrity_check").fetchall()]
+        problems = [] if rows == ["ok"] else rows
+        problems += [f"foreign key: {tuple(r)}"
+                     for r in self.db.execute("pragma foreign_key_check").fetchall()]
+        return problems
 
     # ----- runs ---------------------------------------------------------------------------------
 
@@ -137,6 +179,29 @@ class Store:
             update["finished"] = utcnow()
         self.db["rounds"].update(row["id"], update)
 
+    def reset_round_from_train(self, run_id: str, idx: int) -> None:
+        """Forget a round's train and evaluate stages (its checkpoint is bad): the update row, the
+        evaluation and its held-out attempts go, so both stages run again on resume."""
+        row = self.db["rounds"].get(self.round_id(run_id, idx))
+        stages = json.loads(row["stages_json"] or "{}")
+        for stage in ("train", "evaluate", "done"):
+            stages.pop(stage, None)
+        with self.transaction():
+            eval_ids = [r[0] for r in self.db.execute(
+                "select id from attempts where run_id = ? and round_idx = ? and purpose = 'eval'",
+                [run_id, idx]).fetchall()]
+            for attempt_id in eval_ids:
+                self.db.execute("delete from verdicts where attempt_id = ?", [attempt_id])
+                self.db.execute("delete from rewards where attempt_id = ?", [attempt_id])
+            self.db.execute("delete from attempts where run_id = ? and round_idx = ? "
+                            "and purpose = 'eval'", [run_id, idx])
+            self.db.execute("delete from updates where run_id = ? and round_idx = ?",
+                            [run_id, idx])
+            self.db.execute("delete from evaluations where run_id = ? and round_idx = ?",
+                            [run_id, idx])
+            self.db["rounds"].update(row["id"], {"stage": "mistakes", "model_out": None,
+                                                 "stages_json": _json(stages), "finished": None})
+
     # ----- tasks and attempts -------------------------------------------------------------------
 
     def upsert_tasks(self, tasks: Iterable[Task]) -> None:
@@ -172,7 +237,8 @@ class Store:
         self.db["attempts"].insert_all(
             ({"id": a.id, "run_id": a.run_id, "round_idx": a.round_index, "task_id": a.task_id,
               "purpose": a.purpose, "sample_index": a.sample_index, "parent_id": a.parent_id,
-              "depth": a.depth, "messages_json": _json(a.messages), "completion": a.completion,
+              "depth": a.depth, "messages_json": _json(a.messages),
+              **dict(zip(("completion", "completion_raw"), _text_and_raw(a.completion))),
               "token_ids_json": _json(a.token_ids), "prompt_tokens": a.prompt_tokens,
               "completion_tokens": a.completion_tokens, "finish_reason": a.finish_reason,
               "logprobs_json": _json(a.logprobs), "model_ref": a.model_ref, "seed": a.seed,
@@ -192,7 +258,9 @@ class Store:
         return Attempt(
             id=r["id"], run_id=r["run_id"], round_index=r["round_idx"], task_id=r["task_id"],
             purpose=r["purpose"], sample_index=r["sample_index"], parent_id=r["parent_id"],
-            depth=r["depth"], messages=json.loads(r["messages_json"]), completion=r["completion"],
+            depth=r["depth"], messages=json.loads(r["messages_json"]),
+            completion=(r["completion_raw"].decode("utf-8", "surrogatepass")
+                        if r.get("completion_raw") is not None else r["completion"]),
             token_ids=json.loads(r["token_ids_json"] or "[]"), prompt_tokens=r["prompt_tokens"],
             completion_tokens=r["completion_tokens"], finish_reason=r["finish_reason"],
             logprobs=json.loads(r["logprobs_json"]) if r["logprobs_json"] else None,
@@ -303,6 +371,20 @@ class Store:
     def evaluations(self, run_id: str) -> dict[int, dict]:
         return {r["round_idx"]: r for r in
                 self.db["evaluations"].rows_where("run_id = ? and split = 'eval'", [run_id])}
+
+    def error_counts(self, run_id: str) -> dict[int, dict[str, int]]:
+        """Per round: verdicts that are plugin failures (infra/timeout) and NULL rewards."""
+        out: dict[int, dict[str, int]] = {}
+        for idx, n in self.db.execute(
+                "select a.round_idx, count(*) from verdicts v join attempts a on a.id = v.attempt_id"
+                " where a.run_id = ? and v.error_kind in ('infra', 'timeout') group by 1",
+                [run_id]).fetchall():
+            out.setdefault(idx, {"verifier": 0, "reward": 0})["verifier"] = n
+        for idx, n in self.db.execute(
+                "select a.round_idx, count(*) from rewards r join attempts a on a.id = r.attempt_id"
+                " where a.run_id = ? and r.value is null group by 1", [run_id]).fetchall():
+            out.setdefault(idx, {"verifier": 0, "reward": 0})["reward"] = n
+        return out
 
     def train_counts(self, run_id: str) -> dict[int, dict[str, int]]:
         """Per round of the train split: prompts, attempts, passing attempts, prompts with at least

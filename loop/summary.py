@@ -10,9 +10,10 @@ TIMED_STAGES = ("select", "generate", "verify", "reward", "mistakes", "train", "
 
 
 def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = None,
-                  evaluations: dict | None = None) -> dict:
+                  evaluations: dict | None = None, errors: dict | None = None) -> dict:
     """One round as `loop show --json` prints it."""
     row = store.get_round(run_id, idx)
+    errors = store.error_counts(run_id) if errors is None else errors
     counts = store.train_counts(run_id) if counts is None else counts
     evaluations = store.evaluations(run_id) if evaluations is None else evaluations
     stages = json.loads(row["stages_json"] or "{}") if row else {}
@@ -38,13 +39,15 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
                  "mean_completion_tokens": ev["mean_completion_tokens"] if ev else None},
         "timings": timings,
         "tokens_per_s": tokens_per_s,
+        "errors": errors.get(idx, {"verifier": 0, "reward": 0}),
     }
 
 
 def run_summary(store: Store, run: dict) -> dict:
     counts = store.train_counts(run["id"])
     evaluations = store.evaluations(run["id"])
-    rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations)
+    errors = store.error_counts(run["id"])
+    rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations, errors)
               for r in store.rounds(run["id"])]
     return {
         "run": {"id": run["id"], "name": run["name"], "status": run["status"],

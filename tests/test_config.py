@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,9 @@ BAD = [
     ("task: {verifiers: [{}]}", "task.verifiers.0.name"),
     ("task: {options: {x: .nan}}", "task.options.x"),
     ("name: ''", "name"),
+    ("verify: {timeout_s: 0}", "verify.timeout_s"),
+    ("verify: {timeout_s: forever}", "verify.timeout_s"),
+    ("verify: 3", "verify"),
 ]
 
 
@@ -190,3 +194,43 @@ def test_cli_bad_task_data_exits_2_naming_file_and_line(tmp_path):
     assert result.exit_code == 2, result.output
     assert "task error: jsonl:" in result.output and "line 2" in result.output
     assert not db.exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", r"bad\.yaml: file is empty"),
+    (b"# only a comment\n", r"bad\.yaml: file is empty"),
+    (b"rounds: 1\nrounds: 2\n", r"bad\.yaml line 2: duplicate key 'rounds'"),
+    (b"rounds: \xff\xfe\n", r"bad\.yaml: not UTF-8 text \(byte 8\)"),
+    (b"a: 1\n" + b"#" * (2 << 20), r"bad\.yaml: file too large \(\d+ bytes; the limit is"),
+    (b"rounds: [1, 2\n", r"bad\.yaml line \d+: "),
+])
+def test_unreadable_config_files(tmp_path, content, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        build_config(None, path, environ={})
+    assert re.search(r"^config error: .*" + needle, str(info.value)), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_config_path_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        build_config(None, tmp_path, environ={})
+
+
+@pytest.mark.parametrize("args", [
+    ["--config", "missing.yaml"],
+    ["--set", "generate.temperature=.nan"],
+    ["--set", "train.lora={r: 0}"],
+])
+def test_stderr_is_exactly_one_line_and_stdout_empty(tmp_path, args):
+    import subprocess
+    import sys
+
+    db = tmp_path / "store" / "loop.db"
+    out = subprocess.run([sys.executable, "-m", "loop.cli", "run", "arithmetic", "--db", str(db),
+                          *args], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("config error: ")
+    assert not (tmp_path / "store").exists()

@@ -51,6 +51,9 @@ def test_loop_run_end_to_end_on_tiny_model(tmp_path, weak_adder_dir, tiny_task_f
     plugins = tmp_path / "observers"
     plugins.mkdir()
     (plugins / "observer.py").write_text(OBSERVER)
+    (plugins / "broken_observer.py").write_text(
+        "import loop\n\n@loop.hookimpl\ndef round_started(round_index):\n"
+        "    raise RuntimeError('observer bug')\n")
     log = tmp_path / "events.jsonl"
     monkeypatch.setenv("OBSERVER_LOG", str(log))
     db = tmp_path / "store" / "loop.db"
@@ -61,6 +64,9 @@ def test_loop_run_end_to_end_on_tiny_model(tmp_path, weak_adder_dir, tiny_task_f
     ])
     assert result.exit_code == 0, result.output
     assert "held-out pass@1" in result.output  # the per-round lines and final table
+    # A failing observer is reported and the run goes on.
+    assert "plugin 'file:broken_observer.py' failed in round_started: RuntimeError: observer bug" \
+        in result.output
 
     import sqlite_utils
 

@@ -264,5 +264,5 @@ def test_verifier_exception_becomes_infra_verdict_naming_plugin():
                       sample_index=0, messages=[], completion="1")
     verdict = safe_verify(Chosen("boom", Boom(), None, "myplugin"), task, attempt)
     assert verdict == Verdict(passed=False, score=0.0, error_kind="infra",
-                              feedback="verifier 'boom' (plugin myplugin) raised "
+                              feedback="verifier 'boom' (plugin myplugin) on attempt a: raised "
                                        "ZeroDivisionError: bad plugin")

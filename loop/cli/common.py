@@ -45,13 +45,13 @@ def plugin_manager(plugins_dir: Path | None = None):
     return _PM
 
 
-def open_store(db: Path | None, must_exist: bool = True):
+def open_store(db: Path | None, must_exist: bool = True, pm=None):
     from loop.store import Store
 
     path = db_path(db)
     if must_exist and not path.exists():
         fail(f"no store at {path} (run `loop run TASK` first, or pass --db)")
-    return Store.open(path)
+    return Store.open(path, pm)
 
 
 def print_json(data) -> None:

@@ -96,6 +96,10 @@ def round_line(summary: dict) -> str:
     if ev["n"]:
         parts.append(f"held-out pass@1 [bold]{ev['pass_at_1']:.3f}[/bold] on {ev['n']} "
                      f"(cut off {_pct(ev['truncated_share'])});")
+    errors = summary.get("errors", {})
+    if errors.get("verifier") or errors.get("reward"):
+        parts.append(f"[red]plugin errors: {errors['verifier']} verdicts, {errors['reward']} "
+                     "rewards (see verdicts.feedback)[/red];")
     parts.append(f"{sum(summary['timings'].values()):.0f} s")
     return " ".join(parts)
 

@@ -27,6 +27,7 @@ VERSIONED = ("loop", "torch", "transformers", "trl", "peft", "accelerate", "data
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
+    app.command("resume")(resume)
 
 
 def run(
@@ -80,6 +81,7 @@ def run(
         except Exception as exc:
             fail(f"model error: {exc}", code=2)
 
+    from loop.runlock import RunLock
     from loop.store import Store, StoreError
 
     path = db_path(db)
@@ -87,7 +89,7 @@ def run(
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     run_name = cfg.name or _default_name(store, cfg.task.source)
     run_dir = path.parent / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir).acquire(run_name)  # a fresh folder: nobody else can hold it
     try:
         store.create_run(run_id=run_id, name=run_name, task=cfg.task.source, model=cfg.model,
                          config=cfg.model_dump(mode="json"), seed=cfg.seed,
@@ -98,18 +100,83 @@ def run(
     console.print(f"run [bold]{run_name}[/bold] ({run_id}): {cfg.task.source} on {cfg.model}, "
                   f"{cfg.rounds} rounds, method {cfg.train.method}; store {path}", highlight=False)
     drive(store, cfg, components, run_id, run_dir, pm, tasks)
+    lock.release()
 
 
-def drive(store, cfg, components, run_id, run_dir, pm, tasks) -> None:
+def resume(
+    run: str = typer.Argument(..., help="run id (or a unique prefix) or name"),
+    db: Optional[Path] = DB_OPTION,
+    plugins_dir: Optional[Path] = PLUGINS_DIR_OPTION,
+) -> None:
+    """Continue a run that was interrupted, failed or killed, from its first unfinished stage.
+    Stored work is not redone; a finished run is left as it is."""
+    from pydantic import ValidationError
+
+    from loop.cli.common import open_store
+    from loop.components import resolve_components
+    from loop.config import ConfigError, LoopConfig, format_validation_error
+    from loop.plugins import PluginError, build_registry
+    from loop.runlock import RunLock, RunLocked
+    from loop.store import StoreError
+
+    try:
+        pm = plugin_manager(plugins_dir)
+        registry = build_registry(pm)
+    except PluginError as exc:
+        fail(str(exc), code=2)
+    store = open_store(db, pm=pm)
+    try:
+        row = store.get_run(run)
+    except StoreError as exc:
+        fail(str(exc))
+    if row["status"] == "finished":
+        console.print(f"run {row['name']} ({row['id']}) already complete; nothing to do",
+                      highlight=False)
+        return
+    try:
+        lock = RunLock(Path(row["run_dir"])).acquire(row["name"])
+    except RunLocked as exc:
+        fail(str(exc))
+    try:
+        cfg = LoopConfig.model_validate_json(row["config_json"])
+        components = resolve_components(cfg, registry)
+    except ValidationError as exc:
+        fail(format_validation_error(exc, "stored config error"), code=2)
+    except ConfigError as exc:
+        fail(f"{exc} (from the run's stored config: is a plugin it used missing?)", code=2)
+    source = components.task_source
+    try:
+        tasks = source.component.load(source.options, cfg.seed)
+    except (ValueError, OSError) as exc:
+        fail(f"task error: {cfg.task.source}: {exc}", code=2)
+    if row["status"] == "running":  # its process died without a word (kill -9, power loss)
+        console.print(f"run {row['name']} was left running by pid {lock.previous_pid or '?'}, "
+                      "which is gone: taking over", highlight=False)
+        problems = store.integrity_problems()
+        if problems:
+            fail(f"the store failed its integrity check: {problems[0]}")
+    console.print(f"resuming run [bold]{row['name']}[/bold] ({row['id']}) "
+                  f"(was {row['status']})", highlight=False)
+    store.set_run_status(row["id"], "running")
+    drive(store, cfg, components, row["id"], Path(row["run_dir"]), pm, tasks, resuming=True)
+    lock.release()
+
+
+def drive(store, cfg, components, run_id, run_dir, pm, tasks, resuming: bool = False) -> None:
     """Run the engine with progress bars and record how the run ended."""
     from loop.cli.display import RichReporter, rounds_table
+    from loop.failpoints import failpoint
     from loop.rounds import RoundEngine
     from loop.summary import run_summary
 
+    _sigterm_interrupts()
     with RichReporter(console) as reporter:
         engine = RoundEngine(store=store, config=cfg, components=components, run_id=run_id,
                              run_dir=Path(run_dir), reporter=reporter, pm=pm, tasks=tasks)
         try:
+            if resuming:
+                for message in engine.recover():
+                    reporter.warn(message)
             engine.run()
         except KeyboardInterrupt:
             store.set_run_status(run_id, "interrupted")
@@ -122,8 +189,22 @@ def drive(store, cfg, components, run_id, run_dir, pm, tasks) -> None:
             reporter.progress.stop()
             fail(f"run {run_id} failed: {type(exc).__name__}: {exc} "
                  "(what it finished is in the store; LOOP_DEBUG=1 shows the traceback)")
+    failpoint("run.before_finish")
     store.set_run_status(run_id, "finished")
     console.print(rounds_table(run_summary(store, store.get_run(run_id))))
+
+
+def _sigterm_interrupts() -> None:
+    """SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: marked interrupted."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. an embedding application)
+        pass
 
 
 def _default_name(store, task: str) -> str:

@@ -17,11 +17,10 @@ def binary(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) ->
     """1.0 for a correct completion, 0.0 for a wrong one, None where it cannot be judged.
 
     Inside loop, `kwargs["verdicts"]` has one dict {verifier name: Verdict} per completion:
-    - 0.0 if any verdict failed with error_kind "model" (or with no error_kind): a working checker
-      saw a wrong answer, so no broken checker can make it right;
-    - otherwise None if any verdict has error_kind "infra" or "timeout" (a broken check is never
-      turned into a 0), or if the dict is empty (nothing judged the sample);
-    - otherwise (every verdict passed) 1.0.
+    - None if any verdict has error_kind "infra" or "timeout" (the item has an error row, and a
+      broken check is never turned into a 0, even when another verifier failed the answer), or if
+      the dict is empty (nothing judged the sample);
+    - otherwise 0.0 if any verdict failed, 1.0 if every verdict passed.
     Verdicts may be `loop.Verdict` objects or their dicts.
 
     Used directly as a TRL GRPOTrainer reward (no `verdicts`), it verifies each completion itself
@@ -83,15 +82,9 @@ def _content_text(content: Any) -> str:
 def _from_verdicts(sample: Mapping[str, Any] | None) -> float | None:
     if not sample:
         return None
-    broken = False
-    for verdict in sample.values():
-        if _get(verdict, "passed"):
-            continue
-        if _get(verdict, "error_kind") in _BROKEN_CHECK:
-            broken = True
-        else:
-            return 0.0
-    return None if broken else 1.0
+    if any(_get(v, "error_kind") in _BROKEN_CHECK for v in sample.values()):
+        return None  # the item has an error row; a broken check is never scored as a 0
+    return 1.0 if all(_get(v, "passed") for v in sample.values()) else 0.0
 
 
 def _get(verdict: Any, key: str) -> Any:

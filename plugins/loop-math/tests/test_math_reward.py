@@ -22,12 +22,12 @@ def test_rewards_from_verdicts():
         {"math": PASS, "style": PASS},
         {"math": PASS, "style": WRONG},
         {"math": PASS, "style": INFRA},
-        {"math": WRONG, "style": INFRA},  # a working checker saw a wrong answer
+        {"math": WRONG, "style": INFRA},  # an error row: NULL, never 0
         {},
     ]
     completions = ["x"] * len(verdicts)
     assert binary(["p"] * len(verdicts), completions, verdicts=verdicts) == [
-        1.0, 0.0, 0.0, None, None, 1.0, 0.0, None, 0.0, None]
+        1.0, 0.0, 0.0, None, None, 1.0, 0.0, None, None, None]
 
 
 def test_verdicts_win_over_the_completion_text():

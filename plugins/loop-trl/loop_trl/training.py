@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from loop.checkpoints import TMP_PREFIX
 from loop.rounds import UpdateContext
 
 
@@ -87,7 +87,11 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
     started = time.perf_counter()
     train = context.config.train
     model, tokenizer, peft_config = load_policy(context)
-    scratch = Path(tempfile.mkdtemp(prefix="loop-trainer-"))
+    # The trainer's scratch folder sits beside the checkpoint's temporary folder, so a killed
+    # run's leftovers are removed with the rest at the next start (loop.checkpoints).
+    scratch = Path(context.output_dir).with_name(f"{TMP_PREFIX}trainer-round-{context.round_index}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
     try:
         args = config_cls(
             output_dir=str(scratch),
@@ -113,12 +117,17 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
             processing_class=tokenizer, peft_config=peft_config, callbacks=[progress],
             **(trainer_kwargs or {}),
         )
+        # With tqdm off, transformers prints every log dict to stdout; loop draws its own progress.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
         output = trainer.train()
         norms = [g for g in progress.grad_norms if math.isfinite(g)]
         if progress.grad_norms and not any(g > 0 for g in norms):
             raise NoLearning(f"{trainer_cls.__name__}: gradient norm was 0 on every one of "
                              f"{len(progress.grad_norms)} steps; the update would be a no-op")
         trainer.model.save_pretrained(context.output_dir)
+        _sort_target_modules(Path(context.output_dir))
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) \
             if "input_ids" in trainer.train_dataset.column_names else 0
         return {
@@ -131,3 +140,17 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sort_target_modules(folder: Path) -> None:
+    """PEFT saves `target_modules` from a set, in an order that changes with Python's hash seed;
+    sort it so the same training gives a byte-identical checkpoint (and checkpoint hash)."""
+    import json
+
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
