@@ -119,12 +119,9 @@ def resume(
     from loop.runlock import RunLock, RunLocked
     from loop.store import StoreError
 
-    try:
-        pm = plugin_manager(plugins_dir)
-        registry = build_registry(pm)
-    except PluginError as exc:
-        fail(str(exc), code=2)
-    store = open_store(db, pm=pm)
+    # The lock is checked first, before plugins load: a second process on a live run must answer
+    # at once and touch nothing.
+    store = open_store(db)
     try:
         row = store.get_run(run)
     except StoreError as exc:
@@ -137,6 +134,12 @@ def resume(
         lock = RunLock(Path(row["run_dir"])).acquire(row["name"])
     except RunLocked as exc:
         fail(str(exc))
+    try:
+        pm = plugin_manager(plugins_dir)
+        registry = build_registry(pm)
+        pm.hook.prepare_db(db=store.db)
+    except PluginError as exc:
+        fail(str(exc), code=2)
     try:
         cfg = LoopConfig.model_validate_json(row["config_json"])
         components = resolve_components(cfg, registry)
