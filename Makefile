@@ -30,7 +30,7 @@ test-quick: $(STAMP)
 
 # The long tier of the crash test: 50 runs, each killed 1-5 times at random instants and resumed.
 soak: $(STAMP)
-	LOOP_SOAK_RUNS=50 $(PY) -m pytest tests/test_resume.py -k soak -q
+	LOOP_SOAK_RUNS=50 $(PY) -m pytest tests/test_resume.py -k soak -q -s
 
 bench: $(STAMP)
 	$(PY) bench/efficacy.py
