@@ -84,9 +84,15 @@ class LoraConfig(Section):
 
 
 class TrainConfig(Section):
-    method: str = Field(default="sft", min_length=1, description="registered updater name")
+    method: str = Field(default="sft", min_length=1,
+                        description="registered updater: sft, dpo, kto, grpo, nft, redi, ...")
     learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0)
-    epochs: float = Field(default=1.0, gt=0.0, le=1000.0)
+    epochs: float = Field(default=1.0, gt=0.0, le=1000.0,
+                          description="passes over the round's data (grpo/nft/redi: PPO "
+                                      "iterations per batch, rounded)")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description=(
+        "train exactly this many optimizer steps per round, cycling the round's data; overrides "
+        "epochs (equal-compute comparisons of methods)"))
     batch_size: int = Field(default=8, ge=1, le=100_000)
     max_length: int = Field(default=512, ge=8, le=1_000_000, description="tokens per example")
     lora: LoraConfig = Field(default_factory=LoraConfig)

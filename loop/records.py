@@ -135,13 +135,19 @@ class Critique(Record):
 
 
 class Sample(Record):
-    """One attempt with its judgement, as an updater sees the round: built by the train stage."""
+    """One attempt with its judgement, as an updater sees the round: built by the train stage.
+
+    `rewards` holds every configured reward function's value (None: not applicable, or the
+    verification failed for infrastructure reasons); `reward` is the first one's, for updaters
+    that use a single number.
+    """
 
     task: Task
     attempt: Attempt
     passed: bool
     score: float
     reward: float | None
+    rewards: dict[str, float | None] = Field(default_factory=dict)
 
 
 class ModelRef(Record):

@@ -246,17 +246,8 @@ class RoundEngine:
 
     def stage_train(self, idx: int) -> None:
         started = time.perf_counter()
-        attempts = self.store.attempts(self.run_id, idx, "train")
-        tasks = self.store.get_tasks({a.task_id for a in attempts})
-        verdicts = self.store.verdicts(a.id for a in attempts)
-        rewards = self.store.rewards(a.id for a in attempts)
-        first_reward = self.components.rewards[0].name if self.components.rewards else None
-        samples = [
-            Sample(task=tasks[a.task_id], attempt=a, passed=_passed(verdicts[a.id]),
-                   score=min((v.score for v in verdicts[a.id].values()), default=0.0),
-                   reward=rewards[a.id].get(first_reward) if first_reward else None)
-            for a in attempts
-        ]
+        samples = load_samples(self.store, self.run_id, idx,
+                               [r.name for r in self.components.rewards])
         model_in = self.store.get_round(self.run_id, idx)["model_in"]
         if model_in:
             verify_checkpoint(model_in)
@@ -480,6 +471,23 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def load_samples(store: Store, run_id: str, idx: int, reward_names: list[str]) -> list[Sample]:
+    """The round's train attempts as an updater sees them: task, attempt, verdicts folded into
+    pass/score (every verifier must pass; the score is the lowest), and each reward's value."""
+    attempts = store.attempts(run_id, idx, "train")
+    tasks = store.get_tasks({a.task_id for a in attempts})
+    verdicts = store.verdicts(a.id for a in attempts)
+    rewards = store.rewards(a.id for a in attempts)
+    first = reward_names[0] if reward_names else None
+    return [
+        Sample(task=tasks[a.task_id], attempt=a, passed=_passed(verdicts[a.id]),
+               score=min((v.score for v in verdicts[a.id].values()), default=0.0),
+               reward=rewards[a.id].get(first) if first else None,
+               rewards={name: rewards[a.id].get(name) for name in reward_names})
+        for a in attempts
+    ]
 
 
 def _passed(verdicts: dict[str, Verdict]) -> bool:

@@ -10,12 +10,16 @@ TIMED_STAGES = ("select", "generate", "verify", "reward", "mistakes", "train", "
 
 
 def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = None,
-                  evaluations: dict | None = None, errors: dict | None = None) -> dict:
+                  evaluations: dict | None = None, errors: dict | None = None,
+                  updates: dict | None = None) -> dict:
     """One round as `loop show --json` prints it."""
     row = store.get_round(run_id, idx)
     errors = store.error_counts(run_id) if errors is None else errors
     counts = store.train_counts(run_id) if counts is None else counts
     evaluations = store.evaluations(run_id) if evaluations is None else evaluations
+    if updates is None:
+        updates = {u["round_idx"]: u for u in store.updates(run_id)}
+    update = updates.get(idx)
     stages = json.loads(row["stages_json"] or "{}") if row else {}
     train = counts.get(idx, {"prompts": 0, "attempts": 0, "passed": 0, "solved_prompts": 0,
                              "truncated": 0})
@@ -40,6 +44,9 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
         "timings": timings,
         "tokens_per_s": tokens_per_s,
         "errors": errors.get(idx, {"verifier": 0, "reward": 0}),
+        "update": None if update is None else {
+            "method": update["method"], "dataset_size": update["dataset_size"],
+            "metrics": json.loads(update["metrics_json"] or "{}")},
     }
 
 
@@ -47,7 +54,8 @@ def run_summary(store: Store, run: dict) -> dict:
     counts = store.train_counts(run["id"])
     evaluations = store.evaluations(run["id"])
     errors = store.error_counts(run["id"])
-    rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations, errors)
+    updates = {u["round_idx"]: u for u in store.updates(run["id"])}
+    rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations, errors, updates)
               for r in store.rounds(run["id"])]
     return {
         "run": {"id": run["id"], "name": run["name"], "status": run["status"],

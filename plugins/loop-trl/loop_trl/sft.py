@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import loop
 from loop.rounds import EmptyDataset, UpdateContext
+from loop_trl.datasets import sft_rows
 from loop_trl.training import train_with_trl
 
 
@@ -31,22 +32,8 @@ class SFTUpdater(loop.Updater):
 
     def build_dataset(self, context: UpdateContext) -> list[dict]:
         options: SFTOptions = context.options or SFTOptions()
-        rows, seen, per_prompt = [], set(), {}
-        for sample in context.samples:
-            if not sample.passed:
-                continue
-            answer = sample.attempt.completion.strip()
-            key = (sample.task.id, answer)
-            if options.dedupe and key in seen:
-                continue
-            count = per_prompt.get(sample.task.id, 0)
-            if options.max_per_prompt is not None and count >= options.max_per_prompt:
-                continue
-            seen.add(key)
-            per_prompt[sample.task.id] = count + 1
-            rows.append({"prompt": sample.task.prompt,
-                         "completion": [{"role": "assistant", "content": answer}]})
-        return rows
+        return sft_rows(context.samples, dedupe=options.dedupe,
+                        max_per_prompt=options.max_per_prompt)
 
     def update(self, context: UpdateContext) -> loop.UpdateResult:
         rows = self.build_dataset(context)

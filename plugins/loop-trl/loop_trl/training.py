@@ -78,9 +78,18 @@ def _progress_callback(context: UpdateContext):
 
 
 def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any, config_cls: Any,
-                   config_kwargs: dict | None = None, trainer_kwargs: dict | None = None) -> dict:
+                   config_kwargs: dict | None = None, trainer_kwargs: Any = None,
+                   train_tokens: int | None = None) -> dict:
     """Train `trainer_cls` on `rows`, save the model/adapter into `context.output_dir`, return
-    metrics (dataset_size, steps, train_loss, grad_norm_mean, train_tokens, seconds)."""
+    metrics (dataset_size, steps, train_loss, loss_first, loss_last, grad_norm_mean, train_tokens,
+    seconds).
+
+    `trainer_kwargs` is a dict, or a callable `(tokenizer) -> dict` for trainers whose extra
+    arguments need the tokenizer (GRPO's rollout function). `train_tokens` overrides the count
+    taken from the tokenized dataset (trainers that tokenize on the fly have none).
+    """
+    import dataclasses
+
     import torch
     from datasets import Dataset
 
@@ -93,12 +102,14 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        args = config_cls(
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        # Settings only some TRL configs have (GRPO tokenizes rollouts itself: no max_length).
+        optional = {"max_length": train.max_length, "dataset_num_proc": None}
+        settings = dict(
             output_dir=str(scratch),
             per_device_train_batch_size=train.batch_size,
             learning_rate=train.learning_rate,
             num_train_epochs=train.epochs,
-            max_length=train.max_length,
             logging_steps=1,
             save_strategy="no",
             report_to="none",
@@ -108,9 +119,14 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
             use_cpu=not torch.cuda.is_available(),
             bf16=False,  # fp32: on CPU bf16 changes the default model's answers (offline-stack.md)
             gradient_checkpointing=False,  # memory is not the constraint at these sizes
-            dataset_num_proc=None,
-            **(config_kwargs or {}),
+            **{k: v for k, v in optional.items() if k in fields},
         )
+        settings.update(config_kwargs or {})  # the method's own settings win
+        if train.max_steps:
+            settings["max_steps"] = train.max_steps
+        args = config_cls(**settings)
+        if callable(trainer_kwargs):
+            trainer_kwargs = trainer_kwargs(tokenizer)
         progress = _progress_callback(context)
         trainer = trainer_cls(
             model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -126,20 +142,43 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
         if progress.grad_norms and not any(g > 0 for g in norms):
             raise NoLearning(f"{trainer_cls.__name__}: gradient norm was 0 on every one of "
                              f"{len(progress.grad_norms)} steps; the update would be a no-op")
-        trainer.model.save_pretrained(context.output_dir)
+        _save(trainer.model, Path(context.output_dir))
         _sort_target_modules(Path(context.output_dir))
-        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) \
-            if "input_ids" in trainer.train_dataset.column_names else 0
+        if train_tokens is None:
+            columns = trainer.train_dataset.column_names
+            token_columns = [c for c in columns if c.endswith("input_ids")]
+            train_tokens = sum(len(ids) for c in token_columns for ids in trainer.train_dataset[c])
         return {
             "dataset_size": len(rows),
             "steps": trainer.state.global_step,
             "train_loss": output.training_loss,
+            "loss_first": progress.losses[0] if progress.losses else None,
+            "loss_last": progress.losses[-1] if progress.losses else None,
             "grad_norm_mean": sum(norms) / len(norms) if norms else None,
-            "train_tokens": int(tokens * train.epochs),
+            "train_tokens": _tokens_seen(train_tokens, len(rows), trainer),
             "seconds": time.perf_counter() - started,
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _tokens_seen(dataset_tokens: int, rows: int, trainer: Any) -> int:
+    """Tokens the optimizer saw: the dataset's mean tokens per row x rows per step x steps
+    (a GRPO row is a whole group, `num_generations` completions)."""
+    per_row = dataset_tokens / max(1, rows)
+    per_step = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+    per_step /= getattr(trainer.args, "num_generations", None) or 1
+    return int(per_row * per_step * trainer.state.global_step)
+
+
+def _save(model: Any, folder: Path) -> None:
+    """Write the trained model or adapter. DPO and KTO keep a frozen copy of the round's starting
+    adapter under the name "ref" as their reference model; only the trained one is saved."""
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and len(peft_config) > 1:
+        model.save_pretrained(folder, selected_adapters=["default"])
+    else:
+        model.save_pretrained(folder)
 
 
 def _sort_target_modules(folder: Path) -> None:

@@ -1,0 +1,99 @@
+"""Update methods compared: the default task with each method, equal sampling and training.
+
+    python bench/methods.py [--methods sft,dpo,kto,grpo,nft,redi] [--rounds 3] [--prompts 128]
+                            [--eval 200] [--steps 16] [--keep DIR]
+
+Every method runs `loop run arithmetic --config configs/default.yaml --method M` (a subprocess,
+as a user would) with the same seed, so all of them evaluate the same untouched model in round 0
+and sample the same prompts with the same n per round (equal sampling budget), and each trains
+exactly `--steps` optimizer steps of `train.batch_size` per round (`train.max_steps`: equal
+training steps, whatever the size of the dataset a method builds). Prints held-out pass@1 per
+round per method, the gain over round 0 as a ratio against that baseline (measured in the same
+run), wall time, and each round's dataset size and what the group methods skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="sft,dpo,kto,grpo,nft,redi")
+    parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=128, help="training prompts per round")
+    parser.add_argument("--eval", type=int, default=200, help="held-out problems")
+    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per round")
+    parser.add_argument("--keep", default=None, help="keep the store in this folder")
+    args = parser.parse_args()
+
+    folder = Path(args.keep or tempfile.mkdtemp(prefix="loop-methods-"))
+    db = folder / "loop.db"
+    loop_cmd = [sys.executable, "-m", "loop.cli.__main__"]
+    settings = ["--rounds", str(args.rounds),
+                "--set", f"select.prompts_per_round={args.prompts}",
+                "--set", f"evaluate.problems={args.eval}",
+                "--set", f"train.max_steps={args.steps}"]
+    results = {}
+    for method in args.methods.split(","):
+        started = time.perf_counter()
+        subprocess.run([*loop_cmd, "run", "arithmetic", "--config", args.config, "--db", str(db),
+                        "--name", method, "--method", method, *settings], check=True)
+        wall = time.perf_counter() - started
+        shown = subprocess.run([*loop_cmd, "show", method, "--db", str(db), "--json"],
+                               check=True, capture_output=True, text=True)
+        results[method] = (json.loads(shown.stdout), wall)
+        print(f"[{method}] done in {wall:.0f} s", flush=True)
+
+    print(f"\nmachine: {platform.machine()}, {_cores()} cores; python {platform.python_version()}")
+    print(f"command: python bench/methods.py --methods {args.methods} --rounds {args.rounds} "
+          f"--prompts {args.prompts} --eval {args.eval} --steps {args.steps}")
+    head = " | ".join(f"round {i}" for i in range(args.rounds + 1))
+    print(f"\nheld-out pass@1 (n={args.eval}, greedy)\n\n| method | {head} | gain vs round 0 "
+          "| wall s |\n|---|" + "---|" * (args.rounds + 3))
+    for method, (data, wall) in results.items():
+        scores = [r["eval"]["pass_at_1"] for r in data["rounds"]]
+        base = scores[0]
+        ratio = f"{scores[-1] / base:.2f}x" if base else "–"
+        cells = " | ".join(f"{s:.3f}" for s in scores)
+        print(f"| {method} | {cells} | {100 * (scores[-1] - base):+.1f} pts ({ratio}) | {wall:.0f} |")
+    print("\ntraining data per round (rows the method built; groups used / skipped equal / "
+          "incomplete)\n\n| method | " + " | ".join(f"round {i}" for i in range(1, args.rounds + 1))
+          + " |\n|---|" + "---|" * args.rounds)
+    for method, (data, _) in results.items():
+        cells = []
+        for update in [r["update"] for r in data["rounds"][1:]]:
+            if update is None:
+                cells.append("–")
+                continue
+            m = update["metrics"]
+            cell = str(update.get("dataset_size", 0))
+            if "groups" in m:
+                cell += (f" ({m['groups']}/{m['groups_skipped_equal_rewards']}/"
+                         f"{m['groups_skipped_incomplete']})")
+            if "pairs" in m:
+                cell += " pairs"
+            cells.append(cell + f", {m.get('steps', 0)} steps")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    print(f"\nstore: {db}")
+    return 0
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""How a round's samples become each update method's training data.
+
+Pure functions of `context.samples` (no model, no trainer), so each rule is tested on a
+hand-made store. Every builder keeps the task's own prompt: an attempt that repairs an earlier
+answer (refinement, `attempt.parent_id`) is learned as an answer to the original prompt.
+
+- `sft_rows`: verified answers (prompt/completion, TRL's conversational format).
+- `preference_pairs`: DPO rows (prompt/chosen/rejected): a passing and a failing answer to one
+  prompt, and a repaired answer over the answer it repaired.
+- `kto_rows`: unpaired rows (prompt/completion/label), label = passed.
+- `build_groups`: each prompt's n first-try attempts with their rewards, for the group methods
+  (grpo, nft, redi), with counts of the groups left out and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loop.records import Sample
+
+
+def _answer(sample: Sample) -> list[dict]:
+    return [{"role": "assistant", "content": sample.attempt.completion.strip()}]
+
+
+def _by_task(samples: list[Sample]) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for sample in samples:
+        out.setdefault(sample.task.id, []).append(sample)
+    for group in out.values():
+        group.sort(key=lambda s: (s.attempt.depth, s.attempt.sample_index, s.attempt.id))
+    return out
+
+
+def _distinct(samples: list[Sample]) -> list[Sample]:
+    """One sample per distinct (stripped) answer text, first one kept."""
+    seen, out = set(), []
+    for sample in samples:
+        text = sample.attempt.completion.strip()
+        if text not in seen:
+            seen.add(text)
+            out.append(sample)
+    return out
+
+
+def _usable(sample: Sample) -> bool:
+    """A failed attempt whose failure was the checker's (infra/timeout reward None) says nothing
+    about the answer; it is neither a positive nor a negative."""
+    values = list(sample.rewards.values()) if sample.rewards else [sample.reward]
+    return sample.passed or any(v is not None for v in values)
+
+
+def sft_rows(samples: list[Sample], *, dedupe: bool = True,
+             max_per_prompt: int | None = None) -> list[dict]:
+    """Verified-correct answers, one row each (identical answers to one prompt once if `dedupe`)."""
+    rows = []
+    for task_samples in _by_task(samples).values():
+        passed = [s for s in task_samples if s.passed]
+        if dedupe:
+            passed = _distinct(passed)
+        for sample in passed[:max_per_prompt]:
+            rows.append({"prompt": sample.task.prompt, "completion": _answer(sample)})
+    return rows
+
+
+def preference_pairs(samples: list[Sample], *, max_pairs_per_prompt: int = 4,
+                     repair_pairs: bool = True) -> list[dict]:
+    """DPO pairs, chosen = a verified answer, rejected = a failed one, both to the same prompt.
+
+    Per prompt, distinct passing and failing answers are paired in order, cycling the shorter
+    list, up to max(#passing, #failing) pairs and at most `max_pairs_per_prompt`. A repaired
+    answer that passed is also paired over the failed answer it repaired (`repair_pairs`).
+    """
+    rows = []
+    by_id = {s.attempt.id: s for s in samples}
+    for task_samples in _by_task(samples).values():
+        good = _distinct([s for s in task_samples if s.passed])
+        bad = _distinct([s for s in task_samples if not s.passed and _usable(s)])
+        pairs: list[tuple[Sample, Sample]] = []
+        if repair_pairs:
+            for sample in good:
+                parent = by_id.get(sample.attempt.parent_id or "")
+                if parent is not None and not parent.passed:
+                    pairs.append((sample, parent))
+        if good and bad:
+            for i in range(max(len(good), len(bad))):
+                pair = (good[i % len(good)], bad[i % len(bad)])
+                if pair not in pairs:
+                    pairs.append(pair)
+        for chosen, rejected in pairs[:max_pairs_per_prompt]:
+            rows.append({"prompt": chosen.task.prompt, "chosen": _answer(chosen),
+                         "rejected": _answer(rejected)})
+    return rows
+
+
+def kto_rows(samples: list[Sample], *, dedupe: bool = True) -> list[dict]:
+    """Every usable attempt as an unpaired example: label True if it passed, False if not."""
+    rows = []
+    for task_samples in _by_task(samples).values():
+        usable = [s for s in task_samples if _usable(s)]
+        for label in (True, False):
+            chosen = [s for s in usable if s.passed == label]
+            for sample in (_distinct(chosen) if dedupe else chosen):
+                rows.append({"prompt": sample.task.prompt, "completion": _answer(sample),
+                             "label": label})
+    return rows
+
+
+@dataclass
+class Group:
+    """One prompt's n first-try attempts, in sample order, with every reward's value."""
+
+    task_id: str
+    prompt: list[dict]
+    samples: list[Sample]
+
+    @property
+    def solve_rate(self) -> float:
+        return sum(s.passed for s in self.samples) / len(self.samples)
+
+    def rewards(self, names: list[str]) -> list[list[float]]:
+        """rewards[name_index][sample_index]."""
+        return [[_reward(s, name) for s in self.samples] for name in names]
+
+
+@dataclass
+class Groups:
+    groups: list[Group] = field(default_factory=list)
+    skipped_equal: int = 0       # every reward equal: no relative signal (GRPO, NFT)
+    skipped_incomplete: int = 0  # fewer than n attempts with a reward (checker failures)
+
+    def counts(self) -> dict[str, int]:
+        return {"groups": len(self.groups), "groups_skipped_equal_rewards": self.skipped_equal,
+                "groups_skipped_incomplete": self.skipped_incomplete}
+
+
+def _reward(sample: Sample, name: str) -> float:
+    value = sample.rewards.get(name) if sample.rewards else sample.reward
+    return float("nan") if value is None else float(value)
+
+
+def build_groups(samples: list[Sample], n: int, names: list[str], *,
+                 skip_equal: bool = True) -> Groups:
+    """Each prompt's first-try attempts (depth 0) as a group of exactly `n`.
+
+    A group missing an attempt, or with an attempt whose every reward is None (the checker
+    failed, not the model), is skipped and counted: GRPO's groups have one fixed size, and an
+    unscored answer must not pull the group's baseline. With `skip_equal`, groups whose rewards
+    are all equal (all solved, or none) carry no relative signal and are skipped and counted.
+    """
+    out = Groups()
+    for task_id, task_samples in _by_task(samples).items():
+        first_try = [s for s in task_samples if s.attempt.depth == 0]
+        scored = [s for s in first_try
+                  if any(v == v for v in (_reward(s, name) for name in names))]
+        if len(first_try) != n or len(scored) != n:
+            out.skipped_incomplete += 1
+            continue
+        group = Group(task_id=task_id, prompt=first_try[0].task.prompt, samples=first_try)
+        totals = [sum(v for v in (_reward(s, name) for name in names) if v == v)
+                  for s in first_try]
+        if skip_equal and max(totals) == min(totals):
+            out.skipped_equal += 1
+            continue
+        out.groups.append(group)
+    return out

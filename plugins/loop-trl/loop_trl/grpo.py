@@ -1,0 +1,243 @@
+"""Updater `grpo`: TRL's GRPO loss on the round's own samples, read from the store.
+
+loop samples in its generate stage, not inside the trainer, so GRPOTrainer must train on
+completions it did not generate. TRL's public hook for that is `rollout_func`: `StoredRollouts`
+answers each request with a group's stored token ids and sampling log-probabilities, and the
+stored rewards reach TRL through reward functions that only read them back. Advantages,
+clipping and loss aggregation are TRL's own.
+
+One addition (`StoredGroupTrainer`): TRL uses the log-probabilities a rollout returns only on its
+vLLM path. Ours are the behaviour policy's (the round's starting model), so they become the
+`old_per_token_logps` of the PPO ratio: a step that trains on a group sampled before earlier
+steps' updates gets the true importance ratio π_θ/π_sample, clipped, not a ratio of 1. They are
+raw (temperature 1) log-probabilities, so the trainer scores with temperature 1 too.
+
+Groups are each prompt's n first-try attempts. A group whose rewards are all equal carries no
+signal and is skipped and counted, as is a group with an unscored attempt (checker failure).
+The same trainer, with its loss replaced, serves `nft` and `redi` (loop_trl.negative).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import loop
+from loop.rounds import EmptyDataset, UpdateContext
+from loop_trl.datasets import Group, Groups, build_groups
+from loop_trl.training import train_with_trl
+
+
+def encode_prompt(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """The prompt's token ids exactly as the hf backend built them for sampling."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+class StoredRollouts:
+    """A TRL `rollout_func` that returns stored completions instead of generating.
+
+    TRL calls it with the prompts of a generation batch, each repeated `num_generations` times
+    in a row; the k-th occurrence of a prompt gets the k-th attempt of that prompt's group
+    (cycling through the groups that share the prompt text). `last` keeps the answered batch's
+    per-completion facts for the trainer (pass flags, solve rates, behaviour log-probs).
+    """
+
+    def __init__(self, groups: list[Group], tokenizer: Any, reward_names: list[str],
+                 behaviour_logprobs: bool = True):
+        self.tokenizer = tokenizer
+        self.behaviour_logprobs = behaviour_logprobs
+        self.reward_names = reward_names
+        self.by_prompt: dict[str, list[Group]] = {}
+        for group in groups:
+            self.by_prompt.setdefault(_key(group.prompt), []).append(group)
+        self.seen: dict[str, int] = {}
+        self.last: dict[str, list] = {}
+
+    def __call__(self, prompts: list, trainer: Any = None) -> dict[str, Any]:
+        prompt_ids, completion_ids, logprobs = [], [], []
+        passed, solve_rate = [], []
+        rewards: dict[str, list] = {name: [] for name in self.reward_names}
+        for prompt in prompts:
+            key = _key(prompt)
+            groups = self.by_prompt.get(key)
+            if not groups:
+                raise KeyError(f"StoredRollouts: no stored group for prompt {key[:80]}")
+            count = self.seen.get(key, 0)
+            self.seen[key] = count + 1
+            size = len(groups[0].samples)
+            group = groups[(count // size) % len(groups)]
+            sample = group.samples[count % size]
+            prompt_ids.append(encode_prompt(self.tokenizer, group.prompt))
+            ids = self._completion_ids(sample)
+            completion_ids.append(ids)
+            stored = sample.attempt.logprobs
+            logprobs.append(list(stored) if stored and len(stored) == len(ids) else None)
+            passed.append(float(sample.passed))
+            solve_rate.append(group.solve_rate)
+            for name, values in zip(self.reward_names, group.rewards(self.reward_names)):
+                rewards[name].append(values[count % size])
+        have_logprobs = all(lp is not None for lp in logprobs)
+        self.last = {"passed": passed, "solve_rate": solve_rate,
+                     "logprobs": logprobs if have_logprobs else None}
+        return {
+            "prompt_ids": prompt_ids, "completion_ids": completion_ids,
+            "logprobs": logprobs if have_logprobs else None,
+            **{f"loop_reward_{name}": values for name, values in rewards.items()},
+        }
+
+    def _completion_ids(self, sample) -> list[int]:
+        """The stored token ids (lossless); re-encoded text (+ EOS if it stopped) when absent."""
+        if sample.attempt.token_ids:
+            return list(sample.attempt.token_ids)
+        ids = self.tokenizer(sample.attempt.completion, add_special_tokens=False).input_ids
+        if sample.attempt.finish_reason == "stop" and self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+
+def _key(messages: Any) -> str:
+    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+
+
+def stored_reward(name: str):
+    """A TRL reward function that returns the stored value of reward `name` (None for NaN)."""
+
+    def reward(prompts=None, completions=None, **kwargs) -> list[float | None]:
+        return [None if v is None or math.isnan(v) else float(v)
+                for v in kwargs[f"loop_reward_{name}"]]
+
+    reward.__name__ = name
+    return reward
+
+
+def _trainer_base():
+    from trl import GRPOTrainer
+
+    class StoredGroupTrainer(GRPOTrainer):
+        """GRPOTrainer on stored rollouts; adds per-completion `loop_passed`,
+        `loop_solve_rate` and, when stored, the behaviour log-probs as `old_per_token_logps`."""
+
+        def _generate_and_score_completions(self, inputs):
+            import torch
+
+            output = super()._generate_and_score_completions(inputs)
+            facts = self.rollout_func.last
+            device = output["completion_mask"].device
+            output["loop_passed"] = torch.tensor(facts["passed"], device=device)
+            output["loop_solve_rate"] = torch.tensor(facts["solve_rate"], device=device)
+            if self.rollout_func.behaviour_logprobs and facts["logprobs"] is not None:
+                width = output["completion_mask"].shape[1]
+                padded = [lp[:width] + [0.0] * (width - len(lp[:width])) for lp in facts["logprobs"]]
+                dtype = output["advantages"].dtype
+                output["old_per_token_logps"] = torch.tensor(padded, device=device, dtype=dtype)
+            return output
+
+    return StoredGroupTrainer
+
+
+def stored_group_trainer():
+    """The StoredGroupTrainer class (built lazily: importing TRL is slow)."""
+    global _STORED_GROUP_TRAINER
+    if _STORED_GROUP_TRAINER is None:
+        _STORED_GROUP_TRAINER = _trainer_base()
+    return _STORED_GROUP_TRAINER
+
+
+_STORED_GROUP_TRAINER = None
+
+
+class GRPOOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    loss_type: Literal["dapo", "grpo", "bnpo", "dr_grpo"] = Field(
+        default="dapo", description="TRL's loss aggregation (its default: dapo)")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group", description="divide advantages by the group's reward std (TRL default)")
+    epsilon: float = Field(default=0.2, gt=0, description="PPO clip range")
+    beta: float = Field(default=0.0, ge=0, description="KL penalty to the round's starting model")
+    behaviour_logprobs: bool = Field(
+        default=True, description="use the stored sampling log-probs as the PPO ratio's π_old")
+
+
+class GroupUpdater(loop.Updater):
+    """What grpo, nft and redi share: groups from the store, TRL's GRPO pipeline on them."""
+
+    name = "group"
+    skip_equal = True  # redi learns from all-solved and all-failed groups too
+
+    def build_groups(self, context: UpdateContext) -> Groups:
+        n = context.config.generate.n
+        if n < 2:
+            raise EmptyDataset(f"{self.name}: needs at least 2 samples per prompt to form "
+                               f"groups; generate.n is {n}")
+        names = context.reward_names or ["reward"]
+        return build_groups(context.samples, n, names, skip_equal=self.skip_equal)
+
+    def trainer_cls(self, options: Any):
+        return stored_group_trainer()
+
+    def grpo_settings(self, options: Any) -> dict:
+        return {}
+
+    def update(self, context: UpdateContext) -> loop.UpdateResult:
+        from trl import GRPOConfig
+
+        groups = self.build_groups(context)
+        if not groups.groups:
+            raise EmptyDataset(
+                f"{self.name}: no usable group among the round's {len(context.samples)} attempts "
+                f"({groups.skipped_equal} with all rewards equal, {groups.skipped_incomplete} "
+                "incomplete)")
+        n = context.config.generate.n
+        names = context.reward_names or ["reward"]
+        per_step = max(1, context.config.train.batch_size // n)
+        rows = [{"prompt": g.prompt} for g in groups.groups]
+        padded = (-len(rows)) % per_step  # fill the last batch: TRL drops incomplete ones
+        rows += [rows[i % len(rows)] for i in range(padded)]
+        longest = max(len(s.attempt.token_ids) or s.attempt.completion_tokens or 1
+                      for g in groups.groups for s in g.samples)
+        tokens = sum(s.attempt.prompt_tokens + s.attempt.completion_tokens
+                     for g in groups.groups for s in g.samples)
+        options = context.options
+        trainer_cls = self.trainer_cls(options)
+        behaviour = getattr(options, "behaviour_logprobs", True)
+        settings = {
+            "num_generations": n,
+            "per_device_train_batch_size": per_step * n,
+            "steps_per_generation": 1,
+            "num_iterations": max(1, round(context.config.train.epochs)),  # PPO epochs per batch
+            "num_train_epochs": 1,
+            "max_completion_length": longest,
+            "temperature": 1.0,  # stored log-probs are raw (temperature 1) ones
+            "log_completions": False,
+            **self.grpo_settings(options),
+        }
+        metrics = train_with_trl(
+            context, rows, trainer_cls=trainer_cls, config_cls=GRPOConfig,
+            config_kwargs=settings, train_tokens=tokens,
+            trainer_kwargs=lambda tokenizer: {
+                "reward_funcs": [stored_reward(name) for name in names],
+                "rollout_func": StoredRollouts(groups.groups, tokenizer, names, behaviour),
+            },
+        )
+        metrics.update(groups.counts())
+        metrics["dataset_size"] = len(groups.groups) * n
+        metrics["groups_repeated_to_fill_batch"] = padded
+        metrics["behaviour_logprobs"] = behaviour and all(
+            s.attempt.logprobs and len(s.attempt.logprobs) == len(s.attempt.token_ids)
+            for g in groups.groups for s in g.samples)
+        return loop.UpdateResult(adapter_path=str(context.output_dir), metrics=metrics)
+
+
+class GRPOUpdater(GroupUpdater):
+    name = "grpo"
+    Options = GRPOOptions
+
+    def grpo_settings(self, options: GRPOOptions | None) -> dict:
+        options = options or GRPOOptions()
+        return {"loss_type": options.loss_type, "scale_rewards": options.scale_rewards,
+                "epsilon": options.epsilon, "beta": options.beta}

@@ -1,0 +1,151 @@
+"""Negative-aware updaters `nft` and `redi`: learn from wrong answers without a reward model.
+
+Both are small subclasses of the stored-rollout GRPO trainer (loop_trl.grpo) that replace only
+its loss; data, batching, old log-probs and logging stay TRL's.
+
+NFT (Chen et al. 2025, "Bridging Supervised Learning and Reinforcement Learning in Math
+Reasoning"; formula checked against the authors' public code, NVlabs/NFT `dp_actor.py`):
+correct answers get maximum likelihood, wrong ones are fitted by the implicit negative policy
+π⁻ = (π_old − r̂·π_θ)/(1 − r̂), r̂ the prompt's solve rate. Per token, with R = π_θ/π_old:
+
+    loss = ω(r̂) · [ c · −log R  +  (1 − c) · −log max_sg((1 − r̂·R)/(1 − r̂), ε) ]
+
+`max_sg` clamps the value but keeps the gradient (the authors' `clamp_preserve_grad`), r̂ is
+clipped to [0.02, 0.98], and ω(r̂) = 1 − r̂ (the authors' `normalize=1`) makes the on-policy
+gradient equal to GRPO's with unscaled advantages (r − mean); ω = sqrt((1 − r̂)/r̂) matches
+std-scaled advantages. Tokens are averaged over the batch (TRL's `bnpo` aggregation).
+
+REDI (Xu et al. 2025, "Harnessing Negative Signals: Reinforcement Distillation from Teacher Data
+for LLM Reasoning"): reference-free, per sequence, length-normalised,
+
+    loss = mean over the batch of  −log π(y⁺|x)/|y⁺|  and  α · log π(y⁻|x)/|y⁻|,  α < 1
+
+so positives are pulled up like SFT and negatives pushed down, gently (α = 0.8 by default, the
+paper's stable setting). REDI keeps groups whose answers all passed or all failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loop_trl.grpo import GroupUpdater, stored_group_trainer
+
+
+def _token_logps(trainer: Any, model: Any, inputs: dict):
+    """(per-token log-probs of the completion under `model`, completion mask)."""
+    import torch
+
+    input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    logits_to_keep = inputs["completion_ids"].size(1)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(
+        model, input_ids, attention_mask, logits_to_keep, compute_entropy=False)
+    return logps, inputs["completion_mask"].to(logps.dtype)
+
+
+def _accumulation(trainer: Any) -> float:
+    return trainer.current_gradient_accumulation_steps if trainer.model.training else 1.0
+
+
+def nft_token_loss(logps, old_logps, passed, solve_rate, *, weighting: str = "one_minus_rate",
+                   negative_clamp: float = 1.0, positive_clamp: float = 0.0,
+                   negative_weight: float = 1.0):
+    """NFT's per-token loss (B, T); `passed` and `solve_rate` are (B,) tensors."""
+    import torch
+
+    def clamp_keep_grad(x, low):
+        return x + (torch.clamp(x, min=low) - x).detach()
+
+    ratio = torch.exp((logps - old_logps).clamp(max=10.0))
+    rate = solve_rate.clamp(0.02, 0.98)[:, None]
+    correct = passed[:, None]
+    positive = -torch.log(clamp_keep_grad(ratio, positive_clamp))
+    negative = -torch.log(clamp_keep_grad((1.0 - rate * ratio) / (1.0 - rate), negative_clamp))
+    loss = correct * positive + (1.0 - correct) * negative_weight * negative
+    if weighting == "one_minus_rate":
+        loss = loss * (1.0 - rate)
+    elif weighting == "grpo_std":
+        loss = loss * ((1.0 - rate) / rate).sqrt()
+    return loss
+
+
+class NFTOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    weighting: Literal["one_minus_rate", "grpo_std", "none"] = Field(
+        default="one_minus_rate",
+        description="prompt weight ω(r̂): 1−r̂ (authors' default, = GRPO without std scaling), "
+                    "sqrt((1−r̂)/r̂) (= GRPO with std scaling), or none")
+    negative_clamp: float = Field(default=1.0, gt=0, description=(
+        "floor on the negative policy's ratio (value clamped, gradient kept); authors: 1.0"))
+    negative_weight: float = Field(default=1.0, ge=0, description="0 turns NFT into RFT")
+    behaviour_logprobs: bool = Field(
+        default=True, description="use the stored sampling log-probs as π_old")
+
+
+class REDIOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    alpha: float = Field(default=0.8, ge=0, le=1, description="weight of the negative term")
+
+
+def _nft_trainer():
+    base = stored_group_trainer()
+
+    class NFTTrainer(base):
+        nft_options = NFTOptions()
+
+        def _compute_loss(self, model, inputs):
+            logps, mask = _token_logps(self, model, inputs)
+            old = inputs.get("old_per_token_logps")
+            old = logps.detach() if old is None else old
+            opts = self.nft_options
+            per_token = nft_token_loss(
+                logps, old, inputs["loop_passed"].to(logps.dtype),
+                inputs["loop_solve_rate"].to(logps.dtype), weighting=opts.weighting,
+                negative_clamp=opts.negative_clamp, negative_weight=opts.negative_weight)
+            loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["nft/positive_share"].append(inputs["loop_passed"].float().mean().item())
+            return loss / _accumulation(self)
+
+    return NFTTrainer
+
+
+def _redi_trainer():
+    base = stored_group_trainer()
+
+    class REDITrainer(base):
+        alpha = 0.8
+
+        def _compute_loss(self, model, inputs):
+            logps, mask = _token_logps(self, model, inputs)
+            per_sequence = (logps * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+            passed = inputs["loop_passed"].to(logps.dtype)
+            loss = (-passed * per_sequence + self.alpha * (1.0 - passed) * per_sequence).mean()
+            return loss / _accumulation(self)
+
+    return REDITrainer
+
+
+class NFTUpdater(GroupUpdater):
+    name = "nft"
+    Options = NFTOptions
+
+    def trainer_cls(self, options: NFTOptions | None):
+        cls = _nft_trainer()
+        cls.nft_options = options or NFTOptions()
+        return cls
+
+
+class REDIUpdater(GroupUpdater):
+    name = "redi"
+    Options = REDIOptions
+    skip_equal = False
+
+    def trainer_cls(self, options: REDIOptions | None):
+        cls = _redi_trainer()
+        cls.alpha = (options or REDIOptions()).alpha
+        return cls
