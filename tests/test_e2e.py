@@ -146,3 +146,30 @@ def test_show_without_store(tmp_path):
     result = CliRunner().invoke(app, ["runs", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 1 and "no store at" in result.output
     assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dpo", "kto", "grpo", "nft", "redi"])
+def test_every_update_method_runs_a_round_from_the_store(tmp_path, weak_adder_dir, tiny_task_file,
+                                                        method):
+    """`loop run --method M`: the updater builds its data from the round's stored attempts,
+    trains a LoRA adapter that is published as the round's model, and logs its dataset and
+    loss to `updates`; group methods train on the stored sampling log-probs."""
+    db = tmp_path / "loop.db"
+    result = CliRunner().invoke(app, [
+        "run", str(tiny_task_file), "--config", str(REPO / "configs" / "tiny-cpu.yaml"),
+        "--model", str(weak_adder_dir), "--rounds", "1", "--name", method, "--db", str(db),
+        "--method", method, *TINY_SETTINGS, "--set", "train.max_steps=3",
+    ])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(CliRunner().invoke(app, ["show", method, "--db", str(db), "--json"]).output)
+    update = shown["rounds"][1]["update"]
+    assert update["method"] == method and update["dataset_size"] > 0
+    metrics = update["metrics"]
+    assert metrics["steps"] == 3 and metrics["grad_norm_mean"] > 0
+    assert metrics["loss_first"] is not None and metrics["train_tokens"] > 0
+    if method in ("grpo", "nft", "redi"):
+        assert metrics["groups"] > 0 and metrics["behaviour_logprobs"] is True
+        assert metrics["dataset_size"] == 4 * metrics["groups"]
+    weights = _lora_tensors(next(tmp_path.glob("**/round-1/adapter")))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())

@@ -36,7 +36,7 @@ def test_first_party_plugins_load_from_entry_points(registry):
     assert registry.names("backends") == ["hf"]
     assert {"math", "exact_match"} <= set(registry.names("verifiers"))
     assert registry.names("rewards") == ["binary"]
-    assert registry.names("updaters") == ["sft"]
+    assert registry.names("updaters") == ["dpo", "grpo", "kto", "nft", "redi", "sft"]
     assert registry.plugin_of("updaters", "sft") == "trl"
     assert registry.plugin_of("verifiers", "exact_match") == "loop.builtins"
 
@@ -225,7 +225,7 @@ def test_cli_plugins_json_shape():
     for row in rows.values():
         assert set(row) == {"name", "version", "hooks", "tasks", "backends", "verifiers",
                             "critics", "rewards", "updaters"}
-    assert rows["trl"]["updaters"] == ["sft"] and rows["trl"]["version"] == "0.1.0"
+    assert rows["trl"]["updaters"] == ["dpo", "grpo", "kto", "nft", "redi", "sft"] and rows["trl"]["version"] == "0.1.0"
     assert rows["hf"]["hooks"] == ["register_backends"]
 
 

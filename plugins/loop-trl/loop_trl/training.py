@@ -146,7 +146,8 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
         _sort_target_modules(Path(context.output_dir))
         if train_tokens is None:
             columns = trainer.train_dataset.column_names
-            token_columns = [c for c in columns if c.endswith("input_ids")]
+            # SFT: input_ids; DPO: prompt_ids + chosen_ids + rejected_ids; KTO: *_input_ids
+            token_columns = [c for c in columns if c.endswith("_ids") or c == "input_ids"]
             train_tokens = sum(len(ids) for c in token_columns for ids in trainer.train_dataset[c])
         return {
             "dataset_size": len(rows),

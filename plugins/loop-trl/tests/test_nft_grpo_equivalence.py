@@ -72,3 +72,61 @@ def test_nft_gradient_equals_grpo_gradient_on_policy(tmp_path, tiny_model_dir, w
     assert total > 0  # a real gradient, not two zeros agreeing
     same = all(torch.allclose(grpo[k], nft[k], rtol=1e-9, atol=1e-12) for k in grpo)
     assert same is equal
+
+
+@pytest.mark.slow
+def test_stored_sampling_logprobs_become_the_ppo_old_logprobs(tmp_path, weak_adder_dir):
+    """The hf backend's stored log-probs line up, token for token, with what TRL computes for the
+    same completions under the same (untrained) model: so as `old_per_token_logps` they give a
+    PPO ratio of 1 on-policy and the true π_θ/π_sample ratio after earlier steps."""
+    import torch
+
+    from loop.records import Attempt, ModelRef, Sample, Sampling, Task
+    from loop_hf.backend import HFBackend, HFOptions
+
+    prompts = [[{"role": "user", "content": f"{a}+{b}="}] for a, b in [(12, 35), (40, 41)]]
+    session = HFBackend().open(ModelRef(base=str(weak_adder_dir)), HFOptions())
+    generations = session.generate(prompts, Sampling(n=4, temperature=1.0, max_new_tokens=6,
+                                                     seed=3))
+    session.close()
+    samples = []
+    for prompt, outs in zip(prompts, generations):
+        task = Task(source="t", split="train", prompt=prompt, reference="0")
+        for i, g in enumerate(outs):
+            attempt = Attempt(id=f"{task.id}{i}", run_id="r", round_index=1, task_id=task.id,
+                              purpose="train", sample_index=i, messages=[], completion=g.text,
+                              token_ids=g.token_ids, logprobs=g.logprobs,
+                              finish_reason=g.finish_reason)
+            samples.append(Sample(task=task, attempt=attempt, passed=i % 2 == 0,
+                                  score=float(i % 2 == 0), reward=float(i % 2 == 0)))
+    groups = build_groups(samples, 4, ["reward"]).groups
+    assert len(groups) == 2
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    model = AutoModelForCausalLM.from_pretrained(weak_adder_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(weak_adder_dir)
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
+                      steps_per_generation=1, temperature=1.0, report_to="none", use_cpu=True,
+                      bf16=False, max_completion_length=8)
+    trainer = stored_group_trainer()(
+        model=model, reward_funcs=[stored_reward("reward")], args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        rollout_func=StoredRollouts(groups, tokenizer, ["reward"]))
+    trainer.model.eval()
+    batch = trainer._generate_and_score_completions([{"prompt": p} for p in prompts for _ in range(4)])
+    assert batch["completion_ids"].shape[0] == 8
+    assert batch["loop_passed"].tolist() == [1.0, 0.0] * 4
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    with torch.no_grad():
+        recomputed, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, batch["completion_ids"].size(1))
+    live = batch["completion_mask"].bool()
+    stored = batch["old_per_token_logps"]
+    assert torch.allclose(stored[live], recomputed[live], atol=1e-4)
+    # and the stored tokens are exactly the sampled ones, in group order
+    first = batch["completion_ids"][0][: int(live[0].sum())].tolist()
+    assert first == generations[0][0].token_ids

@@ -102,3 +102,16 @@ def test_dpo_continues_an_adapter_against_its_own_starting_point(tmp_path, tiny_
     ctx.adapter_in = first.adapter_path
     second = DPOUpdater().update(ctx)
     assert second.metrics["loss_first"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_an_update_whose_gradient_is_always_zero_aborts(tmp_path, tiny_model_dir):
+    """REDI with alpha=0 on a round with only wrong answers has nothing to push: every step's
+    gradient norm is 0, and the updater says so instead of publishing an unchanged model."""
+    from loop_trl.training import NoLearning
+
+    all_wrong = _samples({(1, 2): ["4", "5", "6", "7"]})
+    ctx = _context(tmp_path, tiny_model_dir, REDIUpdater(), REDIOptions(alpha=0.0),
+                   samples=all_wrong, max_steps=2)
+    with pytest.raises(NoLearning, match="gradient norm was 0 on every one of 2 steps"):
+        REDIUpdater().update(ctx)
