@@ -11,6 +11,7 @@ import sys
 import typer
 
 from loop.cli import inspect as inspect_commands
+from loop.cli import logs as log_commands
 from loop.cli import plugins as plugin_commands
 from loop.cli import run as run_commands
 
@@ -30,6 +31,7 @@ def _root() -> None:
 
 run_commands.register(app)
 inspect_commands.register(app)
+log_commands.register(app)
 plugin_commands.register(app)
 
 

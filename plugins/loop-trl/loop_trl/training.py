@@ -93,6 +93,9 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
     import torch
     from datasets import Dataset
 
+    import datasets
+
+    datasets.disable_progress_bars()  # TRL's dataset maps would print bars under loop's own
     started = time.perf_counter()
     train = context.config.train
     model, tokenizer, peft_config = load_policy(context)
