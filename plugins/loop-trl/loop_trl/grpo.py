@@ -184,7 +184,12 @@ class GroupUpdater(loop.Updater):
         return {}
 
     def update(self, context: UpdateContext) -> loop.UpdateResult:
+        import os
+
         from trl import GRPOConfig
+
+        # rollout_func is experimental in TRL 1.16; we pin and test it (plugins/loop-trl/README.md)
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
         groups = self.build_groups(context)
         if not groups.groups:

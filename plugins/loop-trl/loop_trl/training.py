@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 import time
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,11 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
     try:
         fields = {f.name for f in dataclasses.fields(config_cls)}
         # Settings only some TRL configs have (GRPO tokenizes rollouts itself: no max_length).
-        optional = {"max_length": train.max_length, "dataset_num_proc": None}
+        optional = {"max_length": train.max_length, "dataset_num_proc": None,
+                    # memory is not the constraint at these sizes (the old name is deprecated)
+                    "activation_checkpointing": False}
+        if "activation_checkpointing" not in fields:
+            optional["gradient_checkpointing"] = False
         settings = dict(
             output_dir=str(scratch),
             per_device_train_batch_size=train.batch_size,
@@ -121,7 +126,6 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
             data_seed=context.seed,
             use_cpu=not torch.cuda.is_available(),
             bf16=False,  # fp32: on CPU bf16 changes the default model's answers (offline-stack.md)
-            gradient_checkpointing=False,  # memory is not the constraint at these sizes
             **{k: v for k, v in optional.items() if k in fields},
         )
         settings.update(config_kwargs or {})  # the method's own settings win
@@ -131,6 +135,8 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
         if callable(trainer_kwargs):
             trainer_kwargs = trainer_kwargs(tokenizer)
         progress = _progress_callback(context)
+        # transformers/TRL deprecation notices about their own internals are not the user's to act on
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl)\b")
         trainer = trainer_cls(
             model=model, args=args, train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer, peft_config=peft_config, callbacks=[progress],
