@@ -20,6 +20,7 @@ from loop.records import (
     Attempt,
     Backend,
     Critic,
+    CriticContext,
     Critique,
     Generation,
     GenerationSession,
@@ -38,7 +39,7 @@ from loop.records import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attempt", "Backend", "Critic", "Critique", "Generation", "GenerationSession", "ModelRef",
+    "Attempt", "Backend", "Critic", "CriticContext", "Critique", "Generation", "GenerationSession", "ModelRef",
     "Sample", "Sampling", "Task", "TaskSet", "TaskSource", "UpdateResult", "Updater", "Verdict",
     "Verifier", "hookimpl", "__version__",
 ]

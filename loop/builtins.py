@@ -26,3 +26,11 @@ class ExactMatchVerifier(loop.Verifier):
 @loop.hookimpl
 def register_verifiers(register):
     register(ExactMatchVerifier())
+
+
+@loop.hookimpl
+def register_critics(register):
+    from loop.critics import JudgeCritic, SelfCritiqueCritic, TaxonomyCritic, VerifierFeedbackCritic
+
+    for critic in (VerifierFeedbackCritic(), TaxonomyCritic(), SelfCritiqueCritic(), JudgeCritic()):
+        register(critic)

@@ -39,7 +39,8 @@ class Components:
         return {c.name: c.component for c in self.rewards}
 
 
-def _options(component: Any, raw: dict[str, Any], where: str) -> BaseModel | None:
+def validate_options(component: Any, raw: dict[str, Any], where: str) -> BaseModel | None:
+    """A component's `options:` block validated by its Options model (ConfigError if wrong)."""
     model = getattr(component, "Options", None)
     if model is None:
         if raw:
@@ -56,7 +57,7 @@ def _choose(registry: Registry, kind: str, ref: ComponentRef, where: str) -> Cho
         component = registry.get(kind, ref.name)
     except PluginError as exc:
         raise ConfigError(f"config error: {where}: {exc}") from None
-    options = _options(component, ref.options, where)
+    options = validate_options(component, ref.options, where)
     if kind != "rewards" and options is not None:
         # Components are registered once, as instances; each run gets its own shallow copy that
         # carries the validated options as `self.options`.
@@ -84,4 +85,6 @@ def resolve_components(config: LoopConfig, registry: Registry) -> Components:
     updater = _choose(registry, "updaters",
                       ComponentRef(name=config.train.method, options=config.train.options),
                       "train.method")
-    return Components(source, backend, verifiers, rewards, updater)
+    critics = [_choose(registry, "critics", ref, f"task.critics.{ref.name}")
+               for ref in config.task.critics]
+    return Components(source, backend, verifiers, rewards, updater, critics)

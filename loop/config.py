@@ -48,11 +48,30 @@ class TaskConfig(Section):
         "verifiers that judge each attempt (default: the task source's own default_verifiers)"))
     rewards: list[ComponentRef] = Field(default_factory=lambda: [ComponentRef(name="binary")],
                                         description="reward functions (TRL contract)")
+    critics: list[ComponentRef] = Field(default_factory=list, description=(
+        "critics that explain a failed answer before the model repairs it (refine stage), in "
+        "order; their texts are joined"))
+    hints: bool = Field(default=False, description=(
+        "let critics see the reference answer; off, the reference is hidden from them and "
+        "masked in the verdicts they read"))
 
 
 class SelectConfig(Section):
     prompts_per_round: int = Field(default=128, ge=1, le=1_000_000,
                                    description="fresh training prompts per round")
+
+
+class RefineConfig(Section):
+    depth: int = Field(default=0, ge=0, le=16, description=(
+        "repair turns per failed answer (0: no refine stage); a repair that fails may be "
+        "repaired again, up to this depth"))
+    budget: int | None = Field(default=None, ge=0, le=10_000_000, description=(
+        "cap on extra samples per round (None: one per failed answer per turn); equal-sample "
+        "comparisons with best-of-n"))
+    template: str = Field(default=(
+        "Your answer is not correct.\n{critique}\nPlease solve the problem again and end with "
+        "the final answer."), min_length=1, description=(
+        "the user turn that asks for a repair; {critique} is replaced by the critics' text"))
 
 
 class GenerateConfig(Section):
@@ -110,6 +129,7 @@ class LoopConfig(Section):
     task: TaskConfig = Field(default_factory=TaskConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

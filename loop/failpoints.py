@@ -21,6 +21,9 @@ POINTS = (
     "verify.in_batch",  # after some attempts are verified
     "verify.before_commit",
     "verify.after_commit",
+    "refine.in_batch",  # after some repairs are sampled (nothing committed yet)
+    "refine.before_commit",
+    "refine.after_commit",
     "reward.before_commit",
     "reward.after_commit",
     "mistakes.before_commit",

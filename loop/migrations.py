@@ -215,3 +215,19 @@ def m003_add_completion_raw(db: Database) -> None:
     # the exact string as UTF-8 with surrogates passed through, so it still round-trips.
     if "completion_raw" not in db["attempts"].columns_dict:
         db["attempts"].add_column("completion_raw", bytes)
+
+
+@migrations()
+def m004_create_critiques(db: Database) -> None:
+    # One row per critic's explanation of a failed attempt (the refine stage); full-text search
+    # over the texts for `loop mistakes -q` and Datasette.
+    db["critiques"].create(
+        {"id": str, "attempt_id": str, "critic": str, "kind": str, "text": str, "created": str},
+        pk="id",
+        foreign_keys=[("attempt_id", "attempts", "id")],
+        if_not_exists=True,
+    )
+    db["critiques"].create_index(["attempt_id"], if_not_exists=True)
+    db["critiques"].create_index(["kind"], if_not_exists=True)
+    if not db["critiques_fts"].exists():
+        db["critiques"].enable_fts(["text", "kind"], create_triggers=True)

@@ -127,7 +127,8 @@ class Verdict(Record):
 
 
 class Critique(Record):
-    """A critic's explanation of a failure (used by the refine stage, a later issue)."""
+    """A critic's explanation of a failure: `kind` names the mistake (a taxonomy kind, or the
+    verifier's mistake), `text` is what the model reads before it repairs its answer."""
 
     kind: str
     text: str
@@ -211,12 +212,40 @@ class Verifier(Component):
         raise NotImplementedError
 
 
+class CriticContext:
+    """What the refine stage offers critics that need a model (self-critique, judges).
+
+    `generate(prompts, max_new_tokens)`: greedy answers of the round's policy model, one string
+    per prompt (a prompt is a list of chat messages). `open_backend(name, model, options)`: a
+    generation session on another model through any registered backend; close it when done.
+    """
+
+    def generate(self, prompts: list[list[Message]],
+                 max_new_tokens: int = 256) -> list[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def open_backend(self, name: str, model: str,
+                     options: dict[str, Any] | None = None) -> "GenerationSession":  # pragma: no cover
+        raise NotImplementedError
+
+
 class Critic(Component):
-    """Explains a failure: `critique(task, attempt, verdicts) -> Critique | None`."""
+    """Explains a failure: `critique(task, attempt, verdicts) -> Critique | None`.
+
+    Critics see the task without its reference, and verdicts with the reference masked, unless
+    the task config sets `hints: true`. Returning None means "nothing to say" (the repair prompt
+    then carries the other critics' texts, or none). Critics that need a model override
+    `critique_batch(items, context)` to batch their generation; it gets `(task, attempt,
+    verdicts)` triples and must return one Critique or None per item, in order.
+    """
 
     def critique(self, task: Task, attempt: Attempt,
                  verdicts: dict[str, Verdict]) -> Critique | None:  # pragma: no cover
         raise NotImplementedError
+
+    def critique_batch(self, items: list[tuple[Task, Attempt, dict[str, Verdict]]],
+                       context: CriticContext) -> list[Critique | None]:
+        return [self.critique(task, attempt, verdicts) for task, attempt, verdicts in items]
 
 
 class Updater(Component):

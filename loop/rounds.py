@@ -1,13 +1,14 @@
 """The round engine: one run is round 0 (evaluate the untouched model) and then rounds of
 
-    select → generate → verify → reward → mistakes → train → evaluate
+    select → generate → verify → refine → reward → mistakes → train → evaluate
 
 Each stage reads what earlier stages stored, does its work, and writes its rows together with its
 completion marker in one transaction. A round's finished stages are listed in `rounds.stages_json`;
 running a round again (after a crash) skips them, and deterministic row ids make re-done work land
 on the same rows. Plugins are reached only through the resolved `Components`; an exception inside a
 verifier or reward function becomes an `infra` verdict or a None reward for that item, never a
-crashed round. (critique/refine gets its slot between verify and reward in a later issue.)
+crashed round. `refine` (critics explain failures, the model repairs its answers) is a no-op
+unless `refine.depth` > 0; its parts are in loop.refine.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from loop.components import Components
 from loop.config import LoopConfig
 from loop.records import (
     Attempt,
+    Critique,
     ModelRef,
     Sample,
     Sampling,
@@ -38,9 +40,11 @@ from loop.records import (
 )
 from loop.failpoints import failpoint
 from loop.isolation import PluginFailure, call_plugin
+from loop.refine import EngineCriticContext, critic_view, model_failure, repair_messages
 from loop.store import Store
 
-TRAIN_STAGES = ("select", "generate", "verify", "reward", "mistakes", "train", "evaluate")
+TRAIN_STAGES = ("select", "generate", "verify", "refine", "reward", "mistakes", "train",
+                "evaluate")
 ROUND0_STAGES = ("evaluate",)
 
 
@@ -205,6 +209,120 @@ class RoundEngine:
             self.store.mark_stage(self.run_id, idx, "verify", {
                 "seconds": time.perf_counter() - started, "count": len(rows)})
 
+    def stage_refine(self, idx: int) -> None:
+        """Repair failed answers: critics explain each failure, the model answers again in the
+        same conversation, the repair is verified; up to `refine.depth` turns within
+        `refine.budget` extra samples. All of it lands in one commit (a crash redoes the stage,
+        with the same seeds, onto the same rows)."""
+        started = time.perf_counter()
+        refine, gen = self.config.refine, self.config.generate
+        attempts = self.store.attempts(self.run_id, idx, "train")
+        verdicts = self.store.verdicts(a.id for a in attempts)
+        tasks = self.store.get_tasks({a.task_id for a in attempts})
+        frontier = [a for a in attempts if a.depth == 0 and model_failure(verdicts[a.id])]
+        model = ModelRef(base=self.config.model,
+                         adapter=self.store.get_round(self.run_id, idx)["model_in"])
+        new_attempts: list[Attempt] = []
+        verdict_rows: list[tuple[str, str, Verdict, float]] = []
+        critique_rows: list[tuple[str, Critique]] = []
+        per_turn: list[dict[str, int]] = []
+        sessions: list[Any] = []
+
+        def policy():  # opened on first use: a round with nothing to repair loads no model
+            if not sessions:
+                if model.adapter:
+                    verify_checkpoint(model.adapter)
+                backend = self.components.backend
+                sessions.append(backend.component.open(model, backend.options))
+            return sessions[0]
+
+        critic_context = EngineCriticContext(policy, self.pm, _derive_seed(self.config.seed, idx,
+                                                                            "critique"),
+                                             gen.batch_size)
+        try:
+            for depth in range(1, refine.depth + 1):
+                if refine.budget is not None:
+                    frontier = frontier[: max(0, refine.budget - len(new_attempts))]
+                if not frontier:
+                    break
+                critiques = self._critique(idx, frontier, tasks, verdicts, critic_context)
+                critique_rows += [(a.id, c) for a in frontier for c in critiques[a.id]]
+                prompts = [repair_messages(a, "\n".join(c.text for c in critiques[a.id]),
+                                           refine.template) for a in frontier]
+                sampling = Sampling(n=1, temperature=gen.temperature, top_p=gen.top_p,
+                                    max_new_tokens=gen.max_new_tokens,
+                                    seed=_derive_seed(self.config.seed, idx, f"refine-{depth}"))
+                with self.reporter.stage(idx, f"refine {depth}", len(prompts)) as progress:
+                    def advance(**counts: Any) -> None:
+                        progress(**counts)
+                        if counts.get("prompts"):
+                            failpoint("refine.in_batch")
+
+                    outputs = policy().generate(prompts, sampling, progress=advance,
+                                                batch_size=gen.batch_size)
+                children = [
+                    Attempt(id=Attempt.make_id(self.run_id, idx, parent.task_id, "train",
+                                               parent.sample_index, parent.id),
+                            run_id=self.run_id, round_index=idx, task_id=parent.task_id,
+                            purpose="train", sample_index=parent.sample_index,
+                            parent_id=parent.id, depth=depth,
+                            messages=[*prompt, {"role": "assistant", "content": out[0].text}],
+                            completion=out[0].text, token_ids=out[0].token_ids,
+                            prompt_tokens=out[0].prompt_tokens,
+                            completion_tokens=out[0].completion_tokens,
+                            finish_reason=out[0].finish_reason, logprobs=out[0].logprobs,
+                            model_ref=str(model), seed=sampling.seed)
+                    for parent, prompt, out in zip(frontier, prompts, outputs)
+                ]
+                rows = self._verify(idx, children, f"refine {depth}", tasks=tasks,
+                                    show=False)
+                for attempt_id, name, verdict, _ in rows:
+                    verdicts.setdefault(attempt_id, {})[name] = verdict
+                new_attempts += children
+                verdict_rows += rows
+                repaired = sum(_passed(verdicts[c.id]) for c in children)
+                per_turn.append({"depth": depth, "attempts": len(children), "repaired": repaired})
+                frontier = [c for c in children if model_failure(verdicts[c.id])]
+        finally:
+            for session in sessions:
+                session.close()
+        with self._commit("refine"):
+            self.store.insert_attempts(new_attempts)
+            self.store.insert_verdicts(verdict_rows)
+            self.store.insert_critiques(critique_rows)
+            self.store.mark_stage(self.run_id, idx, "refine", {
+                "seconds": time.perf_counter() - started, "count": len(new_attempts),
+                "tokens": sum(a.completion_tokens for a in new_attempts),
+                "repaired": sum(t["repaired"] for t in per_turn), "turns": per_turn,
+                "critiques": len(critique_rows)})
+
+    def _critique(self, idx: int, failed: list[Attempt], tasks: dict[str, Task],
+                  verdicts: dict[str, dict[str, Verdict]],
+                  context: EngineCriticContext | None,
+                  critics: list[Any] | None = None) -> dict[str, list[Critique]]:
+        """Every configured critic on the failed attempts, each seeing the task without its
+        reference (unless `task.hints`). A critic that fails or returns the wrong shape is
+        reported in one line and contributes nothing; the round goes on."""
+        out: dict[str, list[Critique]] = {a.id: [] for a in failed}
+        views = [critic_view(tasks[a.task_id], verdicts[a.id], self.config.task.hints)
+                 for a in failed]
+        items = [(task, attempt, seen) for (task, seen), attempt in zip(views, failed)]
+        for chosen in self.components.critics if critics is None else critics:
+            try:
+                results = call_plugin(chosen.component.critique_batch, None, items, context)
+                results = list(results)
+                if len(results) != len(items) or not all(
+                        r is None or isinstance(r, Critique) for r in results):
+                    raise PluginFailure("did not return one Critique or None per attempt")
+            except PluginFailure as exc:
+                self.reporter.warn(f"round {idx}: critic {chosen.name!r} (plugin "
+                                   f"{chosen.plugin}) failed: {exc.reason}; no critique from it")
+                continue
+            for attempt, critique in zip(failed, results):
+                if critique is not None and critique.text.strip():
+                    out[attempt.id].append(critique.model_copy(update={"critic": chosen.name}))
+        return out
+
     def stage_reward(self, idx: int) -> None:
         started = time.perf_counter()
         attempts = self.store.attempts(self.run_id, idx, "train")
@@ -222,10 +340,15 @@ class RoundEngine:
                 "seconds": time.perf_counter() - started, "count": len(rows)})
 
     def stage_mistakes(self, idx: int) -> None:
-        """Fold the round's failures into the mistake log, one row per (task, kind)."""
+        """Fold the round's failures into the mistake log, one row per (task, kind).
+
+        The kind is the verifier's `mistake`, or, when a classifying critic is configured (the
+        `taxonomy` critic), that critic's kind for the attempt; it classifies failures the
+        refine stage did not reach here, and those critiques are stored too."""
         started = time.perf_counter()
         attempts = self.store.attempts(self.run_id, idx, "train")
         verdicts = self.store.verdicts(a.id for a in attempts)
+        kinds, new_critiques = self._classify(idx, attempts, verdicts)
         seen: dict[tuple[str, str], tuple[str, str, int]] = {}
         solved: set[str] = set()
         for attempt in attempts:
@@ -236,13 +359,39 @@ class RoundEngine:
             for verdict in by_verifier.values():
                 if verdict.passed or verdict.error_kind not in (None, "model"):
                     continue  # infra/timeout failures are not the model's mistakes
-                key = (attempt.task_id, verdict.mistake or "wrong_answer")
+                kind = kinds.get(attempt.id) or verdict.mistake or "wrong_answer"
+                key = (attempt.task_id, kind)
                 first, feedback, count = seen.get(key, (attempt.id, verdict.feedback, 0))
                 seen[key] = (first, verdict.feedback or feedback, count + 1)
+                if attempt.id in kinds:
+                    break  # one classified kind per attempt, whatever the number of verifiers
         with self._commit("mistakes"):
+            self.store.insert_critiques(new_critiques)
             counts = self.store.update_mistakes(self.run_id, idx, seen, solved)
             self.store.mark_stage(self.run_id, idx, "mistakes", {
                 "seconds": time.perf_counter() - started, **counts})
+
+    def _classify(self, idx: int, attempts: list[Attempt], verdicts: dict[str, dict[str, Verdict]]
+                  ) -> tuple[dict[str, str], list[tuple[str, Critique]]]:
+        """attempt id -> kind from the classifying critics (stored critiques first), and the
+        critiques made here for failures that had none."""
+        classifiers = [c for c in self.components.critics
+                       if getattr(c.component, "classifies", False)]
+        if not classifiers:
+            return {}, []
+        failed = [a for a in attempts if model_failure(verdicts[a.id])]
+        stored = self.store.critiques(a.id for a in failed)
+        names = {c.name for c in classifiers}
+        kinds = {a.id: c.kind for a in failed for c in stored[a.id] if c.critic in names}
+        todo = [a for a in failed if a.id not in kinds]
+        if not todo:
+            return kinds, []
+        tasks = self.store.get_tasks({a.task_id for a in todo})
+        made = self._critique(idx, todo, tasks, verdicts, None, classifiers)
+        new = [(a.id, c) for a in todo for c in made[a.id]]
+        for attempt_id, critique in new:
+            kinds.setdefault(attempt_id, critique.kind)  # the first classifier's kind wins
+        return kinds, new
 
     def stage_train(self, idx: int) -> None:
         started = time.perf_counter()

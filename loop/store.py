@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 from sqlite_utils import Database
 
 from loop.migrations import migrations
-from loop.records import Attempt, Task, Verdict, stable_id
+from loop.records import Attempt, Critique, Task, Verdict, stable_id
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 
@@ -296,6 +296,22 @@ class Store:
             ({"attempt_id": a, "reward_fn": fn, "value": value} for a, fn, value in rows),
             ignore=True, batch_size=1000,
         )
+
+    def insert_critiques(self, rows: Iterable[tuple[str, Critique]]) -> None:
+        """(attempt id, critique) pairs; one row per attempt and critic."""
+        self.db["critiques"].insert_all(
+            ({"id": stable_id(attempt_id, c.critic), "attempt_id": attempt_id, "critic": c.critic,
+              "kind": c.kind, "text": c.text, "created": utcnow()} for attempt_id, c in rows),
+            ignore=True, batch_size=1000,
+        )
+
+    def critiques(self, attempt_ids: Iterable[str]) -> dict[str, list[Critique]]:
+        """attempt id -> its critiques, in critic order of insertion."""
+        ids = list(attempt_ids)
+        out: dict[str, list[Critique]] = {i: [] for i in ids}
+        for r in self._rows_in("critiques", "attempt_id", ids):
+            out[r["attempt_id"]].append(Critique(kind=r["kind"], text=r["text"], critic=r["critic"]))
+        return out
 
     def rewards(self, attempt_ids: Iterable[str]) -> dict[str, dict[str, float | None]]:
         ids = list(attempt_ids)

@@ -27,8 +27,10 @@ options: {digits: 2, operations: ["+"], train_size: 200, eval_size: 40, prompt: 
           system_prompt: null}
 verifiers: [math]
 rewards: [binary]
+critics: [verifier_feedback, taxonomy]
 """
 SETTINGS = [
+    "--set", "refine.depth=2", "--set", "refine.budget=10",
     "--rounds", "2", "--set", "select.prompts_per_round=12", "--set", "generate.n=2",
     "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=5",
     "--set", "generate.batch_size=8", "--set", "evaluate.problems=20",
@@ -58,7 +60,7 @@ def snapshot(db: Path) -> dict:
     """The run's content, keyed by what identifies each row (ids include the run id, which
     differs between two runs, so they are compared by their parts)."""
     conn = sqlite3.connect(db)
-    key = "a.round_idx, a.task_id, a.purpose, a.sample_index"
+    key = "a.round_idx, a.task_id, a.purpose, a.sample_index, a.depth"
     attempts = conn.execute(
         f"select {key}, a.completion, a.token_ids_json, a.finish_reason from attempts a "
         f"order by {key}").fetchall()
@@ -73,6 +75,9 @@ def snapshot(db: Path) -> dict:
         "select m.task_id, m.kind, m.first_round, m.last_round, m.occurrences, m.resolved_round, "
         "a.round_idx, a.sample_index from mistakes m join attempts a on a.id = m.first_attempt_id "
         "order by m.task_id, m.kind").fetchall()
+    critiques = conn.execute(
+        f"select {key}, c.critic, c.kind, c.text from critiques c join attempts a "
+        f"on a.id = c.attempt_id order by {key}, c.critic").fetchall()
     updates = conn.execute("select round_idx, dataset_size, adapter_sha256 from updates "
                            "order by round_idx").fetchall()
     evaluations = conn.execute("select round_idx, n, passed from evaluations "
@@ -80,10 +85,11 @@ def snapshot(db: Path) -> dict:
     status = conn.execute("select status from runs").fetchall()
     stages = conn.execute("select idx, stage from rounds order by idx").fetchall()
     counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]
-              for t in ("attempts", "verdicts", "rewards", "mistakes", "updates", "evaluations")}
+              for t in ("attempts", "verdicts", "rewards", "mistakes", "updates", "evaluations",
+                        "critiques")}
     conn.close()
     assert ids[0] == ids[1], "duplicate attempt ids"
-    return {"attempts": attempts, "verdicts": verdicts, "rewards": rewards,
+    return {"attempts": attempts, "verdicts": verdicts, "rewards": rewards, "critiques": critiques,
             "mistakes": mistakes, "updates": updates, "evaluations": evaluations,
             "status": status, "stages": stages, "counts": counts}
 

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-UNITS = {"generate": "prompts", "evaluate": "prompts", "verify": "attempts",
+UNITS = {"generate": "prompts", "evaluate": "prompts", "verify": "attempts", "refine": "repairs",
          "evaluate:verify": "attempts", "train": "steps", "reward": "functions"}
 
 
@@ -73,7 +73,7 @@ class RichReporter:
     def stage(self, round_idx: int, stage: str, total: int | None) -> StageBar:
         label = stage.replace("evaluate:verify", "verify held-out")
         task_id = self.progress.add_task(f"round {round_idx} · {label}", total=total,
-                                         unit=UNITS.get(stage, ""), rate="")
+                                         unit=UNITS.get(stage.split()[0], ""), rate="")
         return StageBar(self.progress, task_id)
 
     def round_done(self, summary: dict) -> None:

@@ -63,7 +63,9 @@ class MathVerifier(loop.Verifier):
     - error_kind "model", mistake "wrong_answer": feedback "expected R, got X";
     - error_kind "timeout": math-verify ran out of time; "infra": the task has no usable
       reference or the checker itself failed.
-    `details["extracted"]` holds the extracted answer text when there is one.
+    `details["extracted"]` holds the extracted answer text when there is one, and a wrong
+    numeric answer gets `details["diagnosis"]` (off_by_one, wrong_operation, ...: see
+    loop_math.diagnosis) when it fits one.
     """
 
     name = "math"
@@ -73,7 +75,18 @@ class MathVerifier(loop.Verifier):
         self.options = coerce_options(MathOptions, options)
 
     def verify(self, task: loop.Task, attempt: loop.Attempt) -> Verdict:
-        return self.check(getattr(attempt, "completion", ""), getattr(task, "reference", None))
+        verdict = self.check(getattr(attempt, "completion", ""), getattr(task, "reference", None))
+        if verdict.mistake == "wrong_answer":
+            # what kind of wrong (off by one, wrong operation, ...): for the critics, who do not
+            # see the reference (loop_math.diagnosis)
+            from loop_math.diagnosis import diagnose
+
+            question = " ".join(str(m.get("content", "")) for m in task.prompt
+                                if isinstance(m, dict) and m.get("role") == "user")
+            kind = diagnose(question, str(task.reference), verdict.details.get("extracted", ""))
+            if kind:
+                verdict.details["diagnosis"] = kind
+        return verdict
 
     def check(self, completion: Any, reference: Any) -> Verdict:
         """Judge a bare completion text against a reference string: the core of `verify`, also

@@ -1,0 +1,92 @@
+"""The refine stage end to end on the tiny model: repair chains in the store, the budget, the
+critics' rows, what the model is shown, and the mistake log keyed by the taxonomy."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from loop.cli import app
+from loop.critics import EXPLANATIONS
+
+REPO = Path(__file__).resolve().parent.parent
+
+TASK = """\
+source: arithmetic
+options: {digits: 2, operations: ["+"], train_size: 200, eval_size: 40, prompt: "{a}{op}{b}=",
+          system_prompt: null}
+verifiers: [math]
+rewards: [binary]
+critics: [verifier_feedback, taxonomy]
+"""
+SETTINGS = ["--rounds", "1", "--set", "select.prompts_per_round=16", "--set", "generate.n=2",
+            "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=6",
+            "--set", "evaluate.problems=10", "--set", "evaluate.max_new_tokens=6",
+            "--set", "train.max_length=32", "--set", "train.max_steps=1"]
+
+
+def _run(tmp_path, model, *extra):
+    task = tmp_path / "task.yaml"
+    task.write_text(TASK)
+    db = tmp_path / "loop.db"
+    result = CliRunner().invoke(app, ["run", str(task), "--model", str(model), "--name", "r",
+                                      "--db", str(db), *SETTINGS, *extra])
+    assert result.exit_code == 0, result.output
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+@pytest.mark.slow
+def test_refine_chains_budget_critiques_and_taxonomy(tmp_path, weak_adder_dir):
+    conn = _run(tmp_path, weak_adder_dir, "--set", "refine.depth=2", "--set", "refine.budget=30")
+    attempts = {r["id"]: dict(r) for r in conn.execute(
+        "select * from attempts where purpose = 'train'")}
+    passed = {r["attempt_id"]: r["passed"] for r in conn.execute("select * from verdicts")}
+    first = [a for a in attempts.values() if a["depth"] == 0]
+    repairs = [a for a in attempts.values() if a["depth"] > 0]
+    assert len(first) == 32 and 0 < len(repairs) <= 30  # the budget caps extra samples
+    failed_first = [a for a in first if not passed[a["id"]]]
+    assert len([a for a in repairs if a["depth"] == 1]) == min(30, len(failed_first))
+    for repair in repairs:
+        parent = attempts[repair["parent_id"]]
+        assert parent["depth"] == repair["depth"] - 1 and not passed[parent["id"]]
+        assert (parent["task_id"], parent["sample_index"]) == (repair["task_id"],
+                                                               repair["sample_index"])
+        messages = json.loads(repair["messages_json"])
+        # the model sees its own earlier turn, then the critique, then answers again
+        assert messages[:-2] == json.loads(parent["messages_json"])
+        request = messages[-2]
+        assert request["role"] == "user" and request["content"].startswith("Your answer is not")
+        task = conn.execute("select reference from tasks where id = ?",
+                            [repair["task_id"]]).fetchone()
+        assert f"expected {task['reference']}" not in request["content"]  # no hints
+        assert "The checker says:" in request["content"]
+        assert messages[-1] == {"role": "assistant", "content": repair["completion"]}
+    # both critics explained every repaired answer's parent
+    critiques = conn.execute("select a.depth, c.critic, c.kind from critiques c join attempts a "
+                             "on a.id = c.attempt_id").fetchall()
+    explained = {r["attempt_id"] for r in conn.execute(
+        "select attempt_id from critiques where critic = 'verifier_feedback'")}
+    assert explained >= {r["parent_id"] for r in repairs}
+    assert {c["critic"] for c in critiques} == {"verifier_feedback", "taxonomy"}
+    stats = json.loads(conn.execute("select stages_json from rounds where idx = 1").fetchone()[0])
+    assert stats["refine"]["count"] == len(repairs)
+    assert stats["refine"]["repaired"] == sum(passed[a["id"]] for a in repairs)
+    # the mistake log is keyed by the taxonomy's kinds
+    kinds = {r[0] for r in conn.execute("select distinct kind from mistakes")}
+    assert kinds and kinds <= set(EXPLANATIONS)
+
+
+@pytest.mark.slow
+def test_no_refinement_by_default_or_with_zero_budget(tmp_path, weak_adder_dir):
+    conn = _run(tmp_path, weak_adder_dir, "--set", "refine.depth=2", "--set", "refine.budget=0")
+    assert conn.execute("select count(*) from attempts where depth > 0").fetchone()[0] == 0
+    stats = json.loads(conn.execute("select stages_json from rounds where idx = 1").fetchone()[0])
+    assert stats["refine"]["count"] == 0
+    # failures the refine stage did not reach are still classified for the mistake log
+    assert conn.execute("select count(*) from critiques where critic = 'taxonomy'").fetchone()[0] > 0
