@@ -58,7 +58,19 @@ class TaskConfig(Section):
 
 class SelectConfig(Section):
     prompts_per_round: int = Field(default=128, ge=1, le=1_000_000,
-                                   description="fresh training prompts per round")
+                                   description="training prompts per round")
+    replay_share: float = Field(default=0.0, ge=0.0, le=1.0, description=(
+        "share of each round's prompts given to tasks with open mistakes (replay); the rest "
+        "are fresh"))
+    retire_solved_after: int = Field(default=2, ge=0, le=1000, description=(
+        "stop replaying a task every first try solved in this many consecutive rounds (0: never)"))
+    retire_unsolved_after: int = Field(default=3, ge=0, le=1000, description=(
+        "stop replaying a task no attempt solved in this many rounds (0: never)"))
+    hint_unsolved_after: int = Field(default=0, ge=0, le=1000, description=(
+        "ReGFT: replay a task unsolved in this many rounds with the start of its reference "
+        "solution as a hint, when its source has one (0: off)"))
+    hint_share: float = Field(default=0.5, gt=0.0, lt=1.0, description=(
+        "share of the reference solution's lines shown as the hint"))
 
 
 class RefineConfig(Section):

@@ -3,7 +3,8 @@ JSON-ready dicts (the CLI's `--json` prints exactly these).
 
 `attempt_logs` lists attempts with their task prompt, verdicts and rewards, newest round first;
 `mistake_rows` lists a run's mistake log. Text search (`query`) is a case-insensitive substring
-match over the answer, the prompt and the verifiers' feedback (mistakes: feedback, kind, prompt).
+match over the answer, the prompt and the verifiers' feedback (mistakes: feedback, kind, prompt,
+plus full-text search over the critiques of the task's attempts).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def _decorate(store: Store, rows: list[dict]) -> list[dict[str, Any]]:
     ids = [r["id"] for r in rows]
     verdicts = store.verdicts(ids)
     rewards = store.rewards(ids)
+    critiques = store.critiques(ids)
     out = []
     for r in rows:
         by_verifier = verdicts.get(r["id"], {})
@@ -102,6 +104,7 @@ def _decorate(store: Store, rows: list[dict]) -> list[dict[str, Any]]:
                                 "mistake": v.mistake, "feedback": v.feedback}
                          for name, v in by_verifier.items()},
             "rewards": rewards.get(r["id"], {}),
+            "critiques": [c.model_dump() for c in critiques.get(r["id"], [])],
         })
     return out
 
@@ -122,9 +125,14 @@ def mistake_rows(store: Store, run_id: str, *, open_only: bool = False, recurrin
         where.append("m.kind = ?")
         params.append(kind)
     if query:
+        # the feedback, kind or prompt contain the text, or a critique of one of the task's
+        # attempts in this run matches it (full-text search over critique texts)
         where.append("(m.last_feedback like ? escape '\\' or m.kind like ? escape '\\' or "
-                     "t.prompt_json like ? escape '\\')")
-        params += [_like(query)] * 3
+                     "t.prompt_json like ? escape '\\' or exists (select 1 from critiques c "
+                     "join attempts a on a.id = c.attempt_id where a.run_id = m.run_id and "
+                     "a.task_id = m.task_id and c.rowid in (select rowid from critiques_fts "
+                     "where critiques_fts match ?)))")
+        params += [_like(query)] * 3 + [store.db.quote_fts(query)]
     sql = (f"select m.*, t.prompt_json, t.reference from mistakes m join tasks t on t.id = m.task_id "
            f"where {' and '.join(where)} order by m.occurrences desc, m.first_round, m.task_id, m.kind")
     return [{

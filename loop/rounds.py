@@ -41,6 +41,7 @@ from loop.records import (
 from loop.failpoints import failpoint
 from loop.isolation import PluginFailure, call_plugin
 from loop.refine import EngineCriticContext, critic_view, model_failure, repair_messages
+from loop.selection import choose_prompts, with_hint
 from loop.store import Store
 
 TRAIN_STAGES = ("select", "generate", "verify", "refine", "reward", "mistakes", "train",
@@ -170,27 +171,28 @@ class RoundEngine:
     # ----- stages ---------------------------------------------------------------------------
 
     def stage_select(self, idx: int) -> None:
-        """Pick the round's prompts: the next fresh training tasks this run has not used yet."""
+        """Pick the round's prompts: replayed mistakes (with hints for long-unsolved ones), then
+        fresh training tasks; retired tasks stay out (loop.selection)."""
         started = time.perf_counter()
-        used = self.store.task_ids_used(self.run_id, "train")
-        train = self.tasks.train
-        fresh = [t for t in train if t.id not in used]
-        want = self.config.select.prompts_per_round
-        if len(fresh) < want:
-            self.reporter.warn(f"round {idx}: only {len(fresh)} unused training prompts left; "
-                               "reusing earlier ones")
-            fresh += [t for t in train if t.id in used][: want - len(fresh)]
-        chosen = fresh[:want]
+        choice = choose_prompts(self.tasks.train, self.store.task_history(self.run_id),
+                                self.store.open_mistake_counts(self.run_id), self.config.select,
+                                _derive_seed(self.config.seed, idx, "select"))
+        if choice.reused:
+            self.reporter.warn(f"round {idx}: only {len(choice.tasks) - len(choice.reused)} "
+                               "unused training prompts left; reusing earlier ones")
         with self._commit("select"):
-            self.store.upsert_tasks(chosen)
+            self.store.upsert_tasks(choice.tasks)
             self.store.mark_stage(self.run_id, idx, "select", {
-                "seconds": time.perf_counter() - started, "count": len(chosen),
-                "task_ids": [t.id for t in chosen]})
+                "seconds": time.perf_counter() - started, "count": len(choice.tasks),
+                "task_ids": [t.id for t in choice.tasks], "replayed": choice.replayed,
+                "hinted": choice.hinted, "retired": len(choice.retired)})
 
     def stage_generate(self, idx: int) -> None:
-        task_ids = self._stage_stats(idx, "select")["task_ids"]
+        chosen = self._stage_stats(idx, "select")
+        task_ids, hinted = chosen["task_ids"], set(chosen.get("hinted", []))
         tasks = self.store.get_tasks(task_ids)
-        ordered = [tasks[i] for i in task_ids]
+        share = self.config.select.hint_share
+        ordered = [with_hint(tasks[i], share) if i in hinted else tasks[i] for i in task_ids]
         gen = self.config.generate
         sampling = Sampling(n=gen.n, temperature=gen.temperature, top_p=gen.top_p,
                             max_new_tokens=gen.max_new_tokens,

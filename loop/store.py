@@ -232,6 +232,28 @@ class Store:
         ).fetchall()
         return {r[0] for r in rows}
 
+    def task_history(self, run_id: str) -> dict[str, dict[int, tuple[int, int, bool]]]:
+        """task id -> {round: (first tries, first tries passed, any attempt passed incl. repairs)}
+        over the run's training attempts (an attempt passes when every verifier passed it)."""
+        rows = self.db.execute(
+            "select a.task_id, a.round_idx, a.depth, min(v.passed) from attempts a "
+            "join verdicts v on v.attempt_id = a.id where a.run_id = ? and a.purpose = 'train' "
+            "group by a.id", [run_id]).fetchall()
+        history: dict[str, dict[int, tuple[int, int, bool]]] = {}
+        for task_id, round_idx, depth, ok in rows:
+            tries, passed, any_ok = history.setdefault(task_id, {}).get(round_idx, (0, 0, False))
+            if depth == 0:
+                tries, passed = tries + 1, passed + int(bool(ok))
+            history[task_id][round_idx] = (tries, passed, any_ok or bool(ok))
+        return history
+
+    def open_mistake_counts(self, run_id: str) -> dict[str, int]:
+        """task id -> occurrences of its mistakes that no later pass resolved."""
+        rows = self.db.execute(
+            "select task_id, sum(occurrences) from mistakes where run_id = ? and "
+            "resolved_round is null group by task_id", [run_id]).fetchall()
+        return {task_id: int(count) for task_id, count in rows}
+
     def insert_attempts(self, attempts: Iterable[Attempt]) -> None:
         now = utcnow()
         self.db["attempts"].insert_all(

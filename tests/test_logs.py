@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.records import Attempt, Task, Verdict
+from loop.records import Attempt, Critique, Task, Verdict
 
 
 def _attempt(run, idx, task, i, text, parent=None, depth=0, purpose="train"):
@@ -49,6 +49,8 @@ def db(store, tmp_path):
                            verdict(sq_again, False, "expected 16, got 12"),
                            verdict(add_right, True), verdict(other, False, "no number")])
     store.insert_rewards([(wrong.id, "binary", 0.0), (fixed.id, "binary", 1.0)])
+    store.insert_critiques([(sq_wrong.id, Critique(kind="wrong_operation", critic="taxonomy",
+                                                   text="You added instead of multiplying."))])
     store.update_mistakes("run-a", 1, {(add.id, "wrong_answer"): (wrong.id, "expected 5, got 6", 1),
                                        (mul.id, "wrong_answer"): (sq_wrong.id, "expected 16, got 8", 1)},
                           set())
@@ -91,6 +93,10 @@ def test_logs_tree_shows_the_repair_under_the_answer_it_repairs(db):
     rows = _json("logs", "first", "--db", db, "--failed", "--round", "1", "-q", "got 6", "--tree")
     assert [(r["completion"], r["depth"]) for r in rows] == [("2+3 = 6", 0), ("2+3 = 5", 1)]
     assert rows[1]["parent_id"] == rows[0]["id"] and rows[1]["passed"]
+    assert rows[0]["critiques"] == []
+    square = _json("logs", "first", "--db", db, "-q", "4*4 = 8")[0]
+    assert square["critiques"] == [{"kind": "wrong_operation", "critic": "taxonomy",
+                                    "text": "You added instead of multiplying."}]
     text = CliRunner().invoke(app, ["logs", "first", "--db", db, "--round", "1", "--tree"]).output
     assert text.index("2+3 = 6") < text.index("repairs") < text.index("2+3 = 5")
 
@@ -109,6 +115,10 @@ def test_mistakes_open_recurring_resolved(db):
     assert len(_json("mistakes", "first", "--db", db, "--kind", "format")) == 0
     assert [r["prompt"] for r in _json("mistakes", "first", "--db", db, "-q", "got 6")] == \
         ["What is 2+3?"]
+    # full-text search over the critiques of the task's attempts
+    assert [r["prompt"] for r in _json("mistakes", "first", "--db", db, "-q", "multiplying")] == \
+        ["What is 4*4?"]
+    assert _json("mistakes", "first", "--db", db, "-q", 'NOT "or') == []  # FTS syntax is escaped
     table = CliRunner().invoke(app, ["mistakes", "first", "--db", db]).output
     assert "2 mistakes, 1 open" in table and "1–2" in table
 

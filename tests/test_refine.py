@@ -90,3 +90,23 @@ def test_no_refinement_by_default_or_with_zero_budget(tmp_path, weak_adder_dir):
     assert stats["refine"]["count"] == 0
     # failures the refine stage did not reach are still classified for the mistake log
     assert conn.execute("select count(*) from critiques where critic = 'taxonomy'").fetchone()[0] > 0
+
+
+@pytest.mark.slow
+def test_round_two_replays_open_mistakes(tmp_path, weak_adder_dir):
+    conn = _run(tmp_path, weak_adder_dir, "--rounds", "2", "--set", "select.replay_share=0.5")
+    stages = {r["idx"]: json.loads(r["stages_json"]) for r in conn.execute("select * from rounds")}
+    replayed = stages[2]["select"]["replayed"]
+    assert len(replayed) == 8 and stages[1]["select"]["replayed"] == []
+    round1 = set(stages[1]["select"]["task_ids"])
+    assert set(replayed) <= round1  # replayed tasks are round-1 tasks ...
+    failed = {r[0] for r in conn.execute(
+        "select a.task_id from attempts a join verdicts v on v.attempt_id = a.id "
+        "where a.round_idx = 1 and v.passed = 0")}
+    assert set(replayed) <= failed  # ... that had mistakes
+    assert stages[2]["select"]["task_ids"][:8] == replayed
+    fresh = stages[2]["select"]["task_ids"][8:]
+    assert not set(fresh) & round1
+    attempted = {r[0] for r in conn.execute("select task_id from attempts where round_idx = 2 "
+                                            "and purpose = 'train'")}
+    assert set(replayed) <= attempted

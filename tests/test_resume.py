@@ -30,7 +30,7 @@ rewards: [binary]
 critics: [verifier_feedback, taxonomy]
 """
 SETTINGS = [
-    "--set", "refine.depth=2", "--set", "refine.budget=10",
+    "--set", "refine.depth=2", "--set", "refine.budget=10", "--set", "select.replay_share=0.5",
     "--rounds", "2", "--set", "select.prompts_per_round=12", "--set", "generate.n=2",
     "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=5",
     "--set", "generate.batch_size=8", "--set", "evaluate.problems=20",

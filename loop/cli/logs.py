@@ -83,6 +83,9 @@ def _details(row: dict) -> list[str]:
         what = v["mistake"] or v["error_kind"] or ""
         feedback = f": {escape(v['feedback'])}" if v["feedback"] else ""
         lines.append(f"[dim]{escape(name)}:[/dim] score {v['score']:.2f} {escape(what)}{feedback}")
+    for critique in row.get("critiques", []):
+        lines.append(f"[dim]critique ({escape(critique['critic'])}, {escape(critique['kind'])}):"
+                     f"[/dim] {escape(critique['text'])}")
     if row["rewards"]:
         lines.append("[dim]rewards:[/dim] " + ", ".join(
             f"{escape(k)}={'–' if v is None else f'{v:g}'}" for k, v in row["rewards"].items()))
