@@ -15,15 +15,12 @@ run), wall time, and each round's dataset size and what the group methods skippe
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, gain, machine, pass_at_1, run_loop, show  # noqa: E402
 
 
 def main() -> int:
@@ -37,36 +34,27 @@ def main() -> int:
     parser.add_argument("--keep", default=None, help="keep the store in this folder")
     args = parser.parse_args()
 
-    folder = Path(args.keep or tempfile.mkdtemp(prefix="loop-methods-"))
-    db = folder / "loop.db"
-    loop_cmd = [sys.executable, "-m", "loop.cli.__main__"]
+    db = Path(args.keep or tempfile.mkdtemp(prefix="loop-methods-")) / "loop.db"
     settings = ["--rounds", str(args.rounds),
                 "--set", f"select.prompts_per_round={args.prompts}",
                 "--set", f"evaluate.problems={args.eval}",
                 "--set", f"train.max_steps={args.steps}"]
     results = {}
     for method in args.methods.split(","):
-        started = time.perf_counter()
-        subprocess.run([*loop_cmd, "run", "arithmetic", "--config", args.config, "--db", str(db),
-                        "--name", method, "--method", method, *settings], check=True)
-        wall = time.perf_counter() - started
-        shown = subprocess.run([*loop_cmd, "show", method, "--db", str(db), "--json"],
-                               check=True, capture_output=True, text=True)
-        results[method] = (json.loads(shown.stdout), wall)
+        wall = run_loop(db, method, "arithmetic", args.config, "--method", method, *settings)
+        results[method] = (show(db, method), wall)
         print(f"[{method}] done in {wall:.0f} s", flush=True)
 
-    print(f"\nmachine: {platform.machine()}, {_cores()} cores; python {platform.python_version()}")
+    print(f"\nmachine: {machine()}")
     print(f"command: python bench/methods.py --methods {args.methods} --rounds {args.rounds} "
           f"--prompts {args.prompts} --eval {args.eval} --steps {args.steps}")
     head = " | ".join(f"round {i}" for i in range(args.rounds + 1))
     print(f"\nheld-out pass@1 (n={args.eval}, greedy)\n\n| method | {head} | gain vs round 0 "
           "| wall s |\n|---|" + "---|" * (args.rounds + 3))
     for method, (data, wall) in results.items():
-        scores = [r["eval"]["pass_at_1"] for r in data["rounds"]]
-        base = scores[0]
-        ratio = f"{scores[-1] / base:.2f}x" if base else "–"
+        scores = pass_at_1(data)
         cells = " | ".join(f"{s:.3f}" for s in scores)
-        print(f"| {method} | {cells} | {100 * (scores[-1] - base):+.1f} pts ({ratio}) | {wall:.0f} |")
+        print(f"| {method} | {cells} | {gain(scores)} | {wall:.0f} |")
     print("\ntraining data per round (rows the method built; groups used / skipped equal / "
           "incomplete)\n\n| method | " + " | ".join(f"round {i}" for i in range(1, args.rounds + 1))
           + " |\n|---|" + "---|" * args.rounds)
@@ -87,12 +75,6 @@ def main() -> int:
         print(f"| {method} | " + " | ".join(cells) + " |")
     print(f"\nstore: {db}")
     return 0
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":
