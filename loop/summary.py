@@ -36,6 +36,9 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
         "stage": row["stage"] if row else "",
         "train": {"prompts": train["prompts"], "attempts": train["attempts"],
                   "passed": train["passed"], "solved_prompts": train["solved_prompts"],
+                  "repairs": stages.get("refine", {}).get("count", 0),
+                  "repaired": stages.get("refine", {}).get("repaired", 0),
+                  "replayed": len(stages.get("select", {}).get("replayed", [])),
                   "truncated_share": (train["truncated"] / train["attempts"]
                                       if train["attempts"] else None)},
         "eval": {"n": ev["n"] if ev else 0, "pass_at_1": ev["pass_at_1"] if ev else None,

@@ -29,13 +29,15 @@ SETTINGS = ["--rounds", "1", "--set", "select.prompts_per_round=16", "--set", "g
             "--set", "train.max_length=32", "--set", "train.max_steps=1"]
 
 
-def _run(tmp_path, model, *extra):
+def _run(tmp_path, model, *extra, task_text=TASK, output=None):
     task = tmp_path / "task.yaml"
-    task.write_text(TASK)
+    task.write_text(task_text)
     db = tmp_path / "loop.db"
     result = CliRunner().invoke(app, ["run", str(task), "--model", str(model), "--name", "r",
                                       "--db", str(db), *SETTINGS, *extra])
     assert result.exit_code == 0, result.output
+    if output is not None:
+        output.append(result.output)
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     return conn
@@ -77,6 +79,10 @@ def test_refine_chains_budget_critiques_and_taxonomy(tmp_path, weak_adder_dir):
     stats = json.loads(conn.execute("select stages_json from rounds where idx = 1").fetchone()[0])
     assert stats["refine"]["count"] == len(repairs)
     assert stats["refine"]["repaired"] == sum(passed[a["id"]] for a in repairs)
+    shown = json.loads(CliRunner().invoke(app, ["show", "r", "--db", str(tmp_path / "loop.db"),
+                                                "--json"]).output)
+    assert shown["rounds"][1]["train"]["repairs"] == len(repairs)
+    assert shown["rounds"][1]["train"]["repaired"] == stats["refine"]["repaired"]
     # the mistake log is keyed by the taxonomy's kinds
     kinds = {r[0] for r in conn.execute("select distinct kind from mistakes")}
     assert kinds and kinds <= set(EXPLANATIONS)
@@ -110,3 +116,35 @@ def test_round_two_replays_open_mistakes(tmp_path, weak_adder_dir):
     attempted = {r[0] for r in conn.execute("select task_id from attempts where round_idx = 2 "
                                             "and purpose = 'train'")}
     assert set(replayed) <= attempted
+
+
+BROKEN_CRITIC = """
+import loop
+
+class Broken(loop.Critic):
+    name = "broken"
+    def critique(self, task, attempt, verdicts):
+        raise RuntimeError("critic bug")
+
+@loop.hookimpl
+def register_critics(register):
+    register(Broken())
+"""
+
+
+@pytest.mark.slow
+def test_a_failing_critic_is_reported_and_the_repairs_go_on(tmp_path, weak_adder_dir):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken.py").write_text(BROKEN_CRITIC)
+    output: list[str] = []
+    conn = _run(tmp_path, weak_adder_dir, "--plugins-dir", str(plugins), "--set",
+                "refine.depth=1", "--set", "refine.budget=5",
+                task_text=TASK.replace("[verifier_feedback, taxonomy]", "[broken, taxonomy]"),
+                output=output)
+    said = " ".join(output[0].split())  # rich wraps long lines
+    assert ("critic 'broken' (plugin file:broken.py) failed: raised RuntimeError: critic bug; "
+            "no critique from it") in said
+    assert conn.execute("select count(*) from attempts where depth = 1").fetchone()[0] == 5
+    critics = {r[0] for r in conn.execute("select distinct critic from critiques")}
+    assert critics == {"taxonomy"}

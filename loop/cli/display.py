@@ -109,17 +109,21 @@ def rounds_table(data: dict) -> Table:
     run = data["run"]
     table = Table(title=f"run {run['name']} ({run['id']}) · {run['task']} · {run['status']}",
                   box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption="solved: train prompts with a verified answer · pass@1: greedy, "
-                          "held-out split · cut: answers stopped by the token limit")
-    for column in ("round", "solved", "passed", "cut", "pass@1", "eval cut", "eval len",
-                   "tok/s", "train s", "total s"):
+                  caption="solved: train prompts with a verified answer (repairs included) · "
+                          "repaired: repairs that passed / repairs · pass@1: greedy, held-out "
+                          "split · cut: answers stopped by the token limit")
+    refined = any(r["train"].get("repairs") for r in data["rounds"])
+    columns = ["round", "solved", "passed", *(["repaired"] if refined else []), "cut", "pass@1",
+               "eval cut", "eval len", "tok/s", "train s", "total s"]
+    for column in columns:
         table.add_column(column, justify="right")
     for r in data["rounds"]:
         train, ev = r["train"], r["eval"]
         solve = _pct(train["solved_prompts"] / train["prompts"]) if train["prompts"] else "–"
         passed = _pct(train["passed"] / train["attempts"]) if train["attempts"] else "–"
+        repaired = [f"{train['repaired']}/{train['repairs']}" if train.get("repairs") else "–"]
         table.add_row(
-            str(r["index"]), solve, passed,
+            str(r["index"]), solve, passed, *(repaired if refined else []),
             _pct(train["truncated_share"]),
             f"{ev['pass_at_1']:.3f}" if ev["pass_at_1"] is not None else "–",
             _pct(ev["truncated_share"]),
