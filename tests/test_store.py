@@ -36,13 +36,18 @@ EXPECTED_COLUMNS = {
     "evaluations": {"id": str, "run_id": str, "round_idx": int, "split": str, "n": int,
                     "passed": int, "pass_at_1": float, "truncated_share": float,
                     "mean_completion_tokens": float, "seconds": float, "created": str},
+    "critiques": {"id": str, "attempt_id": str, "critic": str, "kind": str, "text": str,
+                  "created": str},
 }
+FTS_TABLES = {"critiques_fts", "critiques_fts_data", "critiques_fts_idx", "critiques_fts_config",
+              "critiques_fts_docsize"}
 
 
 def test_migrate_blank_gives_exact_schema():
     db = open_db(memory=True)
-    tables = set(db.table_names()) - {"_sqlite_migrations"}
+    tables = set(db.table_names()) - {"_sqlite_migrations"} - FTS_TABLES
     assert tables == set(EXPECTED_COLUMNS)
+    assert FTS_TABLES <= set(db.table_names())  # full-text search over critique texts
     for name, columns in EXPECTED_COLUMNS.items():
         assert db[name].columns_dict == columns, name
     assert set(db.view_names()) == {"accuracy_per_round", "open_mistakes"}
@@ -59,7 +64,8 @@ def test_migrate_is_idempotent(tmp_path):
     open_db(path)
     db = open_db(path)
     applied = [m.name for m in migrations.applied(db)]
-    assert applied == ["m001_create_core_tables", "m002_create_views", "m003_add_completion_raw"]
+    assert applied == ["m001_create_core_tables", "m002_create_views", "m003_add_completion_raw",
+                       "m004_create_critiques"]
     assert db.journal_mode == "wal"
 
 

@@ -115,3 +115,18 @@ def test_an_update_whose_gradient_is_always_zero_aborts(tmp_path, tiny_model_dir
                    samples=all_wrong, max_steps=2)
     with pytest.raises(NoLearning, match="gradient norm was 0 on every one of 2 steps"):
         REDIUpdater().update(ctx)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("updater,options", [(m[0], m[1]) for m in METHODS],
+                         ids=[m[0].name for m in METHODS])
+def test_full_finetuning_writes_a_changed_model(tmp_path, tiny_model_dir, updater, options):
+    from transformers import AutoModelForCausalLM
+
+    ctx = _context(tmp_path, tiny_model_dir, updater, options, max_steps=2,
+                   lora={"enabled": False})
+    result = updater.update(ctx)
+    tuned = AutoModelForCausalLM.from_pretrained(result.adapter_path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert any((p - q).abs().sum().item() > 0
+               for p, q in zip(tuned.parameters(), base.parameters()))
