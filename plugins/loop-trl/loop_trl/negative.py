@@ -18,9 +18,10 @@ std-scaled advantages. Tokens are averaged over the batch (TRL's `bnpo` aggregat
 REDI (Xu et al. 2025, "Harnessing Negative Signals: Reinforcement Distillation from Teacher Data
 for LLM Reasoning"): reference-free, per sequence, length-normalised,
 
-    loss = mean over the batch of  −log π(y⁺|x)/|y⁺|  and  α · log π(y⁻|x)/|y⁻|,  α < 1
+    loss = mean over positives of −log π(y⁺|x)/|y⁺|  +  α · mean over negatives of log π(y⁻|x)/|y⁻|
 
-so positives are pulled up like SFT and negatives pushed down, gently (α = 0.8 by default, the
+(the paper writes it per (positive, negative) pair, so each side is averaged on its own), α < 1:
+positives are pulled up like SFT and negatives pushed down, gently (α = 0.8 by default, the
 paper's stable setting). REDI keeps groups whose answers all passed or all failed.
 """
 
@@ -69,6 +70,17 @@ def nft_token_loss(logps, old_logps, passed, solve_rate, *, weighting: str = "on
     elif weighting == "grpo_std":
         loss = loss * ((1.0 - rate) / rate).sqrt()
     return loss
+
+
+def redi_loss(per_sequence, passed, alpha: float):
+    """REDI's loss from per-sequence length-normalised log-likelihoods: the mean over the
+    batch's positives of −log π/|y| plus α × the mean over its negatives of log π/|y|. The paper
+    writes it over (positive, negative) pairs, so each side is averaged on its own: a batch with
+    many more failures than successes does not turn into pure likelihood minimisation."""
+    positives, negatives = passed, 1.0 - passed
+    pos = -(per_sequence * positives).sum() / positives.sum().clamp(min=1.0)
+    neg = (per_sequence * negatives).sum() / negatives.sum().clamp(min=1.0)
+    return pos + alpha * neg
 
 
 class NFTOptions(BaseModel):
@@ -124,7 +136,7 @@ def _redi_trainer():
             logps, mask = _token_logps(self, model, inputs)
             per_sequence = (logps * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
             passed = inputs["loop_passed"].to(logps.dtype)
-            loss = (-passed * per_sequence + self.alpha * (1.0 - passed) * per_sequence).mean()
+            loss = redi_loss(per_sequence, passed, self.alpha)
             return loss / _accumulation(self)
 
     return REDITrainer

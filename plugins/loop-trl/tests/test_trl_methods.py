@@ -130,3 +130,15 @@ def test_full_finetuning_writes_a_changed_model(tmp_path, tiny_model_dir, update
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert any((p - q).abs().sum().item() > 0
                for p, q in zip(tuned.parameters(), base.parameters()))
+
+
+def test_redi_averages_positives_and_negatives_each_on_its_own():
+    import torch
+
+    from loop_trl.negative import redi_loss
+
+    logps = torch.tensor([-1.0, -2.0, -4.0, -4.0, -4.0, -4.0])
+    passed = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    # −mean(−1, −2) + 0.5 × mean(−4 × 4): four negatives weigh as much as two positives
+    assert redi_loss(logps, passed, 0.5).item() == pytest.approx(1.5 - 2.0)
+    assert redi_loss(logps[2:], passed[2:], 0.5).item() == pytest.approx(-2.0)  # no positives
