@@ -29,6 +29,24 @@ def show(db: Path, name: str) -> dict:
     return json.loads(out.stdout)
 
 
+def finished_run(db: Path, name: str) -> tuple[dict, float] | None:
+    """(show --json, wall seconds from its stored start and finish) for a finished run of that
+    name in `db`, else None: lets a benchmark be continued without redoing finished runs."""
+    import sqlite3
+    from datetime import datetime
+
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(db)
+    row = conn.execute("select created, finished from runs where name = ? and status = 'finished'",
+                       [name]).fetchone()
+    conn.close()
+    if row is None:
+        return None
+    wall = (datetime.fromisoformat(row[1]) - datetime.fromisoformat(row[0])).total_seconds()
+    return show(db, name), wall
+
+
 def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{platform.machine()}, {cores} cores; python {platform.python_version()}"

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, gain, machine, pass_at_1, run_loop, show  # noqa: E402
+from common import REPO, finished_run, gain, machine, pass_at_1, run_loop  # noqa: E402
 
 
 def main() -> int:
@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--eval", type=int, default=200, help="held-out problems")
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps per round")
     parser.add_argument("--keep", default=None, help="keep the store in this folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs already in the --keep store (wall time from "
+                             "their timestamps) and run only the missing methods")
     args = parser.parse_args()
 
     db = Path(args.keep or tempfile.mkdtemp(prefix="loop-methods-")) / "loop.db"
@@ -41,8 +44,12 @@ def main() -> int:
                 "--set", f"train.max_steps={args.steps}"]
     results = {}
     for method in args.methods.split(","):
-        wall = run_loop(db, method, "arithmetic", args.config, "--method", method, *settings)
-        results[method] = (show(db, method), wall)
+        done = finished_run(db, method) if args.reuse else None
+        if done is None:
+            run_loop(db, method, "arithmetic", args.config, "--method", method, *settings)
+            done = finished_run(db, method)
+        results[method] = done  # wall time: the run's stored start to finish (rounds 0..N)
+        wall = done[1]
         print(f"[{method}] done in {wall:.0f} s", flush=True)
 
     print(f"\nmachine: {machine()}")
