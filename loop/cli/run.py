@@ -198,7 +198,10 @@ def drive(store, cfg, components, run_id, run_dir, pm, tasks, resuming: bool = F
 
 
 def _sigterm_interrupts() -> None:
-    """SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: marked interrupted."""
+    """SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: marked interrupted.
+
+    SIGINT is set to raise KeyboardInterrupt too: a shell starts background jobs (`loop run ... &`
+    in a script, nohup) with SIGINT ignored, and then `kill -INT` would do nothing."""
     import signal
 
     def handler(signum, frame):
@@ -206,6 +209,7 @@ def _sigterm_interrupts() -> None:
 
     try:
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread (e.g. an embedding application)
         pass
 
