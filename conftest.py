@@ -11,6 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))  # tests/tiny_model.py
 
+from tiny_model import tiny_task_yaml  # noqa: E402
+
 FIRST_PARTY = "hf,math,trl"
 REPO = Path(__file__).resolve().parent
 
@@ -84,13 +86,7 @@ def weak_adder_dir():
     return weak_adder()
 
 
-TINY_TASK = """\
-source: arithmetic
-options: {digits: 2, operations: ["+"], train_size: 400, eval_size: 100, prompt: "{a}{op}{b}=",
-          system_prompt: null}
-verifiers: [math]
-rewards: [binary]
-"""
+TINY_TASK = tiny_task_yaml(train_size=400, eval_size=100)
 
 
 @pytest.fixture

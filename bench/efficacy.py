@@ -11,15 +11,14 @@ against the baseline measured in the same run: round 0 is the untouched model.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import LOOP, REPO, machine, show  # noqa: E402
 
 
 def main() -> int:
@@ -32,17 +31,13 @@ def main() -> int:
 
     folder = Path(args.keep or tempfile.mkdtemp(prefix="loop-efficacy-"))
     db = folder / "loop.db"
-    loop_cmd = [sys.executable, "-m", "loop.cli.__main__"]
     started = time.perf_counter()
-    subprocess.run([*loop_cmd, "run", args.task, "--config", args.config, "--db", str(db),
+    subprocess.run([*LOOP, "run", args.task, "--config", args.config, "--db", str(db),
                     "--name", "efficacy", *args.extra], check=True)
     wall = time.perf_counter() - started
-    shown = subprocess.run([*loop_cmd, "show", "efficacy", "--db", str(db), "--json"],
-                           check=True, capture_output=True, text=True)
-    data = json.loads(shown.stdout)
+    data = show(db, "efficacy")
 
-    print(f"\nmachine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-          f"{_cores()} cores; python {platform.python_version()}")
+    print(f"\nmachine: {machine()}")
     print(f"command: python bench/efficacy.py --config {args.config} --task {args.task}")
     print("\n| round | train solved | train passed | train cut | held-out pass@1 | eval cut "
           "| eval mean tokens | gen tok/s | round s |")
@@ -64,12 +59,6 @@ def main() -> int:
     print(f"wall time (whole `loop run`, incl. model loading): {wall:.0f} s = {wall / 60:.1f} min")
     print(f"store: {db}")
     return 0
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":

@@ -12,17 +12,11 @@ from typer.testing import CliRunner
 
 from loop.cli import app
 from loop.critics import EXPLANATIONS
+from tiny_model import tiny_task_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
-TASK = """\
-source: arithmetic
-options: {digits: 2, operations: ["+"], train_size: 200, eval_size: 40, prompt: "{a}{op}{b}=",
-          system_prompt: null}
-verifiers: [math]
-rewards: [binary]
-critics: [verifier_feedback, taxonomy]
-"""
+TASK = tiny_task_yaml(critics=["verifier_feedback", "taxonomy"])
 SETTINGS = ["--rounds", "1", "--set", "select.prompts_per_round=16", "--set", "generate.n=2",
             "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=6",
             "--set", "evaluate.problems=10", "--set", "evaluate.max_new_tokens=6",

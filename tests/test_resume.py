@@ -5,7 +5,6 @@ the no-op resume of a finished run. Runs are real `loop` processes on the tiny m
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import signal
@@ -18,17 +17,11 @@ from pathlib import Path
 import pytest
 
 from loop.failpoints import POINTS
+from tiny_model import tiny_task_yaml
 
 pytestmark = pytest.mark.slow  # real `loop` processes: ~20 s each
 
-TASK = """\
-source: arithmetic
-options: {digits: 2, operations: ["+"], train_size: 200, eval_size: 40, prompt: "{a}{op}{b}=",
-          system_prompt: null}
-verifiers: [math]
-rewards: [binary]
-critics: [verifier_feedback, taxonomy]
-"""
+TASK = tiny_task_yaml(critics=["verifier_feedback", "taxonomy"])
 SETTINGS = [
     "--set", "refine.depth=2", "--set", "refine.budget=10", "--set", "select.replay_share=0.5",
     "--rounds", "2", "--set", "select.prompts_per_round=12", "--set", "generate.n=2",

@@ -121,3 +121,13 @@ def weak_adder(target: float = 0.15, max_steps: int = 3000, seed: int = 0) -> Pa
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def tiny_task_yaml(train_size: int = 200, eval_size: int = 40, critics: list[str] | None = None) -> str:
+    """A task file for the tiny adder: 2-digit additions in its bare "a+b=" format."""
+    text = (f'source: arithmetic\noptions: {{digits: 2, operations: ["+"], train_size: {train_size}, '
+            f'eval_size: {eval_size}, prompt: "{{a}}{{op}}{{b}}=",\n          system_prompt: null}}\n'
+            "verifiers: [math]\nrewards: [binary]\n")
+    if critics:
+        text += f"critics: [{', '.join(critics)}]\n"
+    return text

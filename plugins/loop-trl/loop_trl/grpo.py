@@ -19,6 +19,7 @@ The same trainer, with its loss replaced, serves `nft` and `redi` (loop_trl.nega
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any, Literal
@@ -114,7 +115,9 @@ def stored_reward(name: str):
     return reward
 
 
-def _trainer_base():
+@functools.cache
+def stored_group_trainer():
+    """The StoredGroupTrainer class (built on first use: importing TRL is slow)."""
     from trl import GRPOTrainer
 
     class StoredGroupTrainer(GRPOTrainer):
@@ -137,17 +140,6 @@ def _trainer_base():
             return output
 
     return StoredGroupTrainer
-
-
-def stored_group_trainer():
-    """The StoredGroupTrainer class (built lazily: importing TRL is slow)."""
-    global _STORED_GROUP_TRAINER
-    if _STORED_GROUP_TRAINER is None:
-        _STORED_GROUP_TRAINER = _trainer_base()
-    return _STORED_GROUP_TRAINER
-
-
-_STORED_GROUP_TRAINER = None
 
 
 class GRPOOptions(BaseModel):
