@@ -77,6 +77,8 @@ def test_refine_chains_budget_critiques_and_taxonomy(tmp_path, weak_adder_dir):
                                                 "--json"]).output)
     assert shown["rounds"][1]["train"]["repairs"] == len(repairs)
     assert shown["rounds"][1]["train"]["repaired"] == stats["refine"]["repaired"]
+    table = CliRunner().invoke(app, ["show", "r", "--db", str(tmp_path / "loop.db")]).output
+    assert "repaired" in table and f"{stats['refine']['repaired']}/{len(repairs)}" in table
     # the mistake log is keyed by the taxonomy's kinds
     kinds = {r[0] for r in conn.execute("select distinct kind from mistakes")}
     assert kinds and kinds <= set(EXPLANATIONS)
@@ -110,6 +112,9 @@ def test_round_two_replays_open_mistakes(tmp_path, weak_adder_dir):
     attempted = {r[0] for r in conn.execute("select task_id from attempts where round_idx = 2 "
                                             "and purpose = 'train'")}
     assert set(replayed) <= attempted
+    shown = json.loads(CliRunner().invoke(app, ["show", "r", "--db", str(tmp_path / "loop.db"),
+                                                "--json"]).output)
+    assert [r["train"]["replayed"] for r in shown["rounds"]] == [0, 0, 8]
 
 
 BROKEN_CRITIC = """

@@ -180,10 +180,13 @@ def _start_held_run(tmp_path, model, name):
     hold = tmp_path / "held"
     env = {k: v for k, v in os.environ.items() if k != "LOOP_FAILPOINT"}
     env["HOLD_FILE"] = str(hold)
+    # Started with SIGINT ignored, as a shell starts a background job (`loop run ... &`): loop
+    # must still stop on Ctrl-C / `kill -INT`.
     proc = subprocess.Popen(
         [sys.executable, "-m", "loop.cli", "run", str(task), "--model", str(model), "--name", name,
          "--db", str(tmp_path / "loop.db"), "--plugins-dir", str(plugins), *SETTINGS],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 120
     while not hold.exists():
         assert proc.poll() is None, proc.communicate()
