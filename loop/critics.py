@@ -20,6 +20,7 @@ The taxonomy (first that applies):
 | maths | `no_final_answer` | no final answer could be read |
 | maths | `wrong_format` | the final answer is not a number where one is expected |
 | maths | `sign_error`, `off_by_one`, `copied_operand`, `wrong_operation`, `magnitude_error`, `arithmetic_slip` | the verifier's diagnosis of a wrong number (loop_math.diagnosis) |
+| code | `no_code`, `missing_function`, `exited_early`, `timeout` | the verifier's `mistake` (loop-code: no code in the answer, the asked function not defined, the program exited before its tests ran, it ran past its time limit) |
 | code | `syntax_error` | SyntaxError / IndentationError in the feedback |
 | code | `failed_assertion` | an AssertionError (a test failed) |
 | code | `exception:<Name>` | the program raised another exception |
@@ -36,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from loop.records import Attempt, Critic, CriticContext, Critique, Task, Verdict
 
 EXPLANATIONS = {
-    "timeout": "Your answer took too long to check; give a shorter, direct answer.",
+    "timeout": "Your answer took too long to check: give a shorter, direct answer, and in code "
+               "avoid endless loops and slow algorithms.",
     "truncated": "Your answer was cut off before it ended; answer more briefly and state the "
                  "final answer.",
     "no_final_answer": "Your answer does not state a final answer.",
@@ -49,12 +51,20 @@ EXPLANATIONS = {
                        "numbers than the one asked for; reread which operation is asked.",
     "magnitude_error": "Your final answer is off by a factor of ten; check the place values.",
     "arithmetic_slip": "Your final answer has a slip in one digit; recheck carries and borrows.",
+    "no_code": "Your answer contains no Python code: reply with the function in a ```python "
+               "block.",
+    "missing_function": "Your code does not define the function the task asks for: use exactly "
+                        "the name it gives.",
+    "exited_early": "Your code stopped the program before the tests could run: do not exit, "
+                    "kill or end the process.",
     "syntax_error": "Your code does not parse: fix the syntax error.",
     "failed_assertion": "Your code runs but a test fails.",
     "wrong_answer": "Your final answer is wrong.",
 }
 
 _CODE_EXCEPTION = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception))\b")
+_CODE_KINDS = {"no_code", "missing_function", "exited_early", "timeout", "syntax_error",
+               "failed_assertion"}
 _FAMILY_KINDS = {"sign_error", "off_by_one", "copied_operand", "wrong_operation",
                  "magnitude_error", "arithmetic_slip"}
 
@@ -81,6 +91,8 @@ def classify(attempt: Attempt, verdicts: dict[str, Verdict]) -> str | None:
                 "could not read" in verdict.feedback else "wrong_format"
         if verdict.details.get("diagnosis") in _FAMILY_KINDS:
             return verdict.details["diagnosis"]
+        if verdict.mistake in _CODE_KINDS or (verdict.mistake or "").startswith("exception:"):
+            return verdict.mistake
         if "SyntaxError" in text or "IndentationError" in text:
             return "syntax_error"
         if "AssertionError" in text:

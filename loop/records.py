@@ -206,10 +206,19 @@ class GenerationSession:
 
 
 class Verifier(Component):
-    """Judges one attempt: `verify(task, attempt) -> Verdict`. Must not raise for a bad answer."""
+    """Judges one attempt: `verify(task, attempt) -> Verdict`. Must not raise for a bad answer.
+
+    Optional: `verify_batch(items)` judges many `(task, attempt)` pairs at once (e.g. in parallel
+    workers) and returns one Verdict per item, in order; the engine then calls it with chunks of
+    a stage's attempts. `prepare()` is called once before a run starts or resumes: raising there
+    stops the run with the exception's one-line message (e.g. a sandbox that does not isolate).
+    """
 
     def verify(self, task: Task, attempt: Attempt) -> Verdict:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def verify_batch(self, items: list[tuple[Task, Attempt]]) -> list[Verdict]:
+        return [self.verify(task, attempt) for task, attempt in items]
 
 
 class CriticContext:

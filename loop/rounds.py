@@ -37,12 +37,17 @@ from loop.records import (
     TaskSet,
     UpdateResult,
     Verdict,
+    Verifier,
 )
 from loop.failpoints import failpoint
 from loop.isolation import PluginFailure, call_plugin
 from loop.refine import EngineCriticContext, critic_view, model_failure, repair_messages
 from loop.selection import choose_prompts, with_hint
 from loop.store import Store
+
+# Attempts handed to a verifier's verify_batch at once: enough to keep parallel workers busy,
+# few enough that progress moves and a chunk's timeout stays meaningful.
+VERIFY_CHUNK = 32
 
 TRAIN_STAGES = ("select", "generate", "verify", "refine", "reward", "mistakes", "train",
                 "evaluate")
@@ -158,6 +163,10 @@ class RoundEngine:
         messages = [f"removed unfinished checkpoint folder {p}"
                     for p in remove_temporary(self.run_dir)]
         for row in self.store.rounds(self.run_id):
+            reset = self.store.reset_infra_verdicts(self.run_id, row["idx"])
+            if reset:
+                messages.append(f"round {row['idx']}: checking {reset} answers again whose "
+                                "verification failed for infrastructure reasons")
             stages = json.loads(row["stages_json"] or "{}")
             if "train" not in stages or not row["model_out"] or row["model_out"] == row["model_in"]:
                 continue
@@ -204,7 +213,11 @@ class RoundEngine:
 
     def stage_verify(self, idx: int) -> None:
         started = time.perf_counter()
-        attempts = self.store.attempts(self.run_id, idx, "train")
+        attempts = [a for a in self.store.attempts(self.run_id, idx, "train") if a.depth == 0]
+        # On resume after infra failures only the answers without a verdict are checked again.
+        done = self.store.verdicts(a.id for a in attempts)
+        wanted = {c.name for c in self.components.verifiers}
+        attempts = [a for a in attempts if not wanted <= set(done[a.id])]
         rows = self._verify(idx, attempts, "verify")
         with self._commit("verify"):
             self.store.insert_verdicts(rows)
@@ -548,15 +561,21 @@ class RoundEngine:
         rows = []
         context = self.reporter.stage(idx, stage if show else f"{stage}:verify", len(attempts))
         with context as progress:
-            for attempt in attempts:
-                task = tasks[attempt.task_id]
+            for start in range(0, len(attempts), VERIFY_CHUNK):
+                chunk = attempts[start:start + VERIFY_CHUNK]
+                items = [(tasks[a.task_id], a) for a in chunk]
+                by_verifier = []
                 for chosen in self.components.verifiers:
                     t0 = time.perf_counter()
-                    verdict = safe_verify(chosen, task, attempt, self.config.verify.timeout_s)
-                    rows.append((attempt.id, chosen.name, verdict, (time.perf_counter() - t0) * 1e3))
-                progress(items=1)
-                if stage == "verify":
-                    failpoint("verify.in_batch")
+                    verdicts = safe_verify_batch(chosen, items, self.config.verify.timeout_s)
+                    each_ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
+                    by_verifier.append((chosen.name, verdicts, each_ms))
+                for i, attempt in enumerate(chunk):
+                    rows.extend((attempt.id, name, verdicts[i], ms)
+                                for name, verdicts, ms in by_verifier)
+                    progress(items=1)
+                    if stage == "verify":
+                        failpoint("verify.in_batch")
         return rows
 
     def _call_reward(self, name: str, fn: Callable, attempts: list[Attempt],
@@ -600,6 +619,35 @@ class RoundEngine:
         from loop.summary import round_summary
 
         return round_summary(self.store, self.run_id, idx)
+
+
+def safe_verify_batch(chosen: Any, items: list[tuple[Task, Attempt]],
+                      timeout_s: float | None = None) -> list[Verdict]:
+    """One Verdict per item. A verifier that keeps the default `verify_batch` is called item by
+    item (safe_verify), so one bad item never costs its neighbours their verdicts; an overridden
+    `verify_batch` gets the whole chunk, and if it fails (or returns the wrong number of
+    verdicts) every item of the chunk gets an `infra` verdict naming the reason."""
+    component = chosen.component
+    if type(component).verify_batch is Verifier.verify_batch:
+        return [safe_verify(chosen, task, attempt, timeout_s) for task, attempt in items]
+    try:
+        verdicts = call_plugin(component.verify_batch,
+                               None if timeout_s is None else timeout_s * len(items), items)
+        verdicts = list(verdicts)
+        if len(verdicts) != len(items):
+            raise PluginFailure(f"verify_batch returned {len(verdicts)} verdicts for "
+                                f"{len(items)} items")
+    except (PluginFailure, TypeError) as exc:
+        reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
+        kind = "timeout" if isinstance(exc, PluginFailure) and exc.timed_out else "infra"
+        return [Verdict(passed=False, error_kind=kind,
+                        feedback=f"verifier {chosen.name!r} (plugin {chosen.plugin}) on attempt "
+                                 f"{attempt.id}: {reason}") for _, attempt in items]
+    return [v if isinstance(v, Verdict) else Verdict(
+        passed=False, error_kind="infra",
+        feedback=f"verifier {chosen.name!r} (plugin {chosen.plugin}) on attempt {attempt.id}: "
+                 f"returned {type(v).__name__}, not a Verdict")
+        for v, (_, attempt) in zip(verdicts, items)]
 
 
 def safe_verify(chosen: Any, task: Task, attempt: Attempt,

@@ -179,6 +179,24 @@ class Store:
             update["finished"] = utcnow()
         self.db["rounds"].update(row["id"], update)
 
+    def reset_infra_verdicts(self, run_id: str, idx: int) -> int:
+        """Forget the `infra` verdicts of round `idx`'s first answers and reopen its verify stage,
+        so a resumed run checks those answers again (a sandbox that failed is never a 0). Only
+        while the refine stage has not used the verdicts. Returns the verdicts forgotten."""
+        row = self.db["rounds"].get(self.round_id(run_id, idx))
+        stages = json.loads(row["stages_json"] or "{}")
+        if "verify" not in stages or "refine" in stages:
+            return 0
+        where = ("from verdicts where error_kind = 'infra' and attempt_id in (select id from "
+                 "attempts where run_id = ? and round_idx = ? and purpose = 'train' and depth = 0)")
+        count = self.db.execute(f"select count(*) {where}", [run_id, idx]).fetchone()[0]
+        if count:
+            stages.pop("verify")
+            with self.transaction():
+                self.db.execute(f"delete {where}", [run_id, idx])
+                self.db["rounds"].update(row["id"], {"stages_json": _json(stages)})
+        return count
+
     def reset_round_from_train(self, run_id: str, idx: int) -> None:
         """Forget a round's train and evaluate stages (its checkpoint is bad): the update row, the
         evaluation and its held-out attempts go, so both stages run again on resume."""

@@ -80,6 +80,7 @@ def run(
                 prepare(cfg.model)
         except Exception as exc:
             fail(f"model error: {exc}", code=2)
+    prepare_verifiers(components)
 
     from loop.runlock import RunLock
     from loop.store import Store, StoreError
@@ -152,6 +153,7 @@ def resume(
         tasks = source.component.load(source.options, cfg.seed)
     except (ValueError, OSError) as exc:
         fail(f"task error: {cfg.task.source}: {exc}", code=2)
+    prepare_verifiers(components)
     if row["status"] == "running":  # its process died without a word (kill -9, power loss)
         console.print(f"run {row['name']} was left running by pid {lock.previous_pid or '?'}, "
                       "which is gone: taking over", highlight=False)
@@ -163,6 +165,19 @@ def resume(
     store.set_run_status(row["id"], "running")
     drive(store, cfg, components, row["id"], Path(row["run_dir"]), pm, tasks, resuming=True)
     lock.release()
+
+
+def prepare_verifiers(components) -> None:
+    """Each verifier's optional start-up check (e.g. the code sandbox's isolation probe); the
+    first failure stops here, before anything is written, with its one line."""
+    for chosen in components.verifiers:
+        prepare = getattr(chosen.component, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            prepare()
+        except Exception as exc:
+            fail(f"verifier error: {chosen.name} (plugin {chosen.plugin}): {exc}", code=2)
 
 
 def drive(store, cfg, components, run_id, run_dir, pm, tasks, resuming: bool = False) -> None:
