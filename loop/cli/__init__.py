@@ -14,6 +14,7 @@ from loop.cli import inspect as inspect_commands
 from loop.cli import logs as log_commands
 from loop.cli import plugins as plugin_commands
 from loop.cli import run as run_commands
+from loop.cli import verify as verify_commands
 
 app = typer.Typer(
     name="loop",
@@ -33,6 +34,7 @@ run_commands.register(app)
 inspect_commands.register(app)
 log_commands.register(app)
 plugin_commands.register(app)
+verify_commands.register(app)
 
 
 def build_app() -> typer.Typer:

@@ -46,33 +46,9 @@ def run(
 ) -> None:
     """Run a self-improvement loop on TASK: round 0 evaluates the model, then each round
     samples, verifies, rewards, logs mistakes, trains and evaluates again."""
-    from loop.components import resolve_components
-    from loop.config import ConfigError, build_config
-    from loop.plugins import PluginError, build_registry
-
-    try:
-        pm = plugin_manager(plugins_dir)
-        registry = build_registry(pm)
-    except PluginError as exc:
-        fail(str(exc), code=2)
-    try:
-        cfg = build_config(task, config,
-                           flags={"model": model, "rounds": rounds, "train.method": method,
-                                  "name": name},
-                           sets=sets)
-        components = resolve_components(cfg, registry)
-    except ConfigError as exc:
-        fail(str(exc), code=2)
-
-    # Everything that can be wrong with the input is found before the run is created.
-    source = components.task_source
-    try:
-        tasks = source.component.load(source.options, cfg.seed)
-    except (ValueError, OSError) as exc:
-        fail(f"task error: {cfg.task.source}: {exc}", code=2)
-    if not tasks.train or not tasks.eval:
-        fail(f"task error: {cfg.task.source}: needs both train and eval tasks "
-             f"(got {len(tasks.train)} and {len(tasks.eval)})", code=2)
+    pm, cfg, components, tasks = resolve_task(
+        task, config, {"model": model, "rounds": rounds, "train.method": method, "name": name},
+        sets, plugins_dir)
     prepare = getattr(components.backend.component, "prepare", None)
     if prepare is not None:
         try:
@@ -165,6 +141,35 @@ def resume(
     store.set_run_status(row["id"], "running")
     drive(store, cfg, components, row["id"], Path(row["run_dir"]), pm, tasks, resuming=True)
     lock.release()
+
+
+def resolve_task(task: str, config: Path | None, flags: dict, sets: list[str],
+                 plugins_dir: Path | None):
+    """Plugins, the validated config, its components and the loaded tasks, or a one-line error
+    (exit 2): everything that can be wrong with the input is found before anything is written."""
+    from loop.components import resolve_components
+    from loop.config import ConfigError, build_config
+    from loop.plugins import PluginError, build_registry
+
+    try:
+        pm = plugin_manager(plugins_dir)
+        registry = build_registry(pm)
+    except PluginError as exc:
+        fail(str(exc), code=2)
+    try:
+        cfg = build_config(task, config, flags=flags, sets=sets)
+        components = resolve_components(cfg, registry)
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    source = components.task_source
+    try:
+        tasks = source.component.load(source.options, cfg.seed)
+    except (ValueError, OSError) as exc:
+        fail(f"task error: {cfg.task.source}: {exc}", code=2)
+    if not tasks.train or not tasks.eval:
+        fail(f"task error: {cfg.task.source}: needs both train and eval tasks "
+             f"(got {len(tasks.train)} and {len(tasks.eval)})", code=2)
+    return pm, cfg, components, tasks
 
 
 def prepare_verifiers(components) -> None:

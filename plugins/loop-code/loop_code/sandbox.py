@@ -1,22 +1,25 @@
 """Run untrusted Python in an OS-level sandbox, not a Python-level one.
 
-Each program runs in a fresh process tree built from Debian's util-linux tools, layered so that no
-Python-level trick (`posix.*`, `ctypes`, `importlib.reload(os)`) can undo a wall:
+Each program runs in a fresh process tree, layered so that no Python-level trick (`posix.*`,
+`ctypes`, `importlib.reload(os)`) can undo a wall:
 
-    unshare --net --pid --mount --ipc --uts --fork --kill-child --mount-proc   (new namespaces)
-      sh: private tmpfs on /tmp, /var/tmp, /dev/shm; a fresh working folder in it
-      prlimit: address space, CPU seconds, file size, open files, processes, no core dumps
-      setpriv: a separate non-root uid/gid (one per worker slot), no groups, no capabilities,
-               no new privileges, SIGKILL if its parent dies
-      env -i: an empty environment (PATH, LANG, PYTHONHASHSEED, HOME only)
-      python -I -S -c HARNESS: isolated mode, no site-packages, no PYTHON* variables
+    unshare --net --pid --mount --ipc --uts --fork --kill-child --mount-proc  (util-linux, as root)
+      python -I -S -c BOOTSTRAP+PROGRAM       isolated mode: no site-packages, no PYTHON* variables
+        BOOTSTRAP (loop_code.jail), still root, before any program code exists:
+          a new root on tmpfs: /usr (+ the interpreter's prefix) read-only, /proc, 4 devices,
+          a private size-capped /tmp/work; chroot into it
+          rlimits: address space, CPU seconds, file size, open files, processes, no core dumps
+          an empty capability bounding set; a separate uid/gid per worker slot, no groups;
+          no new privileges; SIGKILL if the parent dies; an empty environment
+        PROGRAM: the harness (harness.py), then the model's code, then the tests
 
 So: no network (a network namespace with only a loopback that is down), no view of or signal to
-any process outside (PID namespace; `kill(-1)` only reaches the sandbox), nothing written outside
-its own tmpfs that its uid may not write anyway, and the whole tree dies with the namespace's
-first process. The parent enforces the wall-clock limit with SIGKILL to the process group (and so
-the namespace), drains stdout, stderr and the result channel concurrently with a byte cap (no
-pipe deadlock, no memory blow-up), and removes nothing on disk because nothing was on disk.
+any process outside (PID namespace; `kill(-1)` only reaches the sandbox), no file of the machine
+but the read-only system directories, and the whole tree dies with the namespace's first process.
+The parent enforces the wall-clock limit with SIGKILL to the process group (and so the
+namespace), drains stdout, stderr and the result channel concurrently with a byte cap (no pipe
+deadlock, no memory blow-up), and has nothing to clean up on disk: the tmpfs dies with the
+namespace.
 
 The sandbox needs root (to create namespaces and switch to the sandbox uid), which is how
 containers run. `probe()` checks at start-up that every wall really holds and says in one line
@@ -38,13 +41,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loop_code.jail import BOOTSTRAP
+
 # The first uid of the sandbox users: one uid per concurrent slot, so that RLIMIT_NPROC (counted
 # per uid) caps each program's processes without one program's fork bomb starving a neighbour.
 # High, unnamed uids: nothing on the machine belongs to them.
 BASE_UID = 61000
 MAX_SLOTS = 64
-SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-TOOLS = ("unshare", "prlimit", "setpriv", "env", "sh", "mount")
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"  # the program's PATH
+TOOLS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # building it
+TOOLS = ("unshare", "prlimit", "env")  # prlimit and env: the unsandboxed opt-in
 
 
 class SandboxUnavailable(Exception):
@@ -145,29 +151,26 @@ def plain_command(python: str, source: str, limits: Limits, channel_fd: int,
             python, "-I", "-S", "-c", source]
 
 
-def command(python: str, source: str, limits: Limits, uid: int, channel_fd: int) -> list[str]:
-    """The argv that builds the sandbox around `python -I -S -c source`. The channel keeps its
-    descriptor number through every exec; the program learns it from LOOP_CHANNEL_FD."""
-    setup = (
-        # Private, size-capped scratch space: whatever the program writes lives in RAM of this
-        # mount namespace and vanishes with it. The working folder belongs to the sandbox uid.
-        "set -e; "
-        f"mount -t tmpfs -o size={limits.tmp_mb}m,mode=1777,nosuid,nodev tmpfs /tmp; "
-        "for d in /var/tmp /dev/shm; do "
-        "[ -d $d ] && mount -t tmpfs -o size=1m,mode=1777,nosuid,nodev tmpfs $d; done; "
-        f"mkdir -m 700 /tmp/work; chown {uid}:{uid} /tmp/work; cd /tmp/work; "
-        'exec "$@"'
-    )
-    return [
-        "unshare", "--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child",
-        "--mount-proc", "--",
-        "sh", "-c", setup, "sandbox",
-        *_rlimits(limits),
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
-        "--inh-caps=-all", "--bounding-set=-all", "--pdeathsig=KILL", "--",
-        "env", "-i", *_environment(channel_fd, "/tmp/work"),
-        python, "-I", "-S", "-c", source,
-    ]
+def _jail_config(python: str, limits: Limits, uid: int) -> dict:
+    mem = limits.memory_mb << 20
+    prefix = str(Path(python).resolve().parent.parent)
+    return {
+        "uid": uid, "tmp_mb": limits.tmp_mb,
+        "prefixes": [] if prefix == "/usr" or prefix.startswith("/usr/") else [prefix],
+        "rlimits": {"RLIMIT_AS": [mem, mem], "RLIMIT_DATA": [mem, mem],
+                    "RLIMIT_CPU": [limits.cpu_s, limits.cpu_s + 1],
+                    "RLIMIT_FSIZE": [limits.file_mb << 20] * 2,
+                    "RLIMIT_NOFILE": [limits.open_files] * 2,
+                    "RLIMIT_NPROC": [limits.processes] * 2, "RLIMIT_CORE": [0, 0]},
+    }
+
+
+def command(python: str, source: str, limits: Limits, uid: int) -> list[str]:
+    """The argv that runs `source` sandboxed: new namespaces (unshare, as root), then the
+    jail bootstrap (loop_code.jail) inside the same interpreter before `source` runs."""
+    bootstrap = BOOTSTRAP.replace("%(config)s", repr(_jail_config(python, limits, uid)))
+    return ["unshare", "--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child",
+            "--mount-proc", "--", python, "-I", "-S", "-c", bootstrap + source]
 
 
 def run_once(python: str, source: str, stdin: bytes, limits: Limits, uid: int,
@@ -178,7 +181,7 @@ def run_once(python: str, source: str, stdin: bytes, limits: Limits, uid: int,
         with tempfile.TemporaryDirectory(prefix="loop-unsandboxed-") as home:
             return _run(lambda fd: plain_command(python, source, limits, fd, home), stdin,
                         limits, cwd=home)
-    return _run(lambda fd: command(python, source, limits, uid, fd), stdin, limits, cwd=None)
+    return _run(lambda fd: command(python, source, limits, uid), stdin, limits, cwd=None)
 
 
 def _run(argv_for: Callable[[int], list[str]], stdin: bytes, limits: Limits,
@@ -190,8 +193,8 @@ def _run(argv_for: Callable[[int], list[str]], stdin: bytes, limits: Limits,
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, pass_fds=(write_end,), cwd=cwd,
-                                start_new_session=True, env={"PATH": SANDBOX_PATH},
-                                close_fds=True)
+                                start_new_session=True, close_fds=True,
+                                env={"PATH": TOOLS_PATH, "LOOP_CHANNEL_FD": str(write_end)})
     except OSError as exc:
         os.close(read_end)
         os.close(write_end)
@@ -286,28 +289,14 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def missing_tools() -> list[str]:
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+    return [tool for tool in TOOLS if shutil.which(tool, path=TOOLS_PATH) is None]
 
 
 def pick_python(preferred: str | None = None) -> str:
-    """An interpreter the sandbox uid can execute: `preferred`, else this process's own
-    interpreter if every folder above it is world-searchable, else the system's python3."""
-    candidates = [preferred] if preferred else [
-        os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
-    for candidate in candidates:
-        if candidate and _world_executable(Path(candidate)):
-            return candidate
-    raise SandboxUnavailable(
-        "no Python interpreter the sandbox user may run (tried "
-        + ", ".join(c for c in candidates if c) + "); set the verifier's `python` option to one "
-        "under world-readable folders, e.g. /usr/bin/python3")
-
-
-def _world_executable(path: Path) -> bool:
-    try:
-        resolved = path.resolve(strict=True)
-    except OSError:
-        return False
-    if not resolved.is_file() or not resolved.stat().st_mode & 0o001:
-        return False
-    return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
+    """The interpreter to run inside: `preferred`, else the one running loop (its own prefix is
+    bound read-only into the sandbox when it lives outside /usr)."""
+    candidate = preferred or os.path.realpath(sys.executable)
+    if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+        raise SandboxUnavailable(f"the interpreter {candidate} does not exist or is not "
+                                 "executable (the verifier's `python` option)")
+    return candidate

@@ -7,6 +7,8 @@ answer (the `python_tests` verifier). Task.metadata holds exactly:
 - "entry_point": str | None, the function the tests call;
 - "stub": str, code the answer may complete (HumanEval's signature and docstring; the verifier
   prepends it when the answer does not define the entry point itself), "" if none;
+- "name": str, the row's id or HumanEval's task_id, when there is one (`loop verify` finds a
+  task by it; not used for grading);
 - "solution": str, a reference solution, only when there is one (the select stage shows its first
   lines as a hint on tasks the model keeps failing).
 Task.reference is the full reference code (None if there is none); it is never shown to the model.
@@ -71,6 +73,7 @@ class CodeProblem:
     stub: str = ""
     hint: str | None = None  # metadata["solution"]; defaults to `solution`
     user: str = ""  # the user message; built from prompt and entry_point when empty
+    name: str | None = None  # the row's id (HumanEval's task_id): metadata["name"], for people
 
 
 # ----- options -------------------------------------------------------------------------------
@@ -174,12 +177,12 @@ def _problem_of(obj: dict[str, Any], where: str) -> CodeProblem:
                                     or keyword.iskeyword(entry_point.strip())):
         raise ValueError(f"{where}: field 'entry_point' must be a Python name, "
                          f"got {entry_point[:40]!r}")
-    _text(obj, "id", where, numbers=True)  # checked for type only: ids are not used for grading
+    name = _text(obj, "id", where, numbers=True)  # not used for grading: `loop verify` finds by it
     if entry_point is None:
         entry_point = infer_entry_point(tests, solution)
     return CodeProblem(prompt=prompt.strip(), tests=tests, setup=setup,
                        entry_point=entry_point.strip() if entry_point else None,
-                       solution=solution)
+                       solution=solution, name=name)
 
 
 def _field(obj: dict[str, Any], name: str) -> tuple[str, Any]:
@@ -315,7 +318,8 @@ def humaneval_problem(raw: dict[str, Any]) -> CodeProblem:
     return CodeProblem(prompt=raw["prompt"], tests=tuple(tests), setup=setup,
                        entry_point=raw["entry_point"], solution=stub + raw["canonical_solution"],
                        stub=stub, hint=raw["canonical_solution"],
-                       user=f"Complete this Python function:\n```python\n{stub}```")
+                       user=f"Complete this Python function:\n```python\n{stub}```",
+                       name=raw["task_id"])
 
 
 def load_humaneval() -> list[CodeProblem]:
@@ -349,6 +353,8 @@ def make_task(source: str, problem: CodeProblem, split: str, system_prompt: str 
     messages.append({"role": "user", "content": user_message(problem)})
     metadata: dict[str, Any] = {"tests": list(problem.tests), "setup": problem.setup,
                                 "entry_point": problem.entry_point, "stub": problem.stub}
+    if problem.name:
+        metadata["name"] = problem.name
     hint = problem.hint if problem.hint is not None else problem.solution
     if hint:
         metadata["solution"] = hint

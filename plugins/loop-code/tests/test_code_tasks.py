@@ -75,7 +75,8 @@ def test_humaneval_task_shape(humaneval):
                     "content": f"Complete this Python function:\n```python\n{stub}```"}
     assert task.reference == stub + "    return number % 1.0\n"
     assert task.metadata["solution"] == "    return number % 1.0\n"
-    assert set(task.metadata) == METADATA_KEYS | {"solution"}
+    assert set(task.metadata) == METADATA_KEYS | {"solution", "name"}
+    assert task.metadata["name"] == "HumanEval/2"
     # The flat check becomes one snippet per assert, `candidate` renamed to the entry point.
     assert task.metadata["tests"] == [
         "assert truncate_number(3.5) == 0.5",
@@ -154,7 +155,7 @@ def test_code_jsonl_reads_our_format(tmp_path):
                                "content": "Return 10 plus x.\nWrite a Python function `plus_10`."}
     assert task.reference == "def plus_10(x):\n    return x + 10\n"
     assert task.metadata == {"tests": ["assert plus_10(1) == 11"], "setup": "import math",
-                             "entry_point": "plus_10", "stub": "",
+                             "entry_point": "plus_10", "stub": "", "name": "x-10",
                              "solution": "def plus_10(x):\n    return x + 10\n"}
     assert CodeJsonlTasks.default_verifiers == ["python_tests"]
 

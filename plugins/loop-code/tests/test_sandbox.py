@@ -205,3 +205,34 @@ def test_hostile_and_benign_together_match_serial(verifier, world):
             assert (verdict.passed, verdict.score, verdict.mistake) == \
                 (expected.passed, expected.score, expected.mistake)
     assert [alone[c].passed for c in benign[:4]] == [True, False, False, True]
+
+
+def test_the_program_sees_none_of_the_machines_files(verifier, tmp_path):
+    """World-readable files outside the system directories (the repository, the store) are not
+    even visible; the system directories are read-only."""
+    readable = Path(__file__).resolve()  # mode 644 in a 755 checkout
+    task = make_task(["assert solve() == 42"])
+    code = (
+        "import os\n"
+        "print(sorted(os.listdir('/')))\n"
+        f"print(os.path.exists({str(readable)!r}), os.path.exists({str(Path.cwd())!r}))\n"
+        "try:\n    open('/usr/owned', 'w')\nexcept OSError as exc:\n    print('usr', exc.errno)\n"
+        "def solve():\n    return 42")
+    verdict = verifier.verify(task, make_attempt(task, code))
+    assert verdict.passed, verdict.feedback
+    lines = verdict.details["stdout"].splitlines()
+    assert set(eval(lines[0])) <= {"bin", "sbin", "lib", "lib64", "lib32", "libx32", "usr", "proc",
+                                   "dev", "tmp", "root", "opt", "home"}
+    assert lines[1] == "False False"
+    assert lines[2] in ("usr 30", "usr 13")  # EROFS, or EACCES for the sandbox user
+
+
+def test_the_unsafe_opt_in_runs_unsandboxed_and_says_so(capsys):
+    chosen = PythonTestsVerifier()
+    chosen.options = chosen.Options(unsafe_no_sandbox=True, timeout_s=WALL_S)
+    chosen.prepare()
+    assert "WITHOUT a sandbox" in capsys.readouterr().err
+    task = make_task(["assert solve() == 42"])
+    code = "import os\ndef solve():\n    return 42 if os.getuid() == 0 else 0"
+    verdict = chosen.verify(task, make_attempt(task, code))
+    assert verdict.passed  # it ran as us (root): no uid switch, no namespaces
