@@ -21,6 +21,8 @@ The `code-jsonl` file format (MBPP-style JSON Lines), one object per line, blank
                            solution defines)
      "solution": str,      optional: reference solution code
      "setup": str,         optional: code run before the tests, e.g. imports
+     "stub": str,          optional: code the answer completes when it does not define the
+                           entry point itself (e.g. a signature and docstring, or "x = ")
      "id": str}            optional: a name for the row (not used for grading)
 MBPP's own field names are accepted too: "text" for prompt, "test_list" for tests, "code" for
 solution, "test_setup_code" for setup, "task_id" for id. Other fields are ignored.
@@ -57,7 +59,7 @@ HUMANEVAL_SIZE = 164
 # Aliases in the order they are looked up: our name first, then MBPP's.
 _FIELDS = {"prompt": ("prompt", "text"), "tests": ("tests", "test_list"),
            "solution": ("solution", "code"), "setup": ("setup", "test_setup_code"),
-           "id": ("id", "task_id"), "entry_point": ("entry_point",)}
+           "id": ("id", "task_id"), "entry_point": ("entry_point",), "stub": ("stub",)}
 _BUILTINS = frozenset(dir(builtins))
 
 
@@ -169,6 +171,7 @@ def _problem_of(obj: dict[str, Any], where: str) -> CodeProblem:
     tests = _tests(obj, where)
     setup = _text(obj, "setup", where) or ""
     solution = _text(obj, "solution", where)
+    stub = _text(obj, "stub", where) or ""
     for label, code in [("setup", setup), ("solution", solution)]:
         if code:
             _parse(code, f"{where}: field {label!r}")
@@ -182,7 +185,7 @@ def _problem_of(obj: dict[str, Any], where: str) -> CodeProblem:
         entry_point = infer_entry_point(tests, solution)
     return CodeProblem(prompt=prompt.strip(), tests=tests, setup=setup,
                        entry_point=entry_point.strip() if entry_point else None,
-                       solution=solution, name=name)
+                       solution=solution, name=name, stub=stub)
 
 
 def _field(obj: dict[str, Any], name: str) -> tuple[str, Any]:
@@ -337,11 +340,11 @@ def load_humaneval() -> list[CodeProblem]:
 
 def user_message(problem: CodeProblem) -> str:
     """The problem text, then "Write a Python function `name`." unless the text already shows
-    the call (`name(`), where the sentence would only repeat it."""
+    the call (`name(`), where the sentence would only repeat it, or the answer completes a stub."""
     if problem.user:
         return problem.user
     name = problem.entry_point
-    if name and f"{name}(" not in problem.prompt:
+    if name and not problem.stub and f"{name}(" not in problem.prompt:
         return f"{problem.prompt}\nWrite a Python function `{name}`."
     return problem.prompt
 
