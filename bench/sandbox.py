@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-WORK = "\nimport time as _t\n_end = _t.process_time() + {seconds}\nwhile _t.process_time() < _end:\n    pass\n"
+WORK = ("\nimport time as _t\n_end = _t.process_time() + {seconds}\n"
+        "while _t.process_time() < _end:\n    pass\n")
 
 
 def verifier(workers: int, unsafe: bool):
@@ -95,7 +96,8 @@ def main() -> int:
     print(f"\nmachine: {machine()}")
     print(f"command: python bench/sandbox.py --programs {args.programs} --workers {args.workers} "
           f"--work-ms {args.work_ms:g} --startup {args.startup}")
-    print("\n| arm | wall s | programs/s | start-up p50 ms | start-up p95 ms |\n|---|---|---|---|---|")
+    print("\n| arm | wall s | programs/s | start-up p50 ms | start-up p95 ms |")
+    print("|---|---|---|---|---|")
     for arm, (wall, p50, p95) in results.items():
         print(f"| {arm} | {wall:.1f} | {len(items) / wall:.1f} | {p50:.0f} | {p95:.0f} |")
     ratio = boxed[0] / plain[0]

@@ -27,7 +27,10 @@ def register_backends(register):
 @hookspec
 def register_verifiers(register):
     """Register verifiers: `register(verifier)`, a `loop.Verifier` with `verify(task, attempt) ->
-    Verdict`. It must not raise for a bad answer: return `Verdict(passed=False, ...)` instead."""
+    Verdict`. It must not raise for a bad answer: return `Verdict(passed=False, ...)` instead.
+    Optional: `verify_batch(items)` to judge chunks of (task, attempt) pairs at once (e.g. in
+    parallel workers), and `prepare()`, called before a run starts or resumes, which raises to
+    stop it with a one-line reason (e.g. a sandbox that does not isolate)."""
 
 
 @hookspec

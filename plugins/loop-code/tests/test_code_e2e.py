@@ -19,8 +19,8 @@ from loop.cli import app
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")]
 
-CODE_KINDS = {"no_code", "syntax_error", "missing_function", "failed_assertion", "timeout", "truncated",
-              "exited_early"}
+CODE_KINDS = {"no_code", "syntax_error", "missing_function", "failed_assertion", "timeout",
+              "truncated", "exited_early"}
 
 
 def test_loop_run_on_a_code_task(tmp_path, weak_adder_dir):

@@ -236,3 +236,28 @@ def test_the_unsafe_opt_in_runs_unsandboxed_and_says_so(capsys):
     code = "import os\ndef solve():\n    return 42 if os.getuid() == 0 else 0"
     verdict = chosen.verify(task, make_attempt(task, code))
     assert verdict.passed  # it ran as us (root): no uid switch, no namespaces
+
+
+@pytest.mark.parametrize("name", ["kill_parent", "stdout_flood", "always_equal"])
+def test_hostile_programs_through_loop_verify(name, tmp_path, world):
+    """The same walls hold on the CLI path plugin authors use (`loop verify`)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from loop.cli import app
+
+    substitutions, secret = world
+    answer = tmp_path / "answer.py"
+    body = program(name, substitutions).replace("def solve():", "def add(a, b):")
+    answer.write_text(f"```python\n{body}\n```")
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["verify", "code", "easy-001", str(answer), "--json",
+                                      "--set", "task.verifiers=[{name: python_tests, options: "
+                                      f"{{timeout_s: {WALL_S}}}}}]"])
+    assert time.perf_counter() - started < WALL_S + 5  # probe + one program
+    assert result.exit_code == 1, result.output
+    shown = json.loads(result.output)
+    verdict = shown["verdicts"]["python_tests"]
+    assert shown["name"] == "easy-001" and verdict["passed"] is False
+    assert verdict["error_kind"] == "model" and secret not in result.output
