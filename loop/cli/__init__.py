@@ -10,10 +10,14 @@ import sys
 
 import typer
 
+from loop.cli import browse as browse_commands
+from loop.cli import export as export_commands
 from loop.cli import inspect as inspect_commands
 from loop.cli import logs as log_commands
 from loop.cli import plugins as plugin_commands
+from loop.cli import report as report_commands
 from loop.cli import run as run_commands
+from loop.cli import scaffold as scaffold_commands
 from loop.cli import verify as verify_commands
 
 app = typer.Typer(
@@ -35,6 +39,10 @@ inspect_commands.register(app)
 log_commands.register(app)
 plugin_commands.register(app)
 verify_commands.register(app)
+export_commands.register(app)
+report_commands.register(app)
+scaffold_commands.register(app)
+browse_commands.register(app)
 
 
 def build_app() -> typer.Typer:
