@@ -15,6 +15,7 @@ Plugins import what they need from here and never import pluggy themselves:
         register(AlwaysPass())
 """
 
+from loop.adapters import reward_verifier
 from loop.hookspecs import hookimpl
 from loop.records import (
     Attempt,
@@ -41,5 +42,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Attempt", "Backend", "Critic", "CriticContext", "Critique", "Generation", "GenerationSession", "ModelRef",
     "Sample", "Sampling", "Task", "TaskSet", "TaskSource", "UpdateResult", "Updater", "Verdict",
-    "Verifier", "hookimpl", "__version__",
+    "Verifier", "hookimpl", "reward_verifier", "__version__",
 ]

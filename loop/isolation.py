@@ -8,8 +8,13 @@ runs this way: it goes through a sandboxed subprocess (the code-task plugin).
 
 from __future__ import annotations
 
+import inspect
 import threading
+import time
 from typing import Any, Callable
+
+from loop import records
+from loop.plugins import short_repr, trace, tracing
 
 
 class PluginFailure(Exception):
@@ -22,7 +27,41 @@ class PluginFailure(Exception):
 
 
 def call_plugin(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **kwargs: Any) -> Any:
-    """Return fn(*args, **kwargs), or raise PluginFailure (never anything else but Ctrl-C)."""
+    """Return fn(*args, **kwargs), or raise PluginFailure (never anything else but Ctrl-C).
+
+    With LOOP_TRACE_PLUGINS set, each call prints one line to stderr: the component and function,
+    the seconds it took, and a short repr of its result (or why it failed)."""
+    if not tracing():
+        return _call(fn, timeout_s, *args, **kwargs)
+    started = time.perf_counter()
+    try:
+        value = _call(fn, timeout_s, *args, **kwargs)
+    except PluginFailure as exc:
+        trace(f"call {describe_callable(fn)} {time.perf_counter() - started:.3f}s "
+              f"failed: {exc.reason}")
+        raise
+    trace(f"call {describe_callable(fn)} {time.perf_counter() - started:.3f}s -> "
+          f"{short_repr(value)}")
+    return value
+
+
+def describe_callable(fn: Callable[..., Any]) -> str:
+    """`verifier 'math'.verify_batch` for a component's method (the kind is its loop base class),
+    the dotted name for a plain function such as a reward."""
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, type) and not inspect.ismodule(owner):
+        kinds = (records.Verifier, records.Critic, records.TaskSource, records.Backend,
+                 records.Updater)
+        kind = next((k.__name__.lower() for k in kinds if isinstance(owner, k)),
+                    type(owner).__name__)
+        name = getattr(owner, "name", "") or type(owner).__name__
+        return f"{kind} {name!r}.{getattr(fn, '__name__', '?')}"
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _call(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **kwargs: Any) -> Any:
     outcome: dict[str, Any] = {}
 
     def target() -> None:

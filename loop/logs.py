@@ -39,13 +39,17 @@ def attempt_logs(store: Store, run_id: str, *, query: str | None = None,
     `with_chains`, the attempts that repair a listed attempt (its refinement chain, any depth)
     are added to the result even if they fall outside the filters, so a tree can be drawn.
     """
-    where, params = ["a.run_id = ?"], [run_id]
+    # With a task, `+` keeps SQLite from walking the run's index in display order: the task's
+    # attempts are found by task id and sorted, which stays fast however large the run is.
+    where, params = ["+a.run_id = ?" if task_id is not None else "a.run_id = ?"], [run_id]
     if round_idx is not None:
         where.append("a.round_idx = ?")
         params.append(round_idx)
     if task_id is not None:
-        where.append("(a.task_id = ? or a.task_id like ?)")
-        params += [task_id, task_id + "%"]
+        # the few matching ids come from `tasks`, then the attempts by task (an index), instead
+        # of testing every attempt of the run
+        where.append("a.task_id in (select id from tasks where id = ? or id like ? escape '\\')")
+        params += [task_id, _like(task_id)[1:]]
     if query:
         where.append("(a.completion like ? escape '\\' or t.prompt_json like ? escape '\\' or "
                      "exists (select 1 from verdicts q where q.attempt_id = a.id and "
@@ -127,12 +131,12 @@ def mistake_rows(store: Store, run_id: str, *, open_only: bool = False, recurrin
     if query:
         # the feedback, kind or prompt contain the text, or a critique of one of the task's
         # attempts in this run matches it (full-text search over critique texts)
+        # (the matching critiques' tasks are looked up once, not once per mistake)
         where.append("(m.last_feedback like ? escape '\\' or m.kind like ? escape '\\' or "
-                     "t.prompt_json like ? escape '\\' or exists (select 1 from critiques c "
-                     "join attempts a on a.id = c.attempt_id where a.run_id = m.run_id and "
-                     "a.task_id = m.task_id and c.rowid in (select rowid from critiques_fts "
-                     "where critiques_fts match ?)))")
-        params += [_like(query)] * 3 + [store.db.quote_fts(query)]
+                     "t.prompt_json like ? escape '\\' or m.task_id in (select a.task_id from "
+                     "critiques_fts f join critiques c on c.rowid = f.rowid join attempts a on "
+                     "a.id = c.attempt_id where critiques_fts match ? and a.run_id = ?))")
+        params += [_like(query)] * 3 + [store.db.quote_fts(query), run_id]
     sql = (f"select m.*, t.prompt_json, t.reference from mistakes m join tasks t on t.id = m.task_id "
            f"where {' and '.join(where)} order by m.occurrences desc, m.first_round, m.task_id, m.kind")
     return [{

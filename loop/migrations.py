@@ -231,3 +231,135 @@ def m004_create_critiques(db: Database) -> None:
     db["critiques"].create_index(["kind"], if_not_exists=True)
     if not db["critiques_fts"].exists():
         db["critiques"].enable_fts(["text", "kind"], create_triggers=True)
+
+
+# The read side's indexes and views (m005). Every view is documented in store/README.md and, with
+# its columns, in loop/datasette/metadata.yaml.
+_ATTEMPT_PASSED = """(exists (select 1 from verdicts v where v.attempt_id = {a}.id)
+   and not exists (select 1 from verdicts v where v.attempt_id = {a}.id and v.passed = 0))"""
+
+# A finished round's counts are cached in rounds.summary_json by loop.summary (written once the
+# round is done, keyed by its `finished` time, so a round that is redone is counted again).
+_CACHED = ("r.stage = 'done' and r.summary_json is not null "
+           "and json_extract(r.summary_json, '$.finished') = r.finished")
+_TRAIN_OF_ROUND = "a.run_id = r.run_id and a.round_idx = r.idx and a.purpose = 'train'"
+
+
+@migrations()
+def m005_read_side_indexes_and_views(db: Database) -> None:
+    # `loop logs` lists a run's attempts newest round first: this index hands them over in that
+    # order (so `-n 10` reads 10 rows, not the run), and serves every lookup by (run, round,
+    # purpose) the index it replaces did.
+    db.execute("drop index if exists idx_attempts_run_id_round_idx_purpose")
+    db.execute("create index if not exists idx_attempts_newest_first on attempts "
+               "(run_id, round_idx desc, purpose desc, task_id, depth, sample_index)")
+    # Held-out answers by task and round (regressions) and repairs (repaired_attempts): partial
+    # indexes over the few rows they need, nearly free for the bulk of train inserts.
+    db.execute("create index if not exists idx_attempts_eval_by_task on attempts "
+               "(run_id, task_id, round_idx) where purpose = 'eval'")
+    db.execute("create index if not exists idx_attempts_repairs on attempts "
+               "(run_id, round_idx desc, task_id, depth, id) where parent_id is not null")
+    # Pass/fail of an attempt from the index alone (every view and filter asks it).
+    db.execute("create index if not exists idx_verdicts_attempt_passed on verdicts "
+               "(attempt_id, passed)")
+    # Plugin failures per round (`loop show`): read from the few failed rows, not the run.
+    db.execute("create index if not exists idx_verdicts_plugin_errors on verdicts (attempt_id) "
+               "where error_kind in ('infra', 'timeout')")
+    db.execute("create index if not exists idx_rewards_null on rewards (attempt_id) "
+               "where value is null")
+    # `loop mistakes` and the open-mistakes query: a run's log, most frequent first.
+    db.execute("create index if not exists idx_mistakes_by_frequency on mistakes "
+               "(run_id, occurrences desc, first_round, task_id, kind)")
+    db.execute("create index if not exists idx_mistakes_open on mistakes "
+               "(resolved_round, occurrences desc, last_round desc, task_id, kind) "
+               "where resolved_round is null")
+
+    db.execute("drop view if exists attempt_results")
+    db.create_view("attempt_results", f"""
+        select a.id as attempt_id, a.run_id, a.round_idx, a.purpose, a.task_id, t.split,
+          a.sample_index, a.parent_id, a.depth,
+          json_extract(t.prompt_json, '$[#-1].content') as prompt, t.reference, a.completion,
+          a.finish_reason, a.completion_tokens,
+          (select count(*) from verdicts v where v.attempt_id = a.id) as verdicts,
+          {_ATTEMPT_PASSED.format(a="a")} as passed,
+          (select min(v.score) from verdicts v where v.attempt_id = a.id) as score,
+          (select group_concat(v.error_kind, ', ') from verdicts v
+             where v.attempt_id = a.id and v.error_kind is not null) as error_kind,
+          (select group_concat(v.mistake, ', ') from verdicts v
+             where v.attempt_id = a.id and v.mistake is not null) as mistake,
+          (select group_concat(v.verifier || ': ' || v.feedback, char(10)) from verdicts v
+             where v.attempt_id = a.id and v.feedback <> '') as feedback,
+          (select sum(w.value) from rewards w where w.attempt_id = a.id) as reward,
+          (select json_group_object(w.reward_fn, w.value) from rewards w
+             where w.attempt_id = a.id) as rewards_json
+        from attempts a join tasks t on t.id = a.task_id
+        """)
+
+    db.execute("drop view if exists accuracy_per_round")
+    live = {
+        "prompts": f"select count(distinct a.task_id) from attempts a where {_TRAIN_OF_ROUND}",
+        "solved": (f"select count(distinct a.task_id) from attempts a where {_TRAIN_OF_ROUND} "
+                   f"and {_ATTEMPT_PASSED.format(a='a')}"),
+        "attempts": f"select count(*) from attempts a where {_TRAIN_OF_ROUND}",
+        "passed": (f"select count(*) from attempts a where {_TRAIN_OF_ROUND} "
+                   f"and {_ATTEMPT_PASSED.format(a='a')}"),
+        "pass_rate": ("select avg(v.passed) from attempts a join verdicts v on v.attempt_id = a.id"
+                      f" where {_TRAIN_OF_ROUND}"),
+    }
+    cached = {
+        "prompts": "json_extract(r.summary_json, '$.train.prompts')",
+        "solved": "json_extract(r.summary_json, '$.train.solved_prompts')",
+        "attempts": "json_extract(r.summary_json, '$.train.attempts')",
+        "passed": "json_extract(r.summary_json, '$.train.passed')",
+        "pass_rate": ("json_extract(r.summary_json, '$.train.verdicts_passed') * 1.0 / "
+                      "nullif(json_extract(r.summary_json, '$.train.verdicts'), 0)"),
+    }
+    pick = {k: f"case when {_CACHED} then {cached[k]} else ({live[k]}) end" for k in live}
+    db.create_view("accuracy_per_round", f"""
+        select run_id, run_name, round_idx, stage, train_prompts, train_solved_prompts,
+          train_solved_prompts * 1.0 / nullif(train_prompts, 0) as train_solve_rate,
+          train_attempts, train_passed, train_pass_rate,
+          eval_n, eval_passed, eval_pass_at_1, eval_truncated_share
+        from (
+          select r.run_id, u.name as run_name, r.idx as round_idx, r.stage,
+            {pick['prompts']} as train_prompts, {pick['solved']} as train_solved_prompts,
+            {pick['attempts']} as train_attempts, {pick['passed']} as train_passed,
+            {pick['pass_rate']} as train_pass_rate,
+            e.n as eval_n, e.passed as eval_passed, e.pass_at_1 as eval_pass_at_1,
+            e.truncated_share as eval_truncated_share
+          from rounds r join runs u on u.id = r.run_id
+          left join evaluations e on e.run_id = r.run_id and e.round_idx = r.idx
+            and e.split = 'eval'
+        )
+        order by run_id, round_idx
+        """)
+
+    db.execute("drop view if exists repaired_attempts")
+    db.create_view("repaired_attempts", f"""
+        select a.run_id, a.round_idx, a.task_id,
+          json_extract(t.prompt_json, '$[#-1].content') as prompt, t.reference,
+          p.id as original_attempt_id, p.completion as original_completion,
+          (select group_concat(v.feedback, char(10)) from verdicts v
+             where v.attempt_id = p.id and v.feedback <> '') as original_feedback,
+          (select group_concat(c.critic || ' (' || c.kind || '): ' || c.text, char(10))
+             from critiques c where c.attempt_id = p.id) as critiques,
+          a.id as repair_attempt_id, a.depth, a.completion as repair_completion
+        from attempts a join attempts p on p.id = a.parent_id join tasks t on t.id = a.task_id
+        where a.parent_id is not null and {_ATTEMPT_PASSED.format(a='a')}
+        """)
+
+    db.execute("drop view if exists regressions")
+    db.create_view("regressions", f"""
+        select k.run_id, k.task_id, k.round_idx as solved_round, n.round_idx as failed_round,
+          json_extract(t.prompt_json, '$[#-1].content') as prompt, t.reference,
+          k.id as solved_attempt_id, k.completion as solved_completion,
+          n.id as failed_attempt_id, n.completion as failed_completion,
+          (select group_concat(v.feedback, char(10)) from verdicts v
+             where v.attempt_id = n.id and v.feedback <> '') as failed_feedback
+        from attempts k
+        join attempts n on n.run_id = k.run_id and n.task_id = k.task_id
+          and n.round_idx = k.round_idx + 1 and n.purpose = 'eval' and n.depth = 0
+        join tasks t on t.id = k.task_id
+        where k.purpose = 'eval' and k.depth = 0 and {_ATTEMPT_PASSED.format(a='k')}
+          and not {_ATTEMPT_PASSED.format(a='n')}
+        """)

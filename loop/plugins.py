@@ -10,19 +10,27 @@ Plugins come from three places, in this order:
 
 `build_registry(pm)` asks every plugin to register its components and maps each kind's names to
 components; a name registered twice is an error that names both plugins.
+
+`LOOP_TRACE_PLUGINS=1` (for plugin authors) prints one `loop-trace:` line to stderr per hook
+implementation call, per registered component and (loop.isolation) per component call.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
+import inspect
 import os
+import reprlib
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
+from pydantic import BaseModel
 
 from loop import hookspecs
 
@@ -46,7 +54,7 @@ class PluginError(Exception):
 def get_plugin_manager(load_entrypoints: bool = True, plugins_dir: str | Path | None = None,
                        builtins: bool = True) -> pluggy.PluginManager:
     """Build a fresh plugin manager (tests build their own; nothing global is mutated)."""
-    pm = pluggy.PluginManager("loop")
+    pm = TracingPluginManager("loop") if tracing() else pluggy.PluginManager("loop")
     pm.add_hookspecs(hookspecs)
     if builtins:
         from loop import builtins as builtin_plugin
@@ -57,9 +65,6 @@ def get_plugin_manager(load_entrypoints: bool = True, plugins_dir: str | Path | 
     plugins_dir = plugins_dir or os.environ.get("LOOP_PLUGINS_DIR") or None
     if plugins_dir:
         load_plugins_dir(pm, Path(plugins_dir))
-    if os.environ.get("LOOP_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
-        pm.enable_tracing()
     return pm
 
 
@@ -173,6 +178,10 @@ def _make_register(registry: Registry, kind: str, plugin_name: str) -> Callable[
                 f"and by plugin {plugin_name!r}"
             )
         registry.kinds[kind][key] = Registered(component, plugin_name)
+        if tracing():
+            what = component if inspect.isroutine(component) else type(component)
+            trace(f"hook {KINDS[kind]} [{plugin_name}] registered {kind[:-1]} {key!r}: "
+                  f"{what.__module__}.{what.__qualname__}")
 
     return register
 
@@ -198,3 +207,87 @@ def describe_plugins(pm: pluggy.PluginManager, registry: Registry) -> list[dict[
         out.append({"name": name, "version": plugin_version(pm, name), "hooks": hooks,
                     **registers})
     return out
+
+
+# ----- tracing (LOOP_TRACE_PLUGINS) -------------------------------------------------------------
+
+TRACE_ENV = "LOOP_TRACE_PLUGINS"
+
+
+def tracing() -> bool:
+    """Whether LOOP_TRACE_PLUGINS asks for traces ("", "0", "false", "no", "off": no)."""
+    return os.environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def trace(line: str) -> None:
+    """One trace line on stderr, prefixed so it can be grepped out of a run's output."""
+    sys.stderr.write(f"loop-trace: {line}\n")
+    sys.stderr.flush()
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_instance(self, obj: object, level: int) -> str:
+        if isinstance(obj, BaseModel):  # records: only the fields that differ from the defaults
+            fields = obj.model_dump(exclude_defaults=True)
+            inner = ", ".join(f"{k}={self.repr1(v, level - 1)}" for k, v in fields.items())
+            return f"{type(obj).__name__}({inner})"
+        return super().repr_instance(obj, level)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 3
+_SHORT.maxlevel = 3
+
+
+def short_repr(value: object, limit: int = 160) -> str:
+    """A repr short enough for one trace line; lists say how many items they hold."""
+    if inspect.isroutine(value):
+        return f"<function {getattr(value, '__name__', '?')}>"
+    text = _SHORT.repr(value)
+    if isinstance(value, (list, tuple)) and len(value) > 1:
+        text = f"{len(value)} items {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class TracingPluginManager(pluggy.PluginManager):
+    """A plugin manager whose hook implementations each print a trace line when called.
+
+    pluggy's own `add_hookcall_monitoring` and `enable_tracing` only see calls made through
+    `pm.hook.NAME(...)`, but loop calls the registry hooks (to know which plugin registered each
+    name) and the round observers (so a failing observer is reported and skipped) implementation
+    by implementation. Wrapping each implementation where it is registered catches every path.
+    """
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        if registered is not None:
+            for caller in self.get_hookcallers(plugin) or []:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not inspect.isgeneratorfunction(impl.function):
+                        _trace_calls(caller.name, impl)  # wrappers (generators) are left alone
+        return registered
+
+
+def _trace_calls(hook_name: str, impl: pluggy.HookImpl) -> None:
+    function = impl.function
+
+    @functools.wraps(function)
+    def traced(*args: object, **kwargs: object) -> object:
+        shown = ", ".join(f"{k}={short_repr(v, 60)}"
+                          for k, v in {**dict(zip(impl.argnames, args)), **kwargs}.items())
+        started = time.perf_counter()
+        try:
+            result = function(*args, **kwargs)
+        except BaseException as exc:
+            trace(f"hook {hook_name} [{impl.plugin_name}] ({shown}) "
+                  f"{time.perf_counter() - started:.3f}s raised {type(exc).__name__}: "
+                  f"{short_repr(str(exc), 120)}")
+            raise
+        trace(f"hook {hook_name} [{impl.plugin_name}] ({shown}) "
+              f"{time.perf_counter() - started:.3f}s -> {short_repr(result)}")
+        return result
+
+    # HookImpl.function is typed Final but is a plain slot; pluggy and loop both call through it.
+    impl.function = traced  # type: ignore[misc]

@@ -258,7 +258,18 @@ class Critic(Component):
 
 
 class Updater(Component):
-    """Trains on a round: `update(context) -> UpdateResult`."""
+    """Trains on a round: `update(context) -> UpdateResult`.
+
+    Optional: `build_dataset(context) -> list[dict]` returns the rows `update` would train on
+    for that context, built from `context.samples` without loading a model or writing anything;
+    `loop export --what NAME` writes them as a dataset. Rows are flat dicts with one key set,
+    values JSON-like (str, int, float, bool, None, and lists or dicts of those; chat messages as
+    TRL's conversational format), so a round's rows load as one table. The default raises
+    NotImplementedError: the updater has no dataset to export.
+    """
 
     def update(self, context: Any) -> UpdateResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def build_dataset(self, context: Any) -> list[dict[str, Any]]:
+        raise NotImplementedError(f"updater {self.name!r} has no dataset to export")

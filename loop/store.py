@@ -430,15 +430,18 @@ class Store:
 
     def error_counts(self, run_id: str) -> dict[int, dict[str, int]]:
         """Per round: verdicts that are plugin failures (infra/timeout) and NULL rewards."""
+        # CROSS JOIN keeps SQLite reading the few failed rows (partial indexes, m005) and looking
+        # up their attempts, instead of reading every attempt of the run.
         out: dict[int, dict[str, int]] = {}
         for idx, n in self.db.execute(
-                "select a.round_idx, count(*) from verdicts v join attempts a on a.id = v.attempt_id"
-                " where a.run_id = ? and v.error_kind in ('infra', 'timeout') group by 1",
-                [run_id]).fetchall():
+                "select a.round_idx, count(*) from verdicts v cross join attempts a"
+                " where a.id = v.attempt_id and a.run_id = ?"
+                " and v.error_kind in ('infra', 'timeout') group by 1", [run_id]).fetchall():
             out.setdefault(idx, {"verifier": 0, "reward": 0})["verifier"] = n
         for idx, n in self.db.execute(
-                "select a.round_idx, count(*) from rewards r join attempts a on a.id = r.attempt_id"
-                " where a.run_id = ? and r.value is null group by 1", [run_id]).fetchall():
+                "select a.round_idx, count(*) from rewards r cross join attempts a"
+                " where a.id = r.attempt_id and a.run_id = ? and r.value is null group by 1",
+                [run_id]).fetchall():
             out.setdefault(idx, {"verifier": 0, "reward": 0})["reward"] = n
         return out
 
@@ -463,3 +466,45 @@ class Store:
         ).fetchall()
         return {r[0]: {"prompts": r[1], "attempts": r[2], "passed": r[3] or 0,
                        "solved_prompts": r[4] or 0, "truncated": r[5] or 0} for r in rows}
+
+    def round_train_counts(self, run_id: str, idx: int) -> dict[str, int]:
+        """One round's `train_counts` entry, plus `verdicts` and `verdicts_passed` (the verdicts
+        of its train attempts, and how many passed: `accuracy_per_round.train_pass_rate`)."""
+        row = self.db.execute(
+            """
+            with judged as (
+              select a.task_id, a.finish_reason,
+                (select count(*) from verdicts v where v.attempt_id = a.id) as verdicts,
+                (select total(v.passed) from verdicts v where v.attempt_id = a.id) as passes
+              from attempts a where a.run_id = ? and a.round_idx = ? and a.purpose = 'train'
+            )
+            select count(distinct task_id), count(*),
+              sum(verdicts > 0 and passes = verdicts),
+              count(distinct case when verdicts > 0 and passes = verdicts then task_id end),
+              sum(finish_reason = 'length'), sum(verdicts), sum(passes)
+            from judged
+            """,
+            [run_id, idx],
+        ).fetchone()
+        keys = ("prompts", "attempts", "passed", "solved_prompts", "truncated", "verdicts",
+                "verdicts_passed")
+        return {key: int(value or 0) for key, value in zip(keys, row)}
+
+    def cache_round_counts(self, run_id: str, idx: int, finished: str,
+                           counts: dict[str, int]) -> bool:
+        """Keep a finished round's train counts in `rounds.summary_json` (`loop show` and the
+        `accuracy_per_round` view read them instead of counting the round's attempts again).
+        Stored with the round's `finished` time: a round that is redone finishes anew and is
+        counted again. A cache, so a store that cannot be written now (locked, read-only) is
+        left as it is; returns whether it was written."""
+        import sqlite3
+
+        try:
+            with self.transaction():
+                self.db.execute(
+                    "update rounds set summary_json = ? where run_id = ? and idx = ? "
+                    "and stage = 'done' and finished = ?",
+                    [_json({"finished": finished, "train": counts}), run_id, idx, finished])
+        except sqlite3.OperationalError:
+            return False
+        return True

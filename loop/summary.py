@@ -1,4 +1,9 @@
-"""Read-side summaries of a run, shared by `loop show`, the progress table and observers."""
+"""Read-side summaries of a run, shared by `loop show`, the progress table and observers.
+
+Counting a round's train attempts reads all of them, so a finished round's counts are cached in
+`rounds.summary_json` the first time they are asked for (the engine asks right after the round
+is done); `loop show` then reads a few rows however large the run is.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
     """One round as `loop show --json` prints it."""
     row = store.get_round(run_id, idx)
     errors = store.error_counts(run_id) if errors is None else errors
-    counts = store.train_counts(run_id) if counts is None else counts
+    if counts is None:
+        counts = {idx: round_train_counts(store, row)} if row else {}
     evaluations = store.evaluations(run_id) if evaluations is None else evaluations
     if updates is None:
         updates = {u["round_idx"]: u for u in store.updates(run_id)}
@@ -53,13 +59,27 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
     }
 
 
+def round_train_counts(store: Store, row: dict) -> dict[str, int]:
+    """A round's train counts (`Store.round_train_counts`): from the cache when the round is
+    finished and was counted since it finished; counted (and cached, if finished) otherwise."""
+    cached = json.loads(row["summary_json"]) if row.get("summary_json") else None
+    finished = row["stage"] == "done" and row["finished"] is not None
+    if finished and cached and cached.get("finished") == row["finished"] and "train" in cached:
+        return cached["train"]
+    counts = store.round_train_counts(row["run_id"], row["idx"])
+    if finished:
+        store.cache_round_counts(row["run_id"], row["idx"], row["finished"], counts)
+    return counts
+
+
 def run_summary(store: Store, run: dict) -> dict:
-    counts = store.train_counts(run["id"])
+    rows = store.rounds(run["id"])
+    counts = {r["idx"]: round_train_counts(store, r) for r in rows}
     evaluations = store.evaluations(run["id"])
     errors = store.error_counts(run["id"])
     updates = {u["round_idx"]: u for u in store.updates(run["id"])}
     rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations, errors, updates)
-              for r in store.rounds(run["id"])]
+              for r in rows]
     return {
         "run": {"id": run["id"], "name": run["name"], "status": run["status"],
                 "task": run["task"], "model": run["model"], "created": run["created"],

@@ -32,10 +32,12 @@ def register_verifiers(register):
 
 
 def test_first_party_plugins_load_from_entry_points(registry):
-    assert "arithmetic" in registry.names("tasks") and "jsonl" in registry.names("tasks")
-    assert registry.names("backends") == ["hf"]
-    assert {"math", "exact_match"} <= set(registry.names("verifiers"))
-    assert registry.names("rewards") == ["binary"]
+    assert {"arithmetic", "jsonl", "humaneval", "code-jsonl", "code-easy"} <= \
+        set(registry.names("tasks"))
+    assert "hf" in registry.names("backends")
+    assert {"math", "exact_match", "python_tests"} <= set(registry.names("verifiers"))
+    assert registry.names("rewards") == ["binary", "tests_passed"]
+    assert registry.plugin_of("verifiers", "python_tests") == "code"
     assert registry.names("updaters") == ["dpo", "grpo", "kto", "nft", "redi", "sft"]
     assert registry.plugin_of("updaters", "sft") == "trl"
     assert registry.plugin_of("verifiers", "exact_match") == "loop.builtins"

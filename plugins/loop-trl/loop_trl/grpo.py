@@ -169,6 +169,42 @@ class GroupUpdater(loop.Updater):
         names = context.reward_names or ["reward"]
         return build_groups(context.samples, n, names, skip_equal=self.skip_equal)
 
+    def build_dataset(self, context: UpdateContext) -> list[dict]:
+        """The groups `update` trains on, flattened: one row per attempt, groups in order and
+        each group's attempts in sample order (what `loop export --what grpo|nft|redi` writes).
+
+        Columns: `group_id` ("<round>:<task id>", one group per prompt and round), `task_id`,
+        `attempt_id`, `sample_index`, `prompt` (the task's messages), `completion` (the answer
+        as one assistant message, text exactly as sampled), `completion_tokens`, `passed`,
+        `solve_rate` (the group's share of passing answers), one `reward_<name>` per reward
+        function (`reward_reward` when the run named none; None where the reward is not
+        applicable), and `logprob_sum`: the sum of the stored sampling log-probs of the
+        completion's tokens (log π_behaviour(y|x) at temperature 1), None when the backend
+        stored none for every token. Groups the method skips (incomplete; all rewards equal,
+        except for redi) are left out, as in training.
+        """
+        groups = self.build_groups(context)
+        names = context.reward_names or ["reward"]
+        rows = []
+        for group in groups.groups:
+            values = group.rewards(names)  # NaN where the stored reward is None
+            for k, sample in enumerate(group.samples):
+                attempt = sample.attempt
+                logprobs = attempt.logprobs
+                rows.append({
+                    "group_id": f"{context.round_index}:{group.task_id}",
+                    "task_id": group.task_id, "attempt_id": attempt.id,
+                    "sample_index": attempt.sample_index, "prompt": group.prompt,
+                    "completion": [{"role": "assistant", "content": attempt.completion}],
+                    "completion_tokens": attempt.completion_tokens, "passed": sample.passed,
+                    "solve_rate": group.solve_rate,
+                    **{f"reward_{name}": None if math.isnan(v[k]) else v[k]
+                       for name, v in zip(names, values)},
+                    "logprob_sum": (math.fsum(logprobs) if logprobs
+                                    and len(logprobs) == len(attempt.token_ids) else None),
+                })
+        return rows
+
     def trainer_cls(self, options: Any):
         return stored_group_trainer()
 

@@ -1,0 +1,240 @@
+"""The `openai` generation backend: any OpenAI-compatible chat-completions server, or a pool of
+them (e.g. several `vllm serve`), with the round's LoRA adapter loaded at runtime.
+
+A session sends one request per prompt (its n samples in that request) to the endpoints
+round-robin, at most `max_concurrency` in flight per endpoint, and returns the answers in prompt
+order. Requests run as asyncio tasks on httpx inside `generate()`; the first request that fails
+for good cancels the others and its one-line `EndpointError` is raised. A backend never writes to
+the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+import loop
+from loop.records import Generation, Message, ModelRef, Sampling
+from loop_openai import lora
+from loop_openai.completions import (
+    Completion,
+    chat_request,
+    read_completion,
+    request_seed,
+    samples_to_request,
+)
+from loop_openai.options import OpenAIOptions
+from loop_openai.pool import EndpointPool
+from loop_openai.tokens import LocalTokenizer
+from loop_openai.transport import EndpointError, RetryPolicy, send
+
+T = TypeVar("T")
+
+
+class OpenAIBackend(loop.Backend):
+    name = "openai"
+    Options = OpenAIOptions
+
+    def prepare(self, model: str) -> str:
+        """Before a run starts: the API key's variable is set, and every endpoint answers and
+        serves the model (GET /models), so a wrong URL or name fails before anything is
+        written. Called on the run's own copy, which carries the validated options."""
+        options: OpenAIOptions | None = getattr(self, "options", None)
+        if options is None:  # the registered instance, not a run's copy: nothing to check
+            return model
+        headers = auth_headers(options)
+        served = options.model or model
+        policy = retry_policy(options)
+        pool = EndpointPool(options.endpoints, options.max_concurrency,
+                            cooldown_s=options.backoff_s, cooldown_max_s=options.backoff_max_s)
+
+        async def check() -> None:
+            async with httpx.AsyncClient() as client:
+                listings = await asyncio.gather(*(
+                    send(client, pool, policy, "GET", "/models", headers=headers, url=url)
+                    for url in options.endpoints))
+            for endpoint, response in listings:
+                names = _model_names(response)
+                if names is not None and served not in names:
+                    shown = ", ".join(sorted(names)[:5]) or "nothing"
+                    raise EndpointError(
+                        f"endpoint {endpoint.url} does not serve model {served!r} (it serves: "
+                        f"{shown}); set backend.options.model to the served name")
+
+        run_sync(check)
+        return model
+
+    def open(self, model: ModelRef, options: BaseModel | None = None) -> "OpenAISession":
+        if options is None:
+            raise ValueError("the openai backend needs options (at least endpoints)")
+        return OpenAISession(model, options)
+
+
+class OpenAISession(loop.GenerationSession):
+    """Generation on the servers for one model reference. With an adapter (lora: runtime) the
+    adapter is loaded into every endpoint here and unloaded by `close()`."""
+
+    def __init__(self, ref: ModelRef, options: OpenAIOptions):
+        started = time.perf_counter()
+        self.options = options
+        self.headers = auth_headers(options)
+        self.policy = retry_policy(options)
+        self.base_model = options.model or ref.base
+        self.adapter_name: str | None = None
+        self.last_pool: EndpointPool | None = None  # the latest generate()'s pool (diagnostics)
+        self._tokenizer_path = options.tokenizer or ref.base
+        self._tokenizer: LocalTokenizer | None | bool = False  # False: not looked for yet
+        if ref.adapter:
+            lora.check_servable(ref.adapter, options.lora)
+            name = lora.fresh_name(ref.adapter)
+
+            async def load() -> None:
+                async with httpx.AsyncClient() as client:
+                    await lora.load(client, self._pool(), self.policy, self.headers, name,
+                                    ref.adapter)
+
+            run_sync(load)
+            self.adapter_name = name
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def model_name(self) -> str:
+        """What requests name as `model`: the loaded adapter, else the served base model."""
+        return self.adapter_name or self.base_model
+
+    def generate(self, prompts: list[list[Message]], sampling: Sampling, progress: Any = None,
+                 batch_size: int | None = None) -> list[list[Generation]]:
+        """n generations per prompt, in prompt order. `progress(prompts=1, tokens=k)` is called
+        as each prompt's answers arrive (k: tokens generated for it). `batch_size` is ignored:
+        the servers batch; `max_concurrency` bounds the requests in flight."""
+        if not prompts:
+            return []
+        return run_sync(lambda: self._generate_all(prompts, sampling, progress))
+
+    def close(self) -> None:
+        if self.adapter_name is None:
+            return
+        name, self.adapter_name = self.adapter_name, None
+
+        async def unload() -> None:
+            async with httpx.AsyncClient() as client:
+                await lora.unload(client, self._pool(), self.policy, self.headers, name,
+                                  self.options.endpoints)
+
+        run_sync(unload)
+
+    # ----- internals ---------------------------------------------------------------------------
+
+    def _pool(self) -> EndpointPool:
+        options = self.options
+        return EndpointPool(options.endpoints, options.max_concurrency,
+                            cooldown_s=options.backoff_s, cooldown_max_s=options.backoff_max_s)
+
+    async def _generate_all(self, prompts: list[list[Message]], sampling: Sampling,
+                            progress: Any) -> list[list[Generation]]:
+        pool = self.last_pool = self._pool()
+        results: list[list[Generation]] = [[] for _ in prompts]
+        pending = iter(range(len(prompts)))
+        limits = httpx.Limits(max_connections=pool.slots, max_keepalive_connections=pool.slots)
+
+        async with httpx.AsyncClient(limits=limits) as client:
+            async def worker() -> None:
+                for i in pending:  # workers share one iterator: each prompt is taken once
+                    results[i], tokens = await self._one(client, pool, prompts[i], sampling, i)
+                    if progress:
+                        progress(prompts=1, tokens=tokens)
+
+            await first_error([worker() for _ in range(min(pool.slots, len(prompts)))])
+        return results
+
+    async def _one(self, client: httpx.AsyncClient, pool: EndpointPool, messages: list[Message],
+                   sampling: Sampling, index: int) -> tuple[list[Generation], int]:
+        expected = samples_to_request(sampling)
+        body = chat_request(self.model_name, messages, sampling,
+                            request_seed(sampling.seed, index), self.options.request_token_ids,
+                            self.options.extra_body)
+        endpoint, response = await send(client, pool, self.policy, "POST", "/chat/completions",
+                                        body, self.headers)
+        generations = self._generations(read_completion(response, endpoint.url, expected),
+                                        messages)
+        tokens = sum(g.completion_tokens for g in generations)
+        if expected < sampling.n:  # greedy: every sample is the same answer
+            generations = generations * sampling.n
+        return generations, tokens
+
+    def _generations(self, completion: Completion, messages: list[Message]) -> list[Generation]:
+        prompt_tokens = completion.prompt_tokens
+        if prompt_tokens is None:
+            tokenizer = self._local_tokenizer()
+            prompt_tokens = tokenizer.prompt_length(messages) if tokenizer else 0
+        out = []
+        for answer in completion.answers:
+            token_ids = answer.token_ids
+            if token_ids is None:
+                tokenizer = self._local_tokenizer()
+                token_ids = tokenizer.completion_ids(answer.text) if tokenizer else []
+            out.append(Generation(text=answer.text, token_ids=token_ids,
+                                  prompt_tokens=prompt_tokens, finish_reason=answer.finish_reason,
+                                  logprobs=answer.logprobs))
+        return out
+
+    def _local_tokenizer(self) -> LocalTokenizer | None:
+        if self._tokenizer is False:  # looked for once, on first need
+            self._tokenizer = LocalTokenizer.load(self._tokenizer_path)
+        return self._tokenizer
+
+
+def auth_headers(options: OpenAIOptions) -> dict[str, str]:
+    if options.api_key_env is None:
+        return {}
+    key = os.environ.get(options.api_key_env)
+    if not key:
+        raise EndpointError(f"environment variable {options.api_key_env} (named by "
+                            "backend.options.api_key_env) is not set")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def retry_policy(options: OpenAIOptions) -> RetryPolicy:
+    return RetryPolicy(retries=options.retries, backoff_s=options.backoff_s,
+                       backoff_max_s=options.backoff_max_s, timeout_s=options.timeout_s)
+
+
+def _model_names(response: httpx.Response) -> set[str] | None:
+    """The model ids a GET /models lists; None when the answer is not such a list (the server
+    is then not checked: not every compatible server implements it the same way)."""
+    try:
+        data = response.json()["data"]
+        return {str(item["id"]) for item in data}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def first_error(coroutines: list[Awaitable[None]]) -> None:
+    """Run the coroutines as tasks; the first exception cancels the rest and is raised as
+    itself (not wrapped in an ExceptionGroup), so the caller sees one clear error."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:
+                group.create_task(coroutine)
+    except BaseExceptionGroup as grouped:
+        first = grouped.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from synchronous code. Inside a running event loop (a
+    notebook, an async application) it runs on a helper thread with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(lambda: asyncio.run(make())).result()
