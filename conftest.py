@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent / "tests"))  # tests/tiny_model.py
 
 from tiny_model import tiny_task_yaml  # noqa: E402
 
-FIRST_PARTY = "hf,math,trl,code,reasoning_gym,tensorboard"
+FIRST_PARTY = "hf,math,trl,code,reasoning_gym,tensorboard,openai,vllm"
 REPO = Path(__file__).resolve().parent
 
 

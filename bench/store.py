@@ -409,7 +409,7 @@ def queries(store, db_path: Path) -> list[Query]:
     """Every documented query, with arguments taken from the store itself."""
     import sqlite3
 
-    from loop.datasette import canned_queries
+    from loop.datasette import canned_queries, query_parameters
     from loop.logs import attempt_logs, mistake_rows
     from loop.summary import run_summary
 
@@ -444,33 +444,35 @@ def queries(store, db_path: Path) -> list[Query]:
         Query("loop logs RUN --task PREFIX", logs(task_id=task[:8])),
         Query("loop logs RUN -q 'answer is'", logs(query="answer is")),
         Query(f"loop logs RUN -q '{needle}' (round 1)", logs(query=needle)),
+        Query("loop logs RUN -q zebra (nowhere)", logs(query="zebra")),
         Query("loop logs RUN --failed --tree", logs(passed=False, with_chains=True)),
         Query(f"loop logs RUN --round {middle} --failed --tree",
               logs(round_idx=middle, passed=False, with_chains=True)),
-        Query("loop mistakes RUN", mistakes()),
-        Query("loop mistakes RUN --open", mistakes(open_only=True)),
-        Query("loop mistakes RUN --recurring", mistakes(recurring=True)),
-        Query("loop mistakes RUN --open --recurring", mistakes(open_only=True, recurring=True)),
-        Query("loop mistakes RUN --kind off_by_one", mistakes(kind="off_by_one")),
-        Query("loop mistakes RUN -q carries", mistakes(query="carries")),
-        Query(f"loop mistakes RUN -q '{prompt}'", mistakes(query=prompt)),
     ]
+    # `loop mistakes` prints every row today; with a row limit (`mistake_rows(limit=)`, which
+    # the CLI could expose as -n like `loop logs`) each variant is timed at 20 rows as well.
+    variants = [("", {}), (" --open", {"open_only": True}), (" --recurring", {"recurring": True}),
+                (" --open --recurring", {"open_only": True, "recurring": True}),
+                (" --kind off_by_one", {"kind": "off_by_one"}),
+                (" -q carries", {"query": "carries"}), (f" -q '{prompt}'", {"query": prompt}),
+                (" -q zebra (nowhere)", {"query": "zebra"})]
+    for label, kwargs in variants:
+        out.append(Query(f"loop mistakes RUN{label} (every row)", mistakes(**kwargs)))
+    for label, kwargs in variants:
+        out.append(Query(f"loop mistakes RUN{label} -n 20", mistakes(limit=20, **kwargs)))
     # Datasette runs canned queries on its own read-only connection and keeps 1,000 rows.
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     for name, query in canned_queries().items():
-        for label, params in (("", {}), (" ?run=bench-big", {"run": "bench-big"})):
-            sql = query["sql"]
-            values = {p: params.get(p, "") for p in _parameters(sql)}
+        names = query_parameters(query["sql"])
+        for label, params in (("", {}), (" ?run=bench-big", {"run": "bench-big"}),
+                              (" ?limit=1000", {"limit": "1000"})):
+            if any(p not in names for p in params):
+                continue
+            values = {p: params.get(p, "") for p in names}
             out.append(Query(f"datasette /{name}{label}",
-                             lambda sql=sql, values=values: len(
+                             lambda sql=query["sql"], values=values: len(
                                  conn.execute(sql, values).fetchmany(1001))))
     return out
-
-
-def _parameters(sql: str) -> list[str]:
-    import re
-
-    return sorted(set(re.findall(r"(?<!:):([A-Za-z_]\w*)", sql)))
 
 
 def time_queries(db_path: Path, repeat: int) -> list[tuple[str, float, float, int]]:

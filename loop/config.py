@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -114,6 +114,68 @@ class LoraConfig(Section):
     target_modules: str | list[str] = Field(default="all-linear")
 
 
+class LauncherConfig(Section):
+    """How the train stage runs the update: in the loop's own process (`inprocess`), or in
+    processes started by `accelerate launch` (DDP, FSDP, DeepSpeed; loop.train_worker). It is
+    stored with the run, so `loop resume` launches the same way."""
+
+    name: Literal["inprocess", "accelerate"] = Field(default="inprocess", description=(
+        "inprocess: the updater runs in this process; accelerate: in `accelerate launch` "
+        "worker processes"))
+    config_file: str | None = Field(default=None, description=(
+        "accelerate config YAML (e.g. configs/accelerate/multi-gpu-ddp.yaml); relative paths "
+        "are looked up in the working directory, then in this checkout; stored absolute. "
+        "None: accelerate's own default config"))
+    num_processes: int | None = Field(default=None, ge=1, le=65_536, description=(
+        "processes to launch, overriding the config file's num_processes"))
+    timeout_s: float | None = Field(default=None, gt=0.0, le=30 * 86_400.0, description=(
+        "wall-clock limit of one update; past it the workers are killed and the run fails "
+        "(resumable)"))
+    stall_timeout_s: float = Field(default=1800.0, gt=0.0, le=30 * 86_400.0, description=(
+        "kill the workers when none of them wrote a line for this long (a hung NCCL/gloo "
+        "collective prints nothing; a training step prints a progress line)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("config_file")
+    @classmethod
+    def _config_file_exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = find_launcher_config(value)
+        try:
+            data = read_yaml(path, "accelerate config")
+        except ConfigError as exc:  # a field error, so it is reported as train.launcher.config_file
+            raise ValueError(str(exc).removeprefix("accelerate config error: ")) from None
+        if not isinstance(data.get("distributed_type"), str):
+            raise ValueError(f"{path}: not an accelerate config (no distributed_type; "
+                             "`accelerate config` writes one)")
+        return str(path)
+
+    @model_validator(mode="after")
+    def _options_need_a_launcher(self) -> "LauncherConfig":
+        if self.name == "inprocess" and (self.config_file or self.num_processes):
+            raise ValueError("config_file and num_processes need name: accelerate")
+        return self
+
+
+def find_launcher_config(value: str) -> Path:
+    """An accelerate config path made absolute: as given (relative to the working directory),
+    else relative to this checkout (so `configs/accelerate/x.yaml` works from anywhere)."""
+    path = Path(value).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, _CHECKOUT / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ValueError(f"{value}: no such file")
+
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 class TrainConfig(Section):
     method: str = Field(default="sft", min_length=1,
                         description="registered updater: sft, dpo, kto, grpo, nft, redi, ...")
@@ -128,6 +190,11 @@ class TrainConfig(Section):
     max_length: int = Field(default=512, ge=8, le=1_000_000, description="tokens per example")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="the updater's own options")
+    report_to: list[str] = Field(default_factory=list, description=(
+        "TRL/transformers loggers for per-step training curves, passed to the trainer's "
+        "report_to: e.g. [wandb] or [tensorboard] (empty: none)"))
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig, description=(
+        "where the update runs: in process, or under `accelerate launch`"))
 
 
 class LoopConfig(Section):

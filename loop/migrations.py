@@ -363,3 +363,57 @@ def m005_read_side_indexes_and_views(db: Database) -> None:
         where k.purpose = 'eval' and k.depth = 0 and {_ATTEMPT_PASSED.format(a='k')}
           and not {_ATTEMPT_PASSED.format(a='n')}
         """)
+
+
+@migrations()
+def m006_text_search_and_held_out_index(db: Database) -> None:
+    # `loop logs -q` and `loop mistakes -q`: substring search over answers, verifier feedback
+    # and the mistake log. Trigram full-text indexes find the few rows that contain a rare text
+    # without reading the run (loop.logs decides when to use them). Index only (the text stays
+    # in its table), no positions (detail=none), kept in step by triggers. `content='...'` in
+    # single quotes on purpose: Datasette's search box would send them phrase queries, which
+    # detail=none cannot answer, and it only looks for content="..." or content=[...].
+    for table, columns in (("attempts", ["completion"]), ("verdicts", ["feedback"]),
+                           ("mistakes", ["last_feedback", "kind"])):
+        _trigram_index(db, table, columns)
+    # `regressions`: held-out answers by task and round, with their depth and id in the index,
+    # so the view joins and judges them without reading the (large) attempt rows; the view is
+    # pinned to it (SQLite would otherwise pick the wider newest-first index and read rows).
+    db.execute("drop index if exists idx_attempts_eval_by_task")
+    db.execute("create index if not exists idx_attempts_held_out on attempts "
+               "(run_id, task_id, round_idx, depth, id) where purpose = 'eval'")
+    db.execute("drop view if exists regressions")
+    db.create_view("regressions", f"""
+        select k.run_id, k.task_id, k.round_idx as solved_round, n.round_idx as failed_round,
+          json_extract(t.prompt_json, '$[#-1].content') as prompt, t.reference,
+          k.id as solved_attempt_id, k.completion as solved_completion,
+          n.id as failed_attempt_id, n.completion as failed_completion,
+          (select group_concat(v.feedback, char(10)) from verdicts v
+             where v.attempt_id = n.id and v.feedback <> '') as failed_feedback
+        from attempts k indexed by idx_attempts_held_out
+        join attempts n indexed by idx_attempts_held_out on n.run_id = k.run_id
+          and n.task_id = k.task_id and n.round_idx = k.round_idx + 1 and n.purpose = 'eval'
+          and n.depth = 0
+        join tasks t on t.id = k.task_id
+        where k.purpose = 'eval' and k.depth = 0 and {_ATTEMPT_PASSED.format(a='k')}
+          and not {_ATTEMPT_PASSED.format(a='n')}
+        """)
+
+
+def _trigram_index(db: Database, table: str, columns: list[str]) -> None:
+    fts = f"{table}_fts"
+    if db[fts].exists():
+        return
+    names = ", ".join(columns)
+    new = ", ".join(f"new.{c}" for c in columns)
+    old = ", ".join(f"old.{c}" for c in columns)
+    db.execute(f"create virtual table {fts} using fts5({names}, content='{table}', "
+               "content_rowid='rowid', tokenize='trigram', detail='none', columnsize=0)")
+    db.execute(f"create trigger {fts}_ai after insert on {table} begin "
+               f"insert into {fts}(rowid, {names}) values (new.rowid, {new}); end")
+    db.execute(f"create trigger {fts}_ad after delete on {table} begin "
+               f"insert into {fts}({fts}, rowid, {names}) values ('delete', old.rowid, {old}); end")
+    db.execute(f"create trigger {fts}_au after update of {names} on {table} begin "
+               f"insert into {fts}({fts}, rowid, {names}) values ('delete', old.rowid, {old}); "
+               f"insert into {fts}(rowid, {names}) values (new.rowid, {new}); end")
+    db.execute(f"insert into {fts}({fts}) values ('rebuild')")  # rows stored before m006

@@ -428,7 +428,10 @@ class RoundEngine:
                 progress=progress, reward_names=[r.name for r in self.components.rewards],
             )
             try:
-                result: UpdateResult | None = updater.component.update(context)
+                result: UpdateResult | None = (
+                    self._launched_update(context)
+                    if self.config.train.launcher.name == "accelerate"
+                    else updater.component.update(context))
             except EmptyDataset as exc:
                 self.reporter.warn(f"round {idx}: no update ({exc}); the model stays as it was")
                 result = None
@@ -450,6 +453,15 @@ class RoundEngine:
                                   {"seconds": seconds, "count": size,
                                    "tokens": int(metrics.get("train_tokens", 0))},
                                   model_out=model_out)
+
+    def _launched_update(self, context: UpdateContext) -> UpdateResult:
+        """The update in worker processes started by `train.launcher` (loop.train_worker); the
+        checkpoint they write is published exactly like an in-process update's."""
+        from loop.train_worker import launch_update
+
+        return launch_update(context, self.config.train.launcher, store=self.store, pm=self.pm,
+                             log_path=self.run_dir / f"round-{context.round_index}" / "train.log",
+                             warn=self.reporter.warn)
 
     def stage_evaluate(self, idx: int) -> None:
         """Greedy pass@1 on the held-out split with the round's final model."""

@@ -490,13 +490,12 @@ class Store:
                 "verdicts_passed")
         return {key: int(value or 0) for key, value in zip(keys, row)}
 
-    def cache_round_counts(self, run_id: str, idx: int, finished: str,
-                           counts: dict[str, int]) -> bool:
-        """Keep a finished round's train counts in `rounds.summary_json` (`loop show` and the
-        `accuracy_per_round` view read them instead of counting the round's attempts again).
-        Stored with the round's `finished` time: a round that is redone finishes anew and is
-        counted again. A cache, so a store that cannot be written now (locked, read-only) is
-        left as it is; returns whether it was written."""
+    def cache_round_summary(self, run_id: str, idx: int, finished: str, summary: dict) -> bool:
+        """Keep a finished round's counts (loop.summary: its `train` counts and plugin `errors`)
+        in `rounds.summary_json`, which `loop show` and the `accuracy_per_round` view read
+        instead of counting the round's attempts again. Stored with the round's `finished` time:
+        a round that is redone finishes anew and is counted again. A cache, so a store that
+        cannot be written now (locked, read-only) is left as it is; returns whether it was."""
         import sqlite3
 
         try:
@@ -504,7 +503,7 @@ class Store:
                 self.db.execute(
                     "update rounds set summary_json = ? where run_id = ? and idx = ? "
                     "and stage = 'done' and finished = ?",
-                    [_json({"finished": finished, "train": counts}), run_id, idx, finished])
+                    [_json({"finished": finished, **summary}), run_id, idx, finished])
         except sqlite3.OperationalError:
             return False
         return True

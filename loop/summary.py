@@ -1,8 +1,8 @@
 """Read-side summaries of a run, shared by `loop show`, the progress table and observers.
 
-Counting a round's train attempts reads all of them, so a finished round's counts are cached in
-`rounds.summary_json` the first time they are asked for (the engine asks right after the round
-is done); `loop show` then reads a few rows however large the run is.
+Counting a round's train attempts and plugin errors reads all of them, so a finished round's
+counts are cached in `rounds.summary_json` the first time they are asked for (the engine asks
+right after the round is done); `loop show` then reads a few rows however large the run is.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
                   updates: dict | None = None) -> dict:
     """One round as `loop show --json` prints it."""
     row = store.get_round(run_id, idx)
-    errors = store.error_counts(run_id) if errors is None else errors
-    if counts is None:
-        counts = {idx: round_train_counts(store, row)} if row else {}
+    if row is not None and (counts is None or errors is None):
+        train, found = round_counts(store, [row])
+        counts = train if counts is None else counts
+        errors = found if errors is None else errors
+    counts, errors = counts or {}, errors or {}
     evaluations = store.evaluations(run_id) if evaluations is None else evaluations
     if updates is None:
         updates = {u["round_idx"]: u for u in store.updates(run_id)}
@@ -52,31 +54,57 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
                  "mean_completion_tokens": ev["mean_completion_tokens"] if ev else None},
         "timings": timings,
         "tokens_per_s": tokens_per_s,
-        "errors": errors.get(idx, {"verifier": 0, "reward": 0}),
+        "errors": errors.get(idx, dict(NO_ERRORS)),
         "update": None if update is None else {
             "method": update["method"], "dataset_size": update["dataset_size"],
             "metrics": json.loads(update["metrics_json"] or "{}")},
     }
 
 
-def round_train_counts(store: Store, row: dict) -> dict[str, int]:
-    """A round's train counts (`Store.round_train_counts`): from the cache when the round is
-    finished and was counted since it finished; counted (and cached, if finished) otherwise."""
-    cached = json.loads(row["summary_json"]) if row.get("summary_json") else None
-    finished = row["stage"] == "done" and row["finished"] is not None
-    if finished and cached and cached.get("finished") == row["finished"] and "train" in cached:
-        return cached["train"]
-    counts = store.round_train_counts(row["run_id"], row["idx"])
-    if finished:
-        store.cache_round_counts(row["run_id"], row["idx"], row["finished"], counts)
-    return counts
+NO_ERRORS = {"verifier": 0, "reward": 0}
+
+
+def round_counts(store: Store, rows: list[dict]) -> tuple[dict[int, dict], dict[int, dict]]:
+    """(train counts, plugin errors) per round, for `rows` of one run's rounds: a finished
+    round's from its cache when it was counted since it finished; the others counted
+    (`Store.round_train_counts`, `Store.error_counts`) and cached if finished."""
+    train: dict[int, dict] = {}
+    errors: dict[int, dict] = {}
+    uncounted = []
+    for row in rows:
+        cached = _cached(row)
+        if cached is None:
+            uncounted.append(row)
+        else:
+            train[row["idx"]], errors[row["idx"]] = cached["train"], cached["errors"]
+    if uncounted:
+        run_errors = store.error_counts(uncounted[0]["run_id"])
+        for row in uncounted:
+            idx = row["idx"]
+            train[idx] = store.round_train_counts(row["run_id"], idx)
+            errors[idx] = run_errors.get(idx, dict(NO_ERRORS))
+            if _finished(row):
+                store.cache_round_summary(row["run_id"], idx, row["finished"],
+                                          {"train": train[idx], "errors": errors[idx]})
+    return train, errors
+
+
+def _finished(row: dict) -> bool:
+    return row["stage"] == "done" and row["finished"] is not None
+
+
+def _cached(row: dict) -> dict | None:
+    if not _finished(row) or not row.get("summary_json"):
+        return None
+    cached = json.loads(row["summary_json"])
+    valid = cached.get("finished") == row["finished"] and {"train", "errors"} <= set(cached)
+    return cached if valid else None
 
 
 def run_summary(store: Store, run: dict) -> dict:
     rows = store.rounds(run["id"])
-    counts = {r["idx"]: round_train_counts(store, r) for r in rows}
+    counts, errors = round_counts(store, rows)
     evaluations = store.evaluations(run["id"])
-    errors = store.error_counts(run["id"])
     updates = {u["round_idx"]: u for u in store.updates(run["id"])}
     rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations, errors, updates)
               for r in rows]

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.datasette import canned_queries, database_name, metadata
+from loop.datasette import canned_queries, database_name, metadata, query_parameters
 from loop.records import Attempt, Critique, Task, Verdict
 from tiny_model import tiny_task_yaml
 
@@ -236,8 +236,7 @@ def test_a_store_from_before_m005_is_upgraded_on_open(tmp_path):
 
 def _canned(store, name, **params):
     sql = canned_queries()[name]["sql"]
-    names = [p for p in ("run", "kind") if f":{p}" in sql]
-    return _rows(store, sql, {p: params.get(p, "") for p in names})
+    return _rows(store, sql, {p: params.get(p, "") for p in query_parameters(sql)})
 
 
 def test_canned_queries_on_the_hand_made_store(store, made):
@@ -262,6 +261,9 @@ def test_canned_queries_on_the_hand_made_store(store, made):
     assert [r["repair_completion"] for r in repairs] == ["2+3 = 5"]
     assert _canned(store, "successful_repairs", run="other") == []
     assert len(_canned(store, "eval_regressions")) == 2
+    assert len(_canned(store, "eval_regressions", limit="1")) == 1  # Datasette sends text
+    assert [r["task_id"] for r in _canned(store, "eval_regressions")] == sorted(
+        [made["held"]["7+1"].id, made["held"]["9-2"].id])
 
 
 def test_datasette_without_a_store_is_a_one_line_error(tmp_path):
@@ -360,8 +362,9 @@ def test_every_canned_query_over_the_json_api_gives_what_its_sql_gives(server, r
     run_id = _direct(real_store, "select id from runs", {})[0]["id"]
     seen = {}
     for query, spec in canned_queries().items():
-        for params in ({}, {"run": "ds"}, {"run": run_id}, {"run": "no-such-run"}):
-            names = [p for p in ("run", "kind") if f":{p}" in spec["sql"]]
+        names = query_parameters(spec["sql"])
+        for params in ({}, {"run": "ds"}, {"run": run_id}, {"run": "no-such-run"},
+                       *([{"run": "ds", "limit": "2"}] if "limit" in names else [])):
             values = {p: params.get(p, "") for p in names}
             url = (f"{server}/{name}/{query}.json?"
                    + urllib.parse.urlencode({**params, "_shape": "array"}))
@@ -369,6 +372,8 @@ def test_every_canned_query_over_the_json_api_gives_what_its_sql_gives(server, r
             assert got == _direct(real_store, spec["sql"], values), (query, params)
             if params.get("run") == "no-such-run":
                 assert got == [], query
+            if "limit" in params:
+                assert len(got) <= 2, query
             seen.setdefault(query, len(got))
     accuracy = _get(f"{server}/{name}/round_accuracy.json?_shape=array")
     assert [r["round_idx"] for r in accuracy] == [0, 1, 2]
@@ -411,8 +416,8 @@ def test_metadata_describes_every_table_and_view(server, real_store):
     tables = served["databases"][database_name(real_store)]["tables"]
     names = [r["name"] for r in _direct(
         real_store, "select name from sqlite_master where type in ('table', 'view') and name "
-                    "not like 'critiques_fts%' and name not like 'sqlite_%' and "
-                    "name != '_sqlite_migrations'", {})]
+                    "not like '%\\_fts%' escape '\\' and name not like 'sqlite\\_%' escape "
+                    "'\\' and name != '_sqlite_migrations'", {})]
     assert {"attempts", "verdicts", "accuracy_per_round", "regressions"} <= set(names)
     for table in names:
         assert tables[table]["description"], table

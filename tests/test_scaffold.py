@@ -23,7 +23,7 @@ from loop.plugins import build_registry, get_plugin_manager
 from loop.scaffold import KINDS, REGISTRY_KIND, ScaffoldError, write_plugin
 
 REPO = Path(__file__).resolve().parent.parent
-FIRST_PARTY = "hf,math,trl,code,reasoning_gym,tensorboard"
+FIRST_PARTY = "hf,math,trl,code,reasoning_gym,tensorboard,openai,vllm"
 
 
 def new(*args: str):

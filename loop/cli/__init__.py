@@ -11,6 +11,7 @@ import sys
 import typer
 
 from loop.cli import browse as browse_commands
+from loop.cli import doctor as doctor_commands
 from loop.cli import export as export_commands
 from loop.cli import inspect as inspect_commands
 from loop.cli import logs as log_commands
@@ -43,6 +44,7 @@ export_commands.register(app)
 report_commands.register(app)
 scaffold_commands.register(app)
 browse_commands.register(app)
+doctor_commands.register(app)
 
 
 def build_app() -> typer.Typer:

@@ -43,12 +43,25 @@ def run(
     db: Optional[Path] = DB_OPTION,
     name: Optional[str] = typer.Option(None, "--name", help="a unique name for the run"),
     plugins_dir: Optional[Path] = PLUGINS_DIR_OPTION,
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="where the train stage "
+                                           "runs: inprocess, or accelerate (`accelerate launch` "
+                                           "workers: DDP, FSDP, DeepSpeed)"),
+    accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="accelerate "
+                                                     "config YAML for --launcher accelerate (e.g. "
+                                                     "configs/accelerate/multi-gpu-ddp.yaml)"),
 ) -> None:
     """Run a self-improvement loop on TASK: round 0 evaluates the model, then each round
     samples, verifies, rewards, logs mistakes, trains and evaluates again."""
-    pm, cfg, components, tasks = resolve_task(
-        task, config, {"model": model, "rounds": rounds, "train.method": method, "name": name},
-        sets, plugins_dir)
+    flags = {"model": model, "rounds": rounds, "train.method": method, "name": name}
+    if launcher == "inprocess":
+        if accelerate_config is not None:
+            fail("--accelerate-config needs --launcher accelerate", code=2)
+        flags["train.launcher"] = "inprocess"  # replaces a launcher the config file sets
+    elif launcher is not None or accelerate_config is not None:
+        flags["train.launcher.name"] = launcher or "accelerate"
+        flags["train.launcher.config_file"] = (str(accelerate_config)
+                                               if accelerate_config is not None else None)
+    pm, cfg, components, tasks = resolve_task(task, config, flags, sets, plugins_dir)
     prepare = getattr(components.backend.component, "prepare", None)
     if prepare is not None:
         try:
@@ -57,6 +70,9 @@ def run(
         except Exception as exc:
             fail(f"model error: {exc}", code=2)
     prepare_verifiers(components)
+    if cfg.rounds > 0 and not getattr(components.backend.component, "can_load_adapters", True):
+        fail(f"backend error: {cfg.backend.name} cannot load this run's adapters (its server's "
+             "model is fixed), so this config is evaluation-only: use --rounds 0", code=2)
 
     from loop.runlock import RunLock
     from loop.store import Store, StoreError

@@ -8,6 +8,7 @@ the canned queries) and the command line that serves a store with it.
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ def metadata_for(db: Path) -> dict[str, Any]:
 def canned_queries() -> dict[str, dict[str, Any]]:
     """name -> {"title", "description", "sql"} of every canned query."""
     return metadata()["databases"][DATABASE_KEY]["queries"]
+
+
+def query_parameters(sql: str) -> list[str]:
+    """The named parameters (`:name`) of a canned query, as Datasette finds them; Datasette
+    gives a missing one the empty string, which every canned query reads as "no filter"."""
+    return sorted(set(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", sql)))
 
 
 def serve_command(db: Path, metadata_file: Path, port: int, extra: list[str]) -> list[str]:

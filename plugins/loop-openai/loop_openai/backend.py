@@ -41,6 +41,13 @@ class OpenAIBackend(loop.Backend):
     name = "openai"
     Options = OpenAIOptions
 
+    @property
+    def can_load_adapters(self) -> bool:
+        """False with lora: fixed: such a run can only evaluate (--rounds 0). The engine may ask
+        this before a run starts instead of failing at the first trained round."""
+        options = getattr(self, "options", None)
+        return options is None or options.lora == "runtime"
+
     def prepare(self, model: str) -> str:
         """Before a run starts: the API key's variable is set, and every endpoint answers and
         serves the model (GET /models), so a wrong URL or name fails before anything is
@@ -159,8 +166,14 @@ class OpenAISession(loop.GenerationSession):
         body = chat_request(self.model_name, messages, sampling,
                             request_seed(sampling.seed, index), self.options.request_token_ids,
                             self.options.extra_body)
-        endpoint, response = await send(client, pool, self.policy, "POST", "/chat/completions",
-                                        body, self.headers)
+        try:
+            endpoint, response = await send(client, pool, self.policy, "POST",
+                                            "/chat/completions", body, self.headers)
+        except EndpointError as exc:
+            if exc.status == 400 and "token_ids" in str(exc):
+                raise EndpointError(f"{exc} (a server without vLLM's extensions: set "
+                                    "backend.options.request_token_ids=false)", 400) from None
+            raise
         generations = self._generations(read_completion(response, endpoint.url, expected),
                                         messages)
         tokens = sum(g.completion_tokens for g in generations)

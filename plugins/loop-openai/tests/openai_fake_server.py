@@ -62,8 +62,8 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._httpd = _QuietServer(("127.0.0.1", port), self._handler_class())
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def url(self) -> str:

@@ -266,3 +266,14 @@ def test_api_key_comes_from_the_environment(servers, monkeypatch):
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(EndpointError, match="environment variable MY_KEY .* is not set"):
         session(server.url, api_key_env="MY_KEY")
+
+
+def test_a_server_that_rejects_the_token_id_fields_gets_a_hint(servers):
+    server = servers()
+    server.rules["q0"] = ("status", 400, {"error": {
+        "message": "Unrecognized request argument supplied: return_tokens_as_token_ids"}})
+    with pytest.raises(EndpointError) as info:
+        session(server.url).generate(PROMPTS[:1], Sampling())
+    assert str(info.value).endswith(
+        "HTTP 400: Unrecognized request argument supplied: return_tokens_as_token_ids (a server "
+        "without vLLM's extensions: set backend.options.request_token_ids=false)")

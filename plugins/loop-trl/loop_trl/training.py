@@ -120,7 +120,8 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
             num_train_epochs=train.epochs,
             logging_steps=1,
             save_strategy="no",
-            report_to="none",
+            report_to=train.report_to or "none",
+            ddp_find_unused_parameters=False,  # LoRA under DDP: no extra pass every step
             disable_tqdm=True,
             seed=context.seed,
             data_seed=context.seed,
@@ -177,6 +178,7 @@ def _tokens_seen(dataset_tokens: int, rows: int, trainer: Any) -> int:
     (a GRPO row is a whole group, `num_generations` completions)."""
     per_row = dataset_tokens / max(1, rows)
     per_step = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+    per_step *= max(1, trainer.args.world_size)  # every DDP process trains on its own rows
     per_step /= getattr(trainer.args, "num_generations", None) or 1
     return int(per_row * per_step * trainer.state.global_step)
 

