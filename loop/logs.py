@@ -16,8 +16,8 @@ from loop.store import Store
 
 
 # `loop logs -q` and `loop mistakes -q`: up to this many rows that may contain the text are
-# looked up one by one; beyond it the run is read in display order (see _text_candidates). Of a long text, this many of its
-# trigrams are counted to find the rarest.
+# looked up one by one; beyond it the run is read in display order (see _text_candidates). Of a
+# long text, this many of its trigrams are counted to find the rarest.
 TEXT_CANDIDATES = 2000
 TRIGRAMS_COUNTED = 48
 

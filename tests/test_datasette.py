@@ -109,7 +109,8 @@ def _rows(store, sql, params=()):
 def test_attempt_results_joins_verdict_reward_and_task(store, made):
     rows = {r["attempt_id"]: r for r in _rows(store, "select * from attempt_results")}
     repair = rows[made["repair"].id]
-    assert (repair["passed"], repair["score"], repair["reward"], repair["depth"]) == (1, 1.0, 1.5, 1)
+    assert (repair["passed"], repair["score"], repair["reward"]) == (1, 1.0, 1.5)
+    assert repair["depth"] == 1
     assert json.loads(repair["rewards_json"]) == {"binary": 1.0, "short": 0.5}
     assert repair["prompt"] == "What is 2+3?" and repair["reference"] == "5"
     assert repair["parent_id"] == made["wrong"].id and repair["split"] == "train"
@@ -148,9 +149,11 @@ def test_accuracy_per_round(store, made):
                                                                               (2, 1, 3)]
     one, two = rows[1], rows[2]
     # round 1: 2 prompts, both solved (2+3 by its repair); 4 attempts, 2 passed
-    assert (one["train_prompts"], one["train_solved_prompts"], one["train_solve_rate"]) == (2, 2, 1.0)
+    assert (one["train_prompts"], one["train_solved_prompts"], one["train_solve_rate"]) == \
+        (2, 2, 1.0)
     assert (one["train_attempts"], one["train_passed"], one["train_pass_rate"]) == (4, 2, 0.5)
-    assert (two["train_solved_prompts"], two["train_passed"], two["train_solve_rate"]) == (0, 0, 0.0)
+    assert (two["train_solved_prompts"], two["train_passed"], two["train_solve_rate"]) == \
+        (0, 0, 0.0)
     assert rows[0]["train_prompts"] == 0 and rows[0]["train_solve_rate"] is None
     assert one["run_name"] == "first" and one["stage"] == "done"
 
@@ -271,6 +274,26 @@ def test_datasette_without_a_store_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1 and "no store at" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "none.db").exists()
+
+
+def test_datasette_not_installed_is_a_one_line_error(store, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "datasette" else real(name, *a))
+    db = store.db.execute("pragma database_list").fetchone()[2]
+    result = CliRunner().invoke(app, ["datasette", "--db", db])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: datasette is not installed: pip install datasette"
+
+
+def test_metadata_is_renamed_to_the_file_served(tmp_path):
+    from loop.datasette import metadata_for
+
+    renamed = metadata_for(tmp_path / "my-runs.db")
+    assert list(renamed["databases"]) == ["my-runs"]
+    assert renamed["databases"]["my-runs"] == metadata()["databases"]["loop"]
 
 
 # ----- the real server on a real run ------------------------------------------------------------
@@ -394,9 +417,9 @@ def test_accuracy_and_regressions_agree_with_the_run(server, real_store):
         assert row["train_passed"] == summary["train"]["passed"]
     # regressions, recomputed here from the held-out verdicts
     passed: dict[tuple[str, int], bool] = {}
-    for r in _direct(real_store, "select a.task_id, a.round_idx, min(v.passed) as ok from attempts "
-                                 "a join verdicts v on v.attempt_id = a.id where a.purpose = 'eval' "
-                                 "group by a.id", {}):
+    for r in _direct(real_store, "select a.task_id, a.round_idx, min(v.passed) as ok from "
+                                 "attempts a join verdicts v on v.attempt_id = a.id where "
+                                 "a.purpose = 'eval' group by a.id", {}):
         passed[(r["task_id"], r["round_idx"])] = bool(r["ok"])
     expected = sorted((task, k) for (task, k), ok in passed.items()
                       if ok and passed.get((task, k + 1)) is False)

@@ -39,8 +39,8 @@ EXPECTED_COLUMNS = {
     "critiques": {"id": str, "attempt_id": str, "critic": str, "kind": str, "text": str,
                   "created": str},
 }
-FTS_TABLES = {"critiques_fts", "critiques_fts_data", "critiques_fts_idx", "critiques_fts_config",
-              "critiques_fts_docsize"}
+FTS_TABLES = {f"{table}_fts{part}" for table in ("critiques", "attempts", "verdicts", "mistakes")
+              for part in ("", "_data", "_idx", "_config")} | {"critiques_fts_docsize"}
 
 
 def test_migrate_blank_gives_exact_schema():
@@ -50,7 +50,8 @@ def test_migrate_blank_gives_exact_schema():
     assert FTS_TABLES <= set(db.table_names())  # full-text search over critique texts
     for name, columns in EXPECTED_COLUMNS.items():
         assert db[name].columns_dict == columns, name
-    assert set(db.view_names()) == {"accuracy_per_round", "open_mistakes"}
+    assert set(db.view_names()) == {"accuracy_per_round", "open_mistakes", "attempt_results",
+                                    "repaired_attempts", "regressions"}
     fks = {(fk.table, fk.column, fk.other_table) for fk in db["attempts"].foreign_keys}
     assert fks == {("attempts", "run_id", "runs"), ("attempts", "task_id", "tasks"),
                    ("attempts", "parent_id", "attempts")}
@@ -65,7 +66,8 @@ def test_migrate_is_idempotent(tmp_path):
     db = open_db(path)
     applied = [m.name for m in migrations.applied(db)]
     assert applied == ["m001_create_core_tables", "m002_create_views", "m003_add_completion_raw",
-                       "m004_create_critiques"]
+                       "m004_create_critiques", "m005_read_side_indexes_and_views",
+                       "m006_text_search_and_held_out_index"]
     assert db.journal_mode == "wal"
 
 

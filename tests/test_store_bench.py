@@ -133,7 +133,8 @@ def _queries(store, run_id: str) -> dict[str, str]:
     absent, with LIKE wildcards, in another case."""
     feedback = store.db.execute(
         "select v.feedback from verdicts v join attempts a on a.id = v.attempt_id where "
-        "a.run_id = ? and v.feedback like 'expected%' order by v.id limit 1", [run_id]).fetchone()[0]
+        "a.run_id = ? and v.feedback like 'expected%' order by v.id limit 1",
+        [run_id]).fetchone()[0]
     prompt = store.db.execute(
         "select json_extract(t.prompt_json, '$[#-1].content') from attempts a join tasks t on "
         "t.id = a.task_id where a.run_id = ? order by a.id limit 1", [run_id]).fetchone()[0]

@@ -30,8 +30,10 @@ def datasette(
 ) -> None:
     """Serve the store in Datasette: tables, views and canned queries with descriptions.
 
-    Runs `datasette serve DB --metadata FILE --port N [ARGS]` on the live store (a run may be
-    writing to it; Datasette only reads), after bringing its schema up to date."""
+    Runs `datasette serve DB --metadata FILE --port N [ARGS]` on the live store, not immutable.
+    """
+    # Not --immutable: a run may be writing to the store; Datasette only reads it. The schema is
+    # brought up to date first, so the views and indexes the canned queries use are there.
     from loop.datasette import metadata_for, serve_command
 
     if importlib.util.find_spec("datasette") is None:

@@ -128,6 +128,8 @@ def mistakes(
     kind: Optional[str] = typer.Option(None, "--kind", help="only this mistake kind"),
     query: Optional[str] = typer.Option(None, "-q", "--query",
                                         help="text in the feedback, kind or prompt"),
+    count: int = typer.Option(50, "-n", "--count", help="how many mistakes, most frequent "
+                              "first (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
@@ -136,14 +138,15 @@ def mistakes(
 
     store = open_store(db)
     rows = mistake_rows(store, _run_id(store, run), open_only=open_only, recurring=recurring,
-                        kind=kind, query=query)
+                        kind=kind, query=query, limit=count or None)
     if as_json:
         print_json(rows)
         return
     from rich.table import Table
 
     open_count = sum(r["resolved_round"] is None for r in rows)
-    table = Table(title=f"{len(rows)} mistakes, {open_count} open")
+    shown = f"the {len(rows)} most frequent" if count and len(rows) == count else f"{len(rows)}"
+    table = Table(title=f"{shown} mistakes, {open_count} open")
     for column in ("task", "prompt", "kind", "rounds", "seen", "resolved", "last feedback"):
         table.add_column(column, overflow="fold")
     for r in rows:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 import loop
 from loop.records import ModelRef
 from loop_vllm.options import VLLMOptions
+
+if TYPE_CHECKING:
+    from loop_vllm.session import VLLMSession
 
 
 class VLLMBackend(loop.Backend):

@@ -44,7 +44,8 @@ def locate(ref: ModelRef) -> ModelFiles:
 def adapter_rank(adapter: Path) -> int:
     """The largest LoRA rank in a PEFT adapter (its `r`, or a larger one in `rank_pattern`)."""
     config = json.loads((Path(adapter) / "adapter_config.json").read_text())
-    ranks = [int(config.get("r") or 8), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
+    patterns = config.get("rank_pattern") or {}
+    ranks = [int(config.get("r") or 8), *(int(r) for r in patterns.values())]
     return max(ranks)
 
 
@@ -67,7 +68,8 @@ def check_max_model_len(model: str, max_model_len: int | None) -> None:
     limit = position_limit(model)
     if max_model_len is not None and limit is not None and max_model_len > limit:
         raise ValueError(f"backend.options.max_model_len={max_model_len} is above the model's "
-                         f"limit of {limit} tokens (max_position_embeddings in {model}/config.json)")
+                         f"limit of {limit} tokens (max_position_embeddings in "
+                         f"{model}/config.json)")
 
 
 def eos_token_ids(model: str, tokenizer) -> list[int]:

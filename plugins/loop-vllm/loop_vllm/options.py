@@ -16,6 +16,8 @@ NAMED_ENGINE_KEYS = {
     "data_parallel_size", "max_lora_rank", "enforce_eager", "seed", "enable_lora",
 }
 
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
 
 class VLLMOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -23,7 +25,7 @@ class VLLMOptions(BaseModel):
     python: str | None = Field(default=None, description=(
         "interpreter that runs the worker and has vllm installed (default: this one); on CPU "
         "machines the venv built by plugins/loop-vllm/setup-cpu-venv.sh: .venv-vllm/bin/python"))
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="float32", description=(
+    dtype: DType = Field(default="float32", description=(
         "weights dtype; float32 matches the hf backend token for token, bfloat16 is the usual "
         "choice on a GPU, auto takes the model's own"))
     max_model_len: int | None = Field(default=None, ge=8, description=(
@@ -31,8 +33,11 @@ class VLLMOptions(BaseModel):
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0, description=(
         "share of GPU memory vLLM may take (default: vLLM's 0.92 on a GPU; 0.3 on CPU, where it "
         "is the share of RAM reserved for the KV cache)"))
-    tensor_parallel_size: int = Field(default=1, ge=1, le=1024, description="GPUs per model replica")
-    data_parallel_size: int = Field(default=1, ge=1, le=1024, description="model replicas")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=1024,
+                                      description="GPUs per model replica")
+    data_parallel_size: int = Field(default=1, ge=1, le=1024, description=(
+        "model replicas, one worker process each on its own tensor_parallel_size GPUs "
+        "(CUDA_VISIBLE_DEVICES); prompts are split between them"))
     max_lora_rank: int | None = Field(default=None, ge=1, le=4096, description=(
         "largest LoRA rank the engine accepts (default: the adapter's rank rounded up to one "
         "vLLM supports)"))

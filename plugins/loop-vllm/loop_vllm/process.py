@@ -103,15 +103,21 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def request_exit(self) -> None:
+        """Ask the worker to exit (close message, then end of stdin) without waiting."""
+        if self.proc.stdin.closed:
+            return
+        self.send({"op": "close"})
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
     def stop(self, timeout: float) -> int | None:
-        """Ask the worker to exit (close message, then end of stdin); after `timeout` seconds
-        kill its process group. Returns its exit code. Idempotent."""
+        """Ask the worker to exit; after `timeout` seconds kill its process group. Returns its
+        exit code. Idempotent."""
         if self.alive():
-            self.send({"op": "close"})
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
+            self.request_exit()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -6,14 +6,18 @@ copy of its stdout and points fd 1 at stderr, so log lines of vLLM (which prints
 never corrupt the stream.
 
 Session → worker:
-    {"op": "load", "protocol": N, "model": PATH, "engine": {LLM kwargs}, "lora": bool}
-    {"op": "generate", "prompts": [[token ids], ...], "sampling": {...}, "adapter": PATH | null}
+    {"op": "load", "protocol": N, "model": PATH, "model_limit": INT | null,
+     "adapter_rank": INT | null, "engine": {named LLM kwargs}, "extra": {more LLM kwargs}}
+    {"op": "generate", "prompts": [[token ids], ...], "adapter": PATH | null, "sampling":
+     {"n", "temperature", "top_p", "max_tokens", "seeds": [one per prompt], "stop_token_ids"}}
     {"op": "close"}                      (closing stdin means the same)
 Worker → session:
-    {"op": "ready", "protocol": N, "vllm": VERSION, "max_model_len": INT, "seconds": FLOAT}
+    {"op": "ready", "protocol": N, "vllm": VERSION, "max_model_len": INT, "platform": STR,
+     "engine": {the LLM kwargs used}, "seconds": FLOAT}
     {"op": "progress", "prompts": INT, "tokens": INT}       (any number, during a generate)
     {"op": "result", "outputs": [[{"token_ids", "finish_reason", "logprobs"}, ...], ...]}
-    {"op": "error", "kind": KIND, "message": ONE LINE}      (answers load or generate)
+    {"op": "error", "kind": KIND, "message": ONE LINE}      (answers load or generate; after
+                                                             a load error the worker exits)
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
-"""A generation session of the `vllm` backend: one worker process for one phase.
+"""A generation session of the `vllm` backend: worker processes for one phase.
 
 The session owns what must match the hf backend exactly (the chat template, the token ids of
-the prompt, the stop tokens, the decoded text) and leaves decoding to vLLM in the worker. Opening
-starts the worker and loads the tokenizer while the worker imports vllm; `close()` ends the
-worker and waits for it, so its memory is free before the trainer starts.
+the prompt, the stop tokens, the decoded text) and leaves decoding to vLLM in the workers.
+Opening starts the workers and loads the tokenizer while they import vllm; `close()` ends them
+and waits, so their memory is free before the trainer starts.
+
+Data parallelism is `data_parallel_size` independent replicas, one worker each, every one on its
+own slice of the GPUs (`CUDA_VISIBLE_DEVICES`, `tensor_parallel_size` devices per replica);
+prompts are split between them in order. vLLM's offline `LLM` refuses `data_parallel_size > 1`
+in one process (0.32: "not supported for single-process usage"), and replicas of a dense model
+need no communication. Seeds belong to prompts, not replicas, so the split never changes a sample.
 """
 
 from __future__ import annotations
@@ -39,11 +45,35 @@ def prompt_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x3FFFFFFF
 
 
-def worker_env(options: VLLMOptions) -> dict[str, str]:
+def worker_env(options: VLLMOptions, replica: int = 0) -> dict[str, str]:
+    """The environment of replica `replica`: ours, the `env` option, and with data parallelism
+    its own `tensor_parallel_size` devices out of the visible ones."""
     env = dict(os.environ)
     env.setdefault("VLLM_CONFIGURE_LOGGING", "1")
     env.update(options.env)
+    if options.data_parallel_size > 1:
+        tp = options.tensor_parallel_size
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        devices = ([d for d in visible.split(",") if d.strip()] if visible
+                   else [str(i) for i in range(options.data_parallel_size * tp)])
+        mine = devices[replica * tp:(replica + 1) * tp]
+        if len(mine) < tp:
+            raise VLLMError(f"data_parallel_size={options.data_parallel_size} x "
+                            f"tensor_parallel_size={tp} needs {options.data_parallel_size * tp} "
+                            f"devices; CUDA_VISIBLE_DEVICES has {len(devices)}")
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
     return env
+
+
+def shard(count: int, parts: int) -> list[range]:
+    """Split `count` items into `parts` contiguous ranges whose sizes differ by at most one."""
+    size, extra = divmod(count, parts)
+    bounds, start = [], 0
+    for part in range(parts):
+        end = start + size + (part < extra)
+        bounds.append(range(start, end))
+        start = end
+    return bounds
 
 
 class VLLMSession(loop.GenerationSession):
@@ -53,44 +83,56 @@ class VLLMSession(loop.GenerationSession):
         self.files = locate(ref)
         check_max_model_len(self.files.model, options.max_model_len)
         self.python = options.python or sys.executable
-        self._log = open(options.log, "a", encoding="utf-8") if options.log else None
-        self.worker = WorkerProcess(self.python, WORKER_MODULE, worker_env(options), log=self._log)
-        # If the caller never closes us (an exception between open and close), the worker is
-        # still stopped when this object goes away or the interpreter exits.
-        self._finalizer = weakref.finalize(self, self.worker.stop, 5.0)
-        try:
-            self.worker.send({
-                "op": "load", "protocol": protocol.PROTOCOL, "model": self.files.model,
+        load = {"op": "load", "protocol": protocol.PROTOCOL, "model": self.files.model,
                 "model_limit": position_limit(self.files.model),
                 "adapter_rank": self.files.adapter_rank, "engine": self._engine_options(),
-                "extra": options.engine_kwargs,
-            })
-            self._load_tokenizer()  # while the worker imports vllm and loads the weights
-            ready = self._expect("ready", timeout=options.startup_timeout_s)
+                "extra": options.engine_kwargs}
+        envs = [worker_env(options, r) for r in range(options.data_parallel_size)]
+        self._busy: set[int] = set()  # replicas with a request in flight (not reading stdin)
+        self._log = open(options.log, "a", encoding="utf-8") if options.log else None
+        self.workers: list[WorkerProcess] = []
+        # If the caller never closes us (an exception between open and close), the workers are
+        # still stopped when this object goes away or the interpreter exits.
+        self._finalizer = weakref.finalize(self, _stop_all, self.workers, 5.0)
+        try:
+            for env in envs:
+                worker = WorkerProcess(self.python, WORKER_MODULE, env, log=self._log)
+                self.workers.append(worker)
+                worker.send(load)
+            self._load_tokenizer()  # while the workers import vllm and load the weights
+            ready = [self._expect(w, "ready", timeout=options.startup_timeout_s)
+                     for w in self.workers]
+        except VLLMError as exc:
+            self.close()
+            if "No module named 'loop_vllm'" in str(exc):  # `python -m` found no worker
+                raise VLLMError(f"loop-vllm is not installed in {self.python}: {self.python} -m "
+                                "pip install --no-deps -e plugins/loop-vllm") from None
+            raise
         except BaseException:
             self.close()
             raise
-        self.vllm_version = ready.get("vllm")
-        self.platform = ready.get("platform")
-        self.max_model_len = ready.get("max_model_len")
-        self.engine = ready.get("engine", {})
-        self.worker_load_seconds = ready.get("seconds")
+        self.vllm_version = ready[0].get("vllm")
+        self.platform = ready[0].get("platform")
+        self.max_model_len = ready[0].get("max_model_len")
+        self.engine = ready[0].get("engine", {})
+        self.worker_load_seconds = max(r.get("seconds", 0.0) for r in ready)
         self.load_seconds = time.perf_counter() - started
+
+    @property
+    def worker(self) -> WorkerProcess:
+        """The first (with data parallelism: one of several) worker process."""
+        return self.workers[0]
 
     def _engine_options(self) -> dict[str, Any]:
         o = self.options
-        engine = {"dtype": o.dtype, "max_model_len": o.max_model_len,
-                  "gpu_memory_utilization": o.gpu_memory_utilization,
-                  "tensor_parallel_size": o.tensor_parallel_size,
-                  "enforce_eager": o.enforce_eager, "seed": o.seed,
-                  "max_lora_rank": o.max_lora_rank}
-        if o.data_parallel_size > 1:  # older vLLMs take no such keyword
-            engine["data_parallel_size"] = o.data_parallel_size
         rank = self.files.adapter_rank
         if o.max_lora_rank is not None and rank is not None and rank > o.max_lora_rank:
             raise VLLMError(f"the adapter {self.files.adapter} has LoRA rank {rank}, above "
                             f"backend.options.max_lora_rank={o.max_lora_rank}")
-        return engine
+        return {"dtype": o.dtype, "max_model_len": o.max_model_len,
+                "gpu_memory_utilization": o.gpu_memory_utilization,
+                "tensor_parallel_size": o.tensor_parallel_size,
+                "enforce_eager": o.enforce_eager, "seed": o.seed, "max_lora_rank": o.max_lora_rank}
 
     def _load_tokenizer(self) -> None:
         from transformers import AutoTokenizer
@@ -101,12 +143,12 @@ class VLLMSession(loop.GenerationSession):
         self.tokenizer = AutoTokenizer.from_pretrained(self.files.model)
         self.eos_token_ids = eos_token_ids(self.files.model, self.tokenizer)
 
-    def _expect(self, op: str, timeout: float | None = None,
+    def _expect(self, worker: WorkerProcess, op: str, timeout: float | None = None,
                 progress: Any = None) -> dict[str, Any]:
-        """Read messages until one of kind `op`; progress lines go to `progress`; an error
-        message becomes a VLLMError."""
+        """Read `worker`'s messages until one of kind `op`; progress lines go to `progress`; an
+        error message becomes a VLLMError."""
         while True:
-            message = self.worker.receive(timeout=timeout, what=f"'{op}' message")
+            message = worker.receive(timeout=timeout, what=f"'{op}' message")
             kind = message.get("op")
             if kind == op:
                 return message
@@ -124,13 +166,16 @@ class VLLMSession(loop.GenerationSession):
             if message.get("missing"):
                 return f"vllm is not installed in {self.python}: {install_hint(self.python)}"
             return f"vllm cannot be imported in {self.python} ({text}); {install_hint(self.python)}"
+        if kind == protocol.PROTOCOL_MISMATCH:
+            return text
         if kind == protocol.ENGINE:
             return f"vllm engine failed for {self.files.model}: {text}"
         return f"vllm refused the request: {text}"
 
     def encode(self, messages: list[Message]) -> list[int]:
         """The prompt's token ids through the tokenizer's chat template (as the hf backend)."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def generate(self, prompts: list[list[Message]], sampling: Sampling, progress: Any = None,
@@ -142,15 +187,34 @@ class VLLMSession(loop.GenerationSession):
             return []
         encoded = [self.encode(p) for p in prompts]
         n = sampling.n if sampling.temperature > 0 else 1  # greedy: n samples would be equal
-        self.worker.send({"op": "generate", "prompts": encoded, "adapter": self.files.adapter,
-                          "sampling": {
-                              "n": n, "temperature": sampling.temperature,
-                              "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens,
-                              "seeds": [prompt_seed(sampling.seed, i) for i in range(len(prompts))],
-                              "stop_token_ids": self.eos_token_ids}})
-        outputs = self._expect("result", progress=progress)["outputs"]
-        if len(outputs) != len(prompts):
-            raise VLLMError(f"vllm worker answered {len(outputs)} prompts of {len(prompts)}")
+        seeds = [prompt_seed(sampling.seed, i) for i in range(len(prompts))]
+        parts = [(r, w, part) for r, (w, part) in
+                 enumerate(zip(self.workers, shard(len(prompts), len(self.workers)))) if part]
+        for replica, worker, part in parts:
+            worker.send({"op": "generate", "adapter": self.files.adapter,
+                         "prompts": [encoded[i] for i in part], "sampling": {
+                             "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                             "max_tokens": sampling.max_new_tokens,
+                             "seeds": [seeds[i] for i in part],
+                             "stop_token_ids": self.eos_token_ids}})
+            self._busy.add(replica)
+        outputs: list[dict] = []
+        failure: VLLMError | None = None
+        for replica, worker, part in parts:
+            # After a failure, the other replicas' answers are still read (and dropped): left in
+            # the pipe, one would be taken for the answer to the next request.
+            try:
+                answer = self._expect(worker, "result", progress=progress)["outputs"]
+            except VLLMError as exc:  # the worker answered with an error, or is gone
+                failure = failure or exc
+                answer = None
+            self._busy.discard(replica)
+            if answer is not None and len(answer) != len(part):
+                failure = failure or VLLMError(
+                    f"vllm worker answered {len(answer)} prompts of {len(part)}")
+            outputs += answer or []
+        if failure is not None:
+            raise failure
         results = []
         for ids, samples in zip(encoded, outputs):
             gens = [Generation(text=self.tokenizer.decode(s["token_ids"], skip_special_tokens=True),
@@ -161,9 +225,24 @@ class VLLMSession(loop.GenerationSession):
         return results
 
     def close(self) -> None:
-        """Stop the worker and wait until it has exited (its memory is then free). Idempotent."""
-        self.worker.stop(self.options.close_timeout_s)
+        """Stop the workers and wait until they have exited (their memory is then free).
+        Idempotent. A worker interrupted in the middle of a request (Ctrl-C, an error in a
+        progress callback) cannot read the close message, so it gets 2 s before it is killed."""
+        timeouts = [2.0 if r in self._busy else self.options.close_timeout_s
+                    for r in range(len(self.workers))]
+        _stop_all(self.workers, timeouts)
+        self._busy.clear()
         self._finalizer.detach()
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _stop_all(workers: list[WorkerProcess], timeouts: float | list[float]) -> None:
+    """Ask every worker to exit first, then wait for each: replicas shut down together."""
+    if not isinstance(timeouts, list):
+        timeouts = [timeouts] * len(workers)
+    for worker in workers:
+        worker.request_exit()
+    for worker, timeout in zip(workers, timeouts):
+        worker.stop(timeout)

@@ -194,7 +194,8 @@ def generate(llm: Any, adapters: Adapters, request: dict[str, Any]) -> list[list
         samples = []
         for completion in sorted(output.outputs, key=lambda c: c.index):
             if completion.finish_reason not in ("stop", "length"):
-                raise RuntimeError(f"a request ended with finish_reason={completion.finish_reason!r}")
+                raise RuntimeError(
+                    f"a request ended with finish_reason={completion.finish_reason!r}")
             samples.append({"token_ids": list(completion.token_ids),
                             "finish_reason": completion.finish_reason,
                             "logprobs": sampled_logprobs(completion)})
@@ -221,8 +222,7 @@ def load(request: dict[str, Any], out) -> Any:
         return None
     on_cpu = current_platform.is_cpu()
     kwargs = engine_kwargs(request, on_cpu)
-    parallel = kwargs.get("tensor_parallel_size", 1) * kwargs.get("data_parallel_size", 1)
-    if on_cpu and parallel == 1:
+    if on_cpu and kwargs.get("tensor_parallel_size", 1) == 1:
         # In-process engine core on CPU: starts in 4-7 s instead of 27 s and decodes faster
         # (offline-stack.md §5). This process is already separate from the loop process.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

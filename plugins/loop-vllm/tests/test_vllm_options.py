@@ -3,6 +3,7 @@ one-line errors for a worker that is missing vllm or dies. Runs in the main venv
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from loop_vllm.backend import VLLMBackend, check_interpreter
 from loop_vllm.models import adapter_rank, check_max_model_len, locate
 from loop_vllm.options import VLLMOptions
 from loop_vllm.process import VLLMError
-from loop_vllm.session import prompt_seed
+from loop_vllm.session import prompt_seed, shard, worker_env
 from loop_vllm.worker import DEFAULT_LORA_RANKS, engine_kwargs, one_line
 
 
@@ -60,6 +61,8 @@ def test_max_model_len_above_the_model_limit_is_one_line(tiny_model_dir):
         backend.prepare(str(tiny_model_dir))
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None,
+                    reason="vllm is installed in this interpreter")
 def test_missing_vllm_in_the_interpreter_is_named_with_the_fix(tiny_model_dir):
     """The main venv has no vllm: prepare() says so, and so does a real worker started there."""
     with pytest.raises(VLLMError) as info:
@@ -104,10 +107,15 @@ def test_adapter_folders_are_told_apart(tiny_model_dir, tmp_path):
 def test_engine_defaults_on_cpu_and_lora_rank_rounding():
     request = {"engine": {"dtype": "float32", "max_model_len": None, "enforce_eager": None,
                           "gpu_memory_utilization": None, "max_lora_rank": None},
-               "adapter_rank": 12, "extra": {"max_num_seqs": 8}}
+               "model_limit": 8192, "adapter_rank": 12, "extra": {"max_num_seqs": 8}}
     cpu = engine_kwargs(request, on_cpu=True)
     assert cpu == {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
+                   "enable_chunked_prefill": False, "max_num_batched_tokens": 8192,
                    "enable_lora": True, "max_loras": 1, "max_lora_rank": 16, "max_num_seqs": 8}
+    short = {**request, "engine": {**request["engine"], "max_model_len": 128}}
+    assert engine_kwargs(short, on_cpu=True)["max_num_batched_tokens"] == 4096
+    chunked = {**request, "extra": {"enable_chunked_prefill": True}}
+    assert "max_num_batched_tokens" not in engine_kwargs(chunked, on_cpu=True)
     gpu = engine_kwargs({**request, "adapter_rank": None}, on_cpu=False)
     assert gpu == {"dtype": "float32", "max_num_seqs": 8}  # vLLM's own defaults on a GPU
     explicit = {**request, "engine": {"enforce_eager": False, "max_lora_rank": 64}}
@@ -126,4 +134,28 @@ def test_each_prompt_gets_its_own_seed():
 
 def test_one_line_flattens_multiline_errors():
     error = ValueError("1 validation error for ModelConfig\n  Value error, too long\n    [type=x]")
-    assert one_line(error) == "ValueError: 1 validation error for ModelConfig Value error, too long [type=x]"
+    assert one_line(error) == ("ValueError: 1 validation error for ModelConfig Value error, "
+                               "too long [type=x]")
+
+
+def test_replicas_get_their_own_devices_and_contiguous_shares():
+    assert shard(5, 2) == [range(0, 3), range(3, 5)]
+    assert shard(1, 3) == [range(0, 1), range(1, 1), range(1, 1)]
+    assert [len(r) for r in shard(10, 4)] == [3, 3, 2, 2]
+    options = VLLMOptions(data_parallel_size=2, tensor_parallel_size=2,
+                          env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
+    assert [worker_env(options, r)["CUDA_VISIBLE_DEVICES"] for r in (0, 1)] == ["4,5", "6,7"]
+    few = VLLMOptions(data_parallel_size=3, env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    with pytest.raises(VLLMError, match="needs 3 devices; CUDA_VISIBLE_DEVICES has 2"):
+        worker_env(few, 2)
+
+
+def test_an_interpreter_without_loop_vllm_is_told_how_to_install_it(tiny_model_dir, tmp_path):
+    """`python -m loop_vllm.worker` fails at once in an interpreter that lacks the package."""
+    bare = tmp_path / "python"
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")  # no site-packages
+    bare.chmod(0o755)
+    with pytest.raises(VLLMError) as info:
+        VLLMBackend().open(ModelRef(base=str(tiny_model_dir)), VLLMOptions(python=str(bare)))
+    assert str(info.value) == (f"loop-vllm is not installed in {bare}: {bare} -m pip install "
+                               "--no-deps -e plugins/loop-vllm")
