@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,6 +178,22 @@ class Component:
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def coerce_options(model: type[OptionsT], options: Any) -> OptionsT:
+    """`options` as an instance of `model`: what a component's `load`/constructor gets may be its
+    own Options (returned as is), another pydantic model or a mapping (validated, so unknown keys
+    and bad values raise pydantic's ValidationError, a ValueError), or None (the defaults)."""
+    if isinstance(options, model):
+        return options
+    if options is None:
+        return model()
+    if isinstance(options, BaseModel):
+        options = options.model_dump(exclude_unset=True)
+    return model.model_validate(options)
 
 
 class TaskSource(Component):

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import loop
 from loop.records import Task, TaskSet
 
-from loop_code._options import coerce_options
+from loop.records import coerce_options
 
 DEFAULT_SYSTEM_PROMPT = ("Write a correct Python function for the task. "
                          "Reply with only the code, in one ```python block.")

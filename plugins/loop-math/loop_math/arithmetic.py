@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 import loop
 from loop.records import Task, TaskSet
 
-from loop_math._options import coerce_options
+from loop.records import coerce_options
 
 Op = Literal["+", "-", "*"]
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import loop
 from loop.records import Task, TaskSet
 
-from loop_math._options import coerce_options
+from loop.records import coerce_options
 
 DEFAULT_SYSTEM_PROMPT = "Solve the problem step by step. End with: The answer is <number>."
 MAX_FIELD_CHARS = 100_000  # a longer question is a broken file, not a word problem

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import loop
 from loop.records import Verdict
 
-from loop_math._options import coerce_options
+from loop.records import coerce_options
 
 _FRACTION = re.compile(r"-?\d+\s*/\s*\d+")
 _SHOWN_CHARS = 100  # of an extracted answer in feedback and details

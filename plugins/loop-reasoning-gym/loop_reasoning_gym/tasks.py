@@ -20,7 +20,7 @@ import loop
 from loop.records import Task, TaskSet
 
 from loop_reasoning_gym import gym
-from loop_reasoning_gym._options import coerce_options
+from loop.records import coerce_options
 
 PREFIX = "rg:"
 

@@ -11,7 +11,7 @@ import loop
 from loop.records import Verdict
 
 from loop_reasoning_gym import gym
-from loop_reasoning_gym._options import coerce_options
+from loop.records import coerce_options
 
 _SHOWN_CHARS = 200  # of an answer or reference in feedback and details
 _SLACK = 1e-9  # a score this far outside [0, 1] is float rounding, not a broken checker
