@@ -14,6 +14,7 @@ at a time) p50/p95 for each arm, all measured in this run. Needs root for the sa
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -72,6 +73,7 @@ def main() -> int:
     parser.add_argument("--work-ms", type=float, default=100.0,
                         help="CPU milliseconds each program burns besides its tests")
     parser.add_argument("--startup", type=int, default=50, help="empty programs for start-up")
+    parser.add_argument("--json", default=None, help="also write the figures here (bench/perf.py)")
     args = parser.parse_args()
 
     items = programs(args.programs, args.work_ms)
@@ -101,6 +103,11 @@ def main() -> int:
     for arm, (wall, p50, p95) in results.items():
         print(f"| {arm} | {wall:.1f} | {len(items) / wall:.1f} | {p50:.0f} | {p95:.0f} |")
     ratio = boxed[0] / plain[0]
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "ratio": ratio, "programs": len(items), "workers": args.workers,
+            "arms": {arm: {"wall_s": wall, "startup_p50_ms": p50, "startup_p95_ms": p95}
+                     for arm, (wall, p50, p95) in results.items()}}, indent=1))
     print(f"\nsandbox / plain wall time: {ratio:.2f}x (goal <= 1.5x: "
           f"{'met' if ratio <= 1.5 else 'missed'}); start-up p95 {boxed[2]:.0f} ms "
           f"(goal <= 150 ms: {'met' if boxed[2] <= 150 else 'missed'})")

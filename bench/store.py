@@ -27,6 +27,7 @@ call with the same PATH (queries only).
 from __future__ import annotations
 
 import argparse
+import json
 import contextlib
 import os
 import random
@@ -245,6 +246,10 @@ class Builder:
         if idx > 0:
             self.train_round(run_id, idx, shape, train_pool, easiness, favourite, skill)
         self.evaluate(run_id, idx, eval_tasks, easiness, skill)
+        from loop.search_index import refresh
+
+        with self.timer("search index"):  # the engine brings it up to date after each round
+            refresh(store.db)
         self.commit("done", lambda: store.mark_stage(run_id, idx, "done", {}))
         round_summary(store, run_id, idx)  # the engine's end-of-round summary (caches counts)
 
@@ -258,23 +263,30 @@ class Builder:
             run_id, idx, "select", {"seconds": 0.1, "count": len(chosen)}))
         outcomes: list[Outcome] = []
 
+        # The answers exist before the stage commits (the engine samples, then writes): making
+        # the synthetic ones is not part of the timed write.
+        batches = []
+        for start in range(0, len(chosen), 1000):
+            batch = []
+            for task in chosen[start:start + 1000]:
+                p = min(0.97, skill * (0.3 + 1.4 * easiness[task.id]))
+                for k in range(SAMPLES):
+                    attempt, outcome = self.attempt(run_id, idx, task, "train", k,
+                                                    self.status(p, favourite[task.id]))
+                    batch.append(attempt)
+                    outcomes.append(outcome)
+            batches.append(batch)
+
         def generate() -> None:
-            for start in range(0, len(chosen), 1000):
-                batch = []
-                for task in chosen[start:start + 1000]:
-                    p = min(0.97, skill * (0.3 + 1.4 * easiness[task.id]))
-                    for k in range(SAMPLES):
-                        attempt, outcome = self.attempt(run_id, idx, task, "train", k,
-                                                        self.status(p, favourite[task.id]))
-                        batch.append(attempt)
-                        outcomes.append(outcome)
+            for batch in batches:
                 self.insert_attempts(batch)
             tokens = len(outcomes) * 20
             store.mark_stage(run_id, idx, "generate", {"seconds": tokens / 150,
                                                        "count": len(outcomes), "tokens": tokens})
 
         self.commit("generate", generate)
-        self.commit("verify", lambda: self.verify(run_id, idx, "verify", outcomes))
+        verdicts = self.verdict_rows(outcomes)
+        self.commit("verify", lambda: self.verify(run_id, idx, "verify", verdicts))
 
         repairs: list[Outcome] = []
         repair_attempts = []
@@ -300,9 +312,11 @@ class Builder:
                 if status not in ("pass", "infra"):
                     frontier.append(outcome)
 
+        repair_verdicts = self.verdict_rows(repairs)
+
         def refine() -> None:
             self.insert_attempts(repair_attempts)
-            self.verify(run_id, idx, None, repairs)
+            self.verify(run_id, idx, None, repair_verdicts)
             self._insert_critiques(critiques)
             store.mark_stage(run_id, idx, "refine", {
                 "seconds": len(repairs) / 100, "count": len(repairs),
@@ -311,9 +325,10 @@ class Builder:
         self.commit("refine", refine)
         every = outcomes + repairs
 
+        rows = [(o.id, "binary", None if o.status == "infra" else float(o.status == "pass"))
+                for o in every]
+
         def reward() -> None:
-            rows = [(o.id, "binary", None if o.status == "infra" else float(o.status == "pass"))
-                    for o in every]
             store.insert_rewards(rows)
             self.counts["rewards"] += len(rows)
             store.mark_stage(run_id, idx, "reward", {"seconds": 0.5, "count": len(rows)})
@@ -338,8 +353,11 @@ class Builder:
             store.mark_stage(run_id, idx, "train", {"seconds": 60.0, "count": 100},
                              model_out=adapter)))
 
-    def verify(self, run_id, idx, stage, outcomes: list[Outcome]) -> None:
-        rows = [(o.id, "math", verdict_for(o), 0.3) for o in outcomes]
+    @staticmethod
+    def verdict_rows(outcomes: list[Outcome]) -> list[tuple]:
+        return [(o.id, "math", verdict_for(o), 0.3) for o in outcomes]
+
+    def verify(self, run_id, idx, stage, rows: list[tuple]) -> None:
         self.store.insert_verdicts(rows)
         self.counts["verdicts"] += len(rows)
         if stage:
@@ -359,9 +377,11 @@ class Builder:
             batch.append(attempt)
             outcomes.append(outcome)
 
+        verdicts = self.verdict_rows(outcomes)
+
         def write() -> None:
             self.insert_attempts(batch)
-            self.verify(run_id, idx, None, outcomes)
+            self.verify(run_id, idx, None, verdicts)
             passed = sum(o.status == "pass" for o in outcomes)
             truncated = sum(o.status == "truncated" for o in outcomes)
             self.store.record_evaluation(run_id, idx, "eval", len(outcomes), passed, truncated,
@@ -507,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--db", type=Path, default=None,
                         help="keep the store here; an existing one is reused (queries only)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures here (bench/perf.py reads them)")
     args = parser.parse_args(argv)
     if args.attempts < 100 or args.rounds < 1:
         parser.error("--attempts must be >= 100 and --rounds >= 1")
@@ -527,9 +549,25 @@ def main(argv: list[str] | None = None) -> int:
         built = build(db_path, args.attempts, args.rounds, args.seed)
     results = time_queries(db_path, args.repeat)
     report(db_path, args, built, results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures(built, results), indent=1))
     if folder is not None:
         folder.cleanup()
     return 0
+
+
+def figures(built: dict | None, results) -> dict:
+    """The figures as data: insert rates (attempts/s, wall and CPU) and each query's median."""
+    out: dict[str, Any] = {"insert_goal": INSERT_GOAL, "query_goal_ms": QUERY_GOAL_MS,
+                           "queries": [{"name": name, "first_ms": first, "median_ms": median,
+                                        "rows": count} for name, first, median, count in results]}
+    if built is not None:
+        timer, attempts = built["timer"], built["counts"]["attempts"]
+        out["attempts"] = attempts
+        out["insert"] = {key: {"wall": attempts / timer.seconds[key],
+                               "cpu": attempts / timer.cpu[key]}
+                         for key in ("insert_attempts", "write stages", "search index")}
+    return out
 
 
 def _load() -> str:
@@ -560,7 +598,9 @@ def report(db_path: Path, args, built: dict | None, results) -> None:
               f"{timer.seconds['mistake log']:.1f} s for {sizes['mistakes']:,} mistakes")
         for key, label in (("insert_attempts", "Store.insert_attempts"),
                            ("write stages", "a round's rows, committed (attempts, verdicts, "
-                                            "critiques, rewards)")):
+                                            "critiques, rewards)"),
+                           ("search index", "search index brought up to date after each round "
+                                            "(loop.search_index)")):
             for clock, seconds in (("", timer.seconds[key]), (" (CPU time)", timer.cpu[key])):
                 rate = counts["attempts"] / seconds
                 rows.append((label + clock, f"{rate:,.0f} attempts/s", f">= {INSERT_GOAL:,.0f}/s",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from loop.search_index import refresh as refresh_search_index
 from loop.store import Store
 
 
@@ -91,6 +92,7 @@ def _text_candidates(store: Store, query: str) -> list[int] | None:
     newest first, while a rare one would make that read go through the whole run."""
     if len(query) < 3:
         return None
+    refresh_search_index(store.db)  # index what was written since the last round ended
     answers = _trigram_rowids(store, "attempts_fts", query)
     feedback = _trigram_rowids(store, "verdicts_fts", query)
     if answers is None or feedback is None:

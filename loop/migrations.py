@@ -417,3 +417,45 @@ def _trigram_index(db: Database, table: str, columns: list[str]) -> None:
                f"insert into {fts}({fts}, rowid, {names}) values ('delete', old.rowid, {old}); "
                f"insert into {fts}(rowid, {names}) values (new.rowid, {new}); end")
     db.execute(f"insert into {fts}({fts}) values ('rebuild')")  # rows stored before m006
+
+
+@migrations()
+def m007_run_resumes(db: Database) -> None:
+    # How often `loop resume` continued the run: a resumed run's created-to-finished span holds
+    # the time it lay dead, so `loop show` does not count that span as the run's own time.
+    db["runs"].add_column("resumes", int, not_null_default=0)
+
+
+# Trigram indexes brought up to date in bulk (loop.search_index) instead of by a trigger per
+# inserted row: indexing an answer's trigrams cost more than the rest of writing it
+# (bench/store.py). The triggers of m006 go for answers and feedback (the mistake log, updated in
+# place row by row, keeps its own). `search_index` records per index how far it has indexed its
+# table (rowids above are not indexed yet) and whether a row it had indexed was deleted or changed
+# since (then the next refresh rebuilds it).
+LAZY_SEARCH = (("attempts", ("completion",)), ("verdicts", ("feedback",)))
+
+
+@migrations()
+def m008_search_index_off_the_write_path(db: Database) -> None:
+    db.execute("create table if not exists search_index (fts text primary key, "
+               "indexed_rowid integer not null default 0, stale integer not null default 0)")
+    for table, columns in LAZY_SEARCH:
+        fts = f"{table}_fts"
+        for suffix in ("ai", "ad", "au"):
+            db.execute(f"drop trigger if exists {fts}_{suffix}")
+        db.execute("insert or replace into search_index (fts, indexed_rowid, stale) values "
+                   f"(?, (select coalesce(max(rowid), 0) from {table}), 0)", [fts])
+        indexed = f"(select indexed_rowid from search_index where fts = '{fts}')"
+        mark = f"update search_index set stale = 1 where fts = '{fts}';"
+        db.execute(f"create trigger {fts}_stale_ad after delete on {table} "
+                   f"when old.rowid <= {indexed} begin {mark} end")
+        db.execute(f"create trigger {fts}_stale_au after update of {', '.join(columns)} on "
+                   f"{table} when old.rowid <= {indexed} begin {mark} end")
+
+
+@migrations()
+def m009_binary_logprobs(db: Database) -> None:
+    # Log-probabilities as little-endian float32 (what the model computed, bit for bit) instead
+    # of JSON text: formatting ~60 floats was most of the time of writing an answer, and the
+    # blob is a quarter of the size. Rows written before keep their logprobs_json.
+    db["attempts"].add_column("logprobs_f32", bytes)

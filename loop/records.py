@@ -213,6 +213,15 @@ class Backend(Component):
 
 
 class GenerationSession:
+    """One loaded model. Optional, for the per-stage time breakdown of `loop show`: a session may
+    set `load_seconds` (opening it: loading weights, merging an adapter, starting workers) and
+    `model_seconds` (the part of `generate` calls spent in the model itself, tokenizing and
+    detokenizing excluded); the engine records both with the stage, and counts what they leave
+    out as loop's own overhead."""
+
+    load_seconds: float | None = None
+    model_seconds: float | None = None
+
     def generate(self, prompts: list[list[Message]], sampling: Sampling,
                  progress: Any = None) -> list[list[Generation]]:  # pragma: no cover
         raise NotImplementedError

@@ -43,6 +43,7 @@ from loop.failpoints import failpoint
 from loop.isolation import PluginFailure, call_plugin
 from loop.refine import EngineCriticContext, critic_view, model_failure, repair_messages
 from loop.selection import choose_prompts, with_hint
+from loop.search_index import refresh as refresh_search_index
 from loop.store import Store
 
 # Attempts handed to a verifier's verify_batch at once: enough to keep parallel workers busy,
@@ -141,6 +142,8 @@ class RoundEngine:
         row = self.store.ensure_round(self.run_id, idx, model_in)
         if row["stage"] == "done":
             return self.summary(idx)
+        clock = time.perf_counter()
+        resumed = bool(self._done_stages(idx))  # then this clock sees only part of the round
         self._notify("round_started", run_id=self.run_id, round_index=idx, config=self.config)
         failpoint("round.start")
         stages = ROUND0_STAGES if idx == 0 else TRAIN_STAGES
@@ -149,8 +152,10 @@ class RoundEngine:
                 continue
             getattr(self, f"stage_{stage}")(idx)
         failpoint("round.before_done")
+        refresh_search_index(self.store.db)  # the round's answers become searchable
         with self.store.transaction():
-            self.store.mark_stage(self.run_id, idx, "done", {})
+            self.store.mark_stage(self.run_id, idx, "done", {
+                "seconds": time.perf_counter() - clock, "resumed": resumed})
         failpoint("round.after_done")
         summary = self.summary(idx)
         self.reporter.round_done(summary)
@@ -242,6 +247,7 @@ class RoundEngine:
         critique_rows: list[tuple[str, Critique]] = []
         per_turn: list[dict[str, int]] = []
         sessions: list[Any] = []
+        verify_seconds = 0.0
 
         def policy():  # opened on first use: a round with nothing to repair loads no model
             if not sessions:
@@ -289,8 +295,10 @@ class RoundEngine:
                             model_ref=str(model), seed=sampling.seed)
                     for parent, prompt, out in zip(frontier, prompts, outputs)
                 ]
+                verifying = time.perf_counter()
                 rows = self._verify(idx, children, f"refine {depth}", tasks=tasks,
                                     show=False)
+                verify_seconds += time.perf_counter() - verifying
                 for attempt_id, name, verdict, _ in rows:
                     verdicts.setdefault(attempt_id, {})[name] = verdict
                 new_attempts += children
@@ -309,7 +317,8 @@ class RoundEngine:
                 "seconds": time.perf_counter() - started, "count": len(new_attempts),
                 "tokens": sum(a.completion_tokens for a in new_attempts),
                 "repaired": sum(t["repaired"] for t in per_turn), "turns": per_turn,
-                "critiques": len(critique_rows)})
+                "critiques": len(critique_rows), "verify_seconds": verify_seconds,
+                **(session_timing(sessions[0]) if sessions else {})})
 
     def _critique(self, idx: int, failed: list[Attempt], tasks: dict[str, Task],
                   verdicts: dict[str, dict[str, Verdict]],
@@ -451,7 +460,8 @@ class RoundEngine:
                                      model_out if result else None, sha, seconds)
             self.store.mark_stage(self.run_id, idx, "train",
                                   {"seconds": seconds, "count": size,
-                                   "tokens": int(metrics.get("train_tokens", 0))},
+                                   "tokens": int(metrics.get("train_tokens", 0)),
+                                   **reported_timing(metrics)},
                                   model_out=model_out)
 
     def _launched_update(self, context: UpdateContext) -> UpdateResult:
@@ -475,6 +485,7 @@ class RoundEngine:
         started = time.perf_counter()
         by_task = {t.id: t for t in eval_tasks}
         rows = self._verify(idx, attempts, "evaluate", tasks=by_task, show=False)
+        stats["verify_seconds"] = time.perf_counter() - started
         verdicts: dict[str, dict[str, Verdict]] = {}
         for attempt_id, name, verdict, _ in rows:
             verdicts.setdefault(attempt_id, {})[name] = verdict
@@ -550,6 +561,7 @@ class RoundEngine:
             finally:
                 session.close()
         seconds = time.perf_counter() - started
+        timing = session_timing(session)
         attempts = []
         for task, samples in zip(tasks, generations):
             for k, g in enumerate(samples):
@@ -563,7 +575,7 @@ class RoundEngine:
                 ))
         tokens = sum(a.completion_tokens for a in attempts)
         stats = {"seconds": seconds, "count": len(attempts), "tokens": tokens,
-                 "truncated": sum(a.finish_reason == "length" for a in attempts)}
+                 "truncated": sum(a.finish_reason == "length" for a in attempts), **timing}
         return attempts, stats
 
     def _verify(self, idx: int, attempts: list[Attempt], stage: str,
@@ -631,6 +643,24 @@ class RoundEngine:
         from loop.summary import round_summary
 
         return round_summary(self.store, self.run_id, idx)
+
+
+def session_timing(session: Any) -> dict[str, float]:
+    """A generation session's own `load_seconds`/`model_seconds`, where it reports them."""
+    return reported_timing({k: getattr(session, k, None) for k in ("load_seconds", "model_seconds")})
+
+
+def reported_timing(reported: dict) -> dict[str, float]:
+    """The time split a component reports (a session's attributes, an updater's metrics):
+    `load_seconds` (loading the model) and `model_seconds` (in the model; an updater's
+    `train_seconds`, the time inside its optimizer loop). Missing or bad values are left out."""
+    timing = {}
+    for key, source in (("load_seconds", "load_seconds"), ("model_seconds", "model_seconds"),
+                        ("model_seconds", "train_seconds")):
+        value = _finite(reported.get(source))
+        if value is not None and value >= 0 and key not in timing:
+            timing[key] = value
+    return timing
 
 
 def safe_verify_batch(chosen: Any, items: list[tuple[Task, Attempt]],

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import sys
+from array import array
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -21,6 +23,12 @@ from loop.migrations import migrations
 from loop.records import Attempt, Critique, Task, Verdict, stable_id
 
 STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+ATTEMPT_COLUMNS = ("id", "run_id", "round_idx", "task_id", "purpose", "sample_index", "parent_id",
+                   "depth", "messages_json", "completion", "completion_raw", "token_ids_json",
+                   "prompt_tokens", "completion_tokens", "finish_reason", "logprobs_f32",
+                   "model_ref", "seed", "created")
 
 
 class StoreError(Exception):
@@ -38,6 +46,35 @@ def _json(value: Any) -> str | None:
     if not _encodable(text):  # lone surrogates: JSON's \u escapes keep them, losslessly
         text = json.dumps(value, ensure_ascii=True)
     return text
+
+
+def _json_ints(values: list | None) -> str | None:
+    """Token ids as JSON: the C encoder straight away (ids are ASCII: no UTF-8 check)."""
+    if values is None:
+        return None
+    if all(type(v) is int for v in values):
+        return json.dumps(values)
+    return _json(values)
+
+
+def pack_logprobs(values: list[float] | None) -> bytes | None:
+    """Log-probabilities as little-endian float32, the `attempts.logprobs_f32` format (exact for
+    what fp32/bf16/fp16 models compute; a float64 value keeps float32 precision)."""
+    if values is None:
+        return None
+    packed = array("f", values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_logprobs(blob: bytes) -> list[float]:
+    """The inverse of `pack_logprobs`."""
+    values = array("f")
+    values.frombytes(blob)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
 
 
 def _encodable(text: str) -> bool:
@@ -65,6 +102,10 @@ def open_db(path: str | Path | None = None, pm: Any = None, memory: bool = False
         path.parent.mkdir(parents=True, exist_ok=True)
         db = Database(path)
         db.enable_wal()
+        # WAL + NORMAL: a commit is not fsynced until the next checkpoint. A killed process loses
+        # nothing (the WAL is in the OS's hands); a power cut may lose the last commits, never
+        # consistency, and `loop resume` redoes those stages. FULL cost an fsync per stage.
+        db.execute("pragma synchronous = normal")
     db.execute("pragma foreign_keys = on")
     db.execute("pragma busy_timeout = 5000")
     migrations.apply(db)
@@ -139,6 +180,10 @@ class Store:
 
     def list_runs(self) -> list[dict]:
         return list(self.db["runs"].rows_where(order_by="created"))
+
+    def note_resume(self, run_id: str) -> None:
+        """Count one more `loop resume` of the run (its wall-clock span is no longer its own)."""
+        self.db.execute("update runs set resumes = resumes + 1 where id = ?", [run_id])
 
     def set_run_status(self, run_id: str, status: str, error: str | None = None) -> None:
         assert status in STATUSES, status
@@ -272,19 +317,25 @@ class Store:
             "resolved_round is null group by task_id", [run_id]).fetchall()
         return {task_id: int(count) for task_id, count in rows}
 
+    def _insert_many(self, table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
+        """INSERT OR IGNORE of positional rows through one prepared statement: the write path of
+        every stage (sqlite-utils' insert_all re-inspects each value and rebuilds its statement
+        per chunk, which was most of the time of a stage's commit: bench/store.py)."""
+        sql = (f"insert or ignore into [{table}] ({', '.join(f'[{c}]' for c in columns)}) "
+               f"values ({', '.join('?' * len(columns))})")
+        if self.db.conn.in_transaction:  # a stage's commit (Store.transaction)
+            self.db.conn.executemany(sql, rows)
+            return
+        with self.db.conn:  # on its own: its own transaction, committed here
+            self.db.conn.executemany(sql, rows)
+
     def insert_attempts(self, attempts: Iterable[Attempt]) -> None:
         now = utcnow()
-        self.db["attempts"].insert_all(
-            ({"id": a.id, "run_id": a.run_id, "round_idx": a.round_index, "task_id": a.task_id,
-              "purpose": a.purpose, "sample_index": a.sample_index, "parent_id": a.parent_id,
-              "depth": a.depth, "messages_json": _json(a.messages),
-              **dict(zip(("completion", "completion_raw"), _text_and_raw(a.completion))),
-              "token_ids_json": _json(a.token_ids), "prompt_tokens": a.prompt_tokens,
-              "completion_tokens": a.completion_tokens, "finish_reason": a.finish_reason,
-              "logprobs_json": _json(a.logprobs), "model_ref": a.model_ref, "seed": a.seed,
-              "created": now} for a in attempts),
-            ignore=True, batch_size=1000,
-        )
+        self._insert_many("attempts", ATTEMPT_COLUMNS, (
+            (a.id, a.run_id, a.round_index, a.task_id, a.purpose, a.sample_index, a.parent_id,
+             a.depth, _json(a.messages), *_text_and_raw(a.completion), _json_ints(a.token_ids),
+             a.prompt_tokens, a.completion_tokens, a.finish_reason, pack_logprobs(a.logprobs),
+             a.model_ref, a.seed, now) for a in attempts))
 
     def attempts(self, run_id: str, round_idx: int, purpose: str) -> list[Attempt]:
         rows = self.db["attempts"].rows_where(
@@ -303,7 +354,8 @@ class Store:
                         if r.get("completion_raw") is not None else r["completion"]),
             token_ids=json.loads(r["token_ids_json"] or "[]"), prompt_tokens=r["prompt_tokens"],
             completion_tokens=r["completion_tokens"], finish_reason=r["finish_reason"],
-            logprobs=json.loads(r["logprobs_json"]) if r["logprobs_json"] else None,
+            logprobs=(unpack_logprobs(r["logprobs_f32"]) if r.get("logprobs_f32") is not None
+                      else json.loads(r["logprobs_json"]) if r["logprobs_json"] else None),
             model_ref=r["model_ref"] or "", seed=r["seed"] or 0,
         )
 
@@ -311,13 +363,12 @@ class Store:
 
     def insert_verdicts(self, rows: Iterable[tuple[str, str, Verdict, float]]) -> None:
         """rows: (attempt_id, verifier name, verdict, duration_ms)."""
-        self.db["verdicts"].insert_all(
-            ({"id": stable_id(attempt_id, verifier), "attempt_id": attempt_id, "verifier": verifier,
-              "passed": int(v.passed), "score": v.score, "error_kind": v.error_kind,
-              "mistake": v.mistake, "feedback": v.feedback, "details_json": _json(v.details),
-              "duration_ms": ms} for attempt_id, verifier, v, ms in rows),
-            ignore=True, batch_size=1000,
-        )
+        self._insert_many("verdicts", ("id", "attempt_id", "verifier", "passed", "score",
+                                       "error_kind", "mistake", "feedback", "details_json",
+                                       "duration_ms"), (
+            (stable_id(attempt_id, verifier), attempt_id, verifier, int(v.passed), v.score,
+             v.error_kind, v.mistake, v.feedback, _json(v.details), ms)
+            for attempt_id, verifier, v, ms in rows))
 
     def verdicts(self, attempt_ids: Iterable[str]) -> dict[str, dict[str, Verdict]]:
         """attempt id -> {verifier: Verdict}."""
@@ -332,18 +383,14 @@ class Store:
         return out
 
     def insert_rewards(self, rows: Iterable[tuple[str, str, float | None]]) -> None:
-        self.db["rewards"].insert_all(
-            ({"attempt_id": a, "reward_fn": fn, "value": value} for a, fn, value in rows),
-            ignore=True, batch_size=1000,
-        )
+        self._insert_many("rewards", ("attempt_id", "reward_fn", "value"), rows)
 
     def insert_critiques(self, rows: Iterable[tuple[str, Critique]]) -> None:
         """(attempt id, critique) pairs; one row per attempt and critic."""
-        self.db["critiques"].insert_all(
-            ({"id": stable_id(attempt_id, c.critic), "attempt_id": attempt_id, "critic": c.critic,
-              "kind": c.kind, "text": c.text, "created": utcnow()} for attempt_id, c in rows),
-            ignore=True, batch_size=1000,
-        )
+        now = utcnow()
+        self._insert_many("critiques", ("id", "attempt_id", "critic", "kind", "text", "created"), (
+            (stable_id(attempt_id, c.critic), attempt_id, c.critic, c.kind, c.text, now)
+            for attempt_id, c in rows))
 
     def critiques(self, attempt_ids: Iterable[str]) -> dict[str, list[Critique]]:
         """attempt id -> its critiques, in critic order of insertion."""

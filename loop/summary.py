@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 
 from loop.store import Store
+from loop.timing import round_time, run_time
 
-TIMED_STAGES = ("select", "generate", "verify", "reward", "mistakes", "train", "evaluate")
+TIMED_STAGES = ("select", "generate", "verify", "refine", "reward", "mistakes", "train",
+                "evaluate")
 
 
 def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = None,
@@ -53,6 +55,7 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
                  "truncated_share": ev["truncated_share"] if ev else None,
                  "mean_completion_tokens": ev["mean_completion_tokens"] if ev else None},
         "timings": timings,
+        "time": round_time(stages),
         "tokens_per_s": tokens_per_s,
         "errors": errors.get(idx, dict(NO_ERRORS)),
         "update": None if update is None else {
@@ -111,6 +114,22 @@ def run_summary(store: Store, run: dict) -> dict:
     return {
         "run": {"id": run["id"], "name": run["name"], "status": run["status"],
                 "task": run["task"], "model": run["model"], "created": run["created"],
-                "finished": run["finished"], "error": run["error"]},
+                "finished": run["finished"], "error": run["error"],
+                "resumes": run.get("resumes") or 0},
         "rounds": rounds,
+        "time": run_time([r["time"] for r in rounds], _run_wall(run)),
     }
+
+
+def _run_wall(run: dict) -> float | None:
+    """Seconds from the run's creation to its finish, for a run that finished in one go (a
+    resumed run's span includes the time it lay dead)."""
+    from datetime import datetime
+
+    if run.get("status") != "finished" or not run.get("finished") or run.get("resumes"):
+        return None
+    try:
+        span = datetime.fromisoformat(run["finished"]) - datetime.fromisoformat(run["created"])
+    except (TypeError, ValueError):
+        return None
+    return span.total_seconds()

@@ -218,9 +218,12 @@ def test_a_store_from_before_m005_is_upgraded_on_open(tmp_path):
     task = _task("What is 1+1?", "2")
     before.upsert_tasks([task])
     before.ensure_round("r", 1, None)
-    attempt = Attempt(id="a1", run_id="r", round_index=1, task_id=task.id, purpose="train",
-                      sample_index=0, messages=[], completion="2")
-    before.insert_attempts([attempt])
+    # the row as the store of that time wrote it (today's Store writes today's columns)
+    old["attempts"].insert({"id": "a1", "run_id": "r", "round_idx": 1, "task_id": task.id,
+                            "purpose": "train", "sample_index": 0, "depth": 0,
+                            "messages_json": "[]", "completion": "2", "token_ids_json": "[]",
+                            "prompt_tokens": 1, "completion_tokens": 1,
+                            "finish_reason": "stop", "logprobs_json": "[-0.5]"})
     before.insert_verdicts([("a1", "math", Verdict(passed=True, score=1.0), 1.0)])
     old_columns = [c.name for c in old["accuracy_per_round"].columns]
     old.conn.close()
@@ -235,6 +238,7 @@ def test_a_store_from_before_m005_is_upgraded_on_open(tmp_path):
     assert set(old_columns) <= set(row)  # columns were added, none taken away
     assert (row["train_attempts"], row["train_passed"], row["train_pass_rate"]) == (1, 1, 1.0)
     assert next(db.query("select passed from attempt_results"))["passed"] == 1
+    assert Store(db).attempts("r", 1, "train")[0].logprobs == [-0.5]  # read from the old column
 
 
 def _canned(store, name, **params):

@@ -125,11 +125,29 @@ def test_loop_run_end_to_end_on_tiny_model(tmp_path, weak_adder_dir, tiny_task_f
     assert [e["pass_at_1"] for e in events if e["event"] == "finished"] == [
         r["eval"]["pass_at_1"] for r in data["rounds"]]
 
+    # Where the time went: the backend's and the trainer's own clocks split each stage into
+    # work and overhead; the round's clock covers its stages and the gaps between them.
+    for r in data["rounds"]:
+        time = r["time"]
+        stages = time["stages"]
+        assert time["wall_seconds"] >= sum(s["seconds"] for s in stages.values()) - 1e-6
+        assert time["overhead_seconds"] == pytest.approx(
+            time["wall_seconds"] - time["work_seconds"], abs=1e-3)
+        assert 0 < time["overhead_share"] < 1
+        sampled = ["evaluate"] + (["generate", "train"] if r["index"] else [])
+        for name in sampled:
+            stage = stages[name]
+            assert stage["reported"] and 0 < stage["work_seconds"] <= stage["seconds"], name
+            assert stage["load_seconds"] > 0, name
+    assert data["run"]["resumes"] == 0
+    assert data["time"]["wall_seconds"] >= data["time"]["rounds_seconds"] > 0
+
     listed = CliRunner().invoke(app, ["runs", "--db", str(db), "--json"])
     assert json.loads(listed.output) == [{"id": run["id"], "name": "e2e", "status": "finished",
                                           "task": "arithmetic", "created": run["created"]}]
     table = CliRunner().invoke(app, ["show", run["id"][:10], "--db", str(db)])
     assert table.exit_code == 0 and "pass@1" in table.output
+    assert "where the time went" in table.output and "overhead" in table.output
     assert f"{data['rounds'][2]['eval']['pass_at_1']:.3f}" in table.output
 
 

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from loop.cli import app
 from loop.config import LoopConfig
 from loop.records import Attempt, Critique, Task, Verdict
+from loop.store import unpack_logprobs
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ["jsonl", "parquet", "hf"]
@@ -270,9 +271,10 @@ def test_updater_rows_follow_each_method_and_the_runs_options(hand_db, tmp_path)
     assert len(grpo) == 2 * len(groups) == 2 and all(g.startswith("1:") for g in groups)
     conn = sqlite3.connect(hand_db)
     for row in grpo:
-        stored = conn.execute("select logprobs_json from attempts where id = ?",
+        stored = conn.execute("select logprobs_f32 from attempts where id = ?",
                               [row["attempt_id"]]).fetchone()[0]
-        assert row["logprob_sum"] == (None if stored is None else math.fsum(json.loads(stored)))
+        assert row["logprob_sum"] == (None if stored is None
+                                      else math.fsum(unpack_logprobs(stored)))
         assert row["reward_binary"] in (0.0, 1.0)
     assert any(r["logprob_sum"] is None for r in grpo) and any(r["logprob_sum"] for r in grpo)
     redi = export("redi")  # keeps all-equal groups too

@@ -5,6 +5,7 @@ the no-op resume of a finished run. Runs are real `loop` processes on the tiny m
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -132,6 +133,10 @@ def test_kill_at_fail_point_then_resume_loses_and_duplicates_nothing(point, refe
     assert "which is gone: taking over" in resumed.stdout
     assert snapshot(tmp_path / "loop.db") == reference
     assert_consistent(tmp_path)
+    # The run's created-to-finished span now holds the time it lay dead: `loop show` knows.
+    shown = json.loads(loop_cli(["show", "chaos", "--db", db, "--json"]).stdout)
+    assert shown["run"]["resumes"] == 1
+    assert shown["time"]["outside_rounds_seconds"] == 0.0
 
 
 def test_resume_of_finished_run_is_a_noop(weak_adder_dir, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import sqlite_utils
 
@@ -12,7 +15,7 @@ from loop.store import Store, StoreError, open_db
 EXPECTED_COLUMNS = {
     "runs": {"id": str, "name": str, "task": str, "model": str, "status": str, "config_json": str,
              "seed": int, "rounds_planned": int, "versions_json": str, "git_sha": str,
-             "run_dir": str, "error": str, "created": str, "finished": str},
+             "run_dir": str, "error": str, "created": str, "finished": str, "resumes": int},
     "rounds": {"id": str, "run_id": str, "idx": int, "stage": str, "stages_json": str,
                "model_in": str, "model_out": str, "summary_json": str, "started": str,
                "finished": str},
@@ -22,7 +25,8 @@ EXPECTED_COLUMNS = {
                  "sample_index": int, "parent_id": str, "depth": int, "messages_json": str,
                  "completion": str, "token_ids_json": str, "prompt_tokens": int,
                  "completion_tokens": int, "finish_reason": str, "logprobs_json": str,
-                 "model_ref": str, "seed": int, "created": str, "completion_raw": bytes},
+                 "model_ref": str, "seed": int, "created": str, "completion_raw": bytes,
+                 "logprobs_f32": bytes},
     "verdicts": {"id": str, "attempt_id": str, "verifier": str, "passed": int, "score": float,
                  "error_kind": str, "mistake": str, "feedback": str, "details_json": str,
                  "duration_ms": float},
@@ -38,6 +42,7 @@ EXPECTED_COLUMNS = {
                     "mean_completion_tokens": float, "seconds": float, "created": str},
     "critiques": {"id": str, "attempt_id": str, "critic": str, "kind": str, "text": str,
                   "created": str},
+    "search_index": {"fts": str, "indexed_rowid": int, "stale": int},
 }
 FTS_TABLES = {f"{table}_fts{part}" for table in ("critiques", "attempts", "verdicts", "mistakes")
               for part in ("", "_data", "_idx", "_config")} | {"critiques_fts_docsize"}
@@ -67,7 +72,8 @@ def test_migrate_is_idempotent(tmp_path):
     applied = [m.name for m in migrations.applied(db)]
     assert applied == ["m001_create_core_tables", "m002_create_views", "m003_add_completion_raw",
                        "m004_create_critiques", "m005_read_side_indexes_and_views",
-                       "m006_text_search_and_held_out_index"]
+                       "m006_text_search_and_held_out_index", "m007_run_resumes",
+                       "m008_search_index_off_the_write_path", "m009_binary_logprobs"]
     assert db.journal_mode == "wal"
 
 
@@ -119,12 +125,20 @@ def test_attempt_round_trips_losslessly_and_inserts_are_idempotent(store):
                       round_index=1, task_id=task.id, purpose="train", sample_index=0,
                       messages=[*task.prompt, {"role": "assistant", "content": raw}],
                       completion=raw, token_ids=[5, 0, 49151], prompt_tokens=3,
-                      completion_tokens=3, finish_reason="length", logprobs=[-0.1, -2.5, -0.0])
+                      completion_tokens=3, finish_reason="length",
+                          # what an fp32 model computes (float32 values) round-trips bit for bit
+                          logprobs=[float(np.float32(-0.1)), -2.5, -0.0])
     store.insert_attempts([attempt])
     store.insert_attempts([attempt])  # a re-run of the stage: no duplicate
     got = store.attempts("r1", 1, "train")
     assert got == [attempt]
     assert store.db["attempts"].count == 1
+    assert math.copysign(1, got[0].logprobs[2]) == -1  # even the sign of -0.0
+    # A float64 log-probability (an API's JSON) keeps float32 precision: 7 significant digits.
+    wide = attempt.model_copy(update={"id": "wide", "logprobs": [-0.1, -1 / 3]})
+    store.insert_attempts([wide])
+    back = next(a for a in store.attempts("r1", 1, "train") if a.id == "wide").logprobs
+    assert back == pytest.approx([-0.1, -1 / 3], rel=1e-7) and back != [-0.1, -1 / 3]
     store.insert_verdicts([(attempt.id, "v", Verdict(passed=False, mistake="format"), 1.0)] * 2)
     assert store.db["verdicts"].count == 1
     assert store.verdicts([attempt.id])[attempt.id]["v"].mistake == "format"

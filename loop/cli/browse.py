@@ -39,7 +39,11 @@ def datasette(
     if importlib.util.find_spec("datasette") is None:
         fail("datasette is not installed: pip install datasette")
     path = db_path(db)
-    open_store(path).db.conn.close()  # exists? then migrate: the views must be there to serve
+    from loop.search_index import refresh
+
+    store = open_store(path)  # exists? then migrate: the views must be there to serve
+    refresh(store.db)  # and the search indexes hold every answer (loop.search_index)
+    store.db.conn.close()
     with tempfile.TemporaryDirectory(prefix="loop-datasette-") as folder:
         metadata_file = Path(folder) / "metadata.json"
         metadata_file.write_text(json.dumps(metadata_for(path), indent=1), encoding="utf-8")

@@ -133,3 +133,33 @@ def rounds_table(data: dict) -> Table:
             f"{sum(r['timings'].values()):.0f}",
         )
     return table
+
+
+def time_table(data: dict) -> Table:
+    """`loop show`'s breakdown of each round's wall time (loop.timing): per stage its seconds and,
+    in brackets, the part outside the model and the verifiers; then loop's overhead in all."""
+    from loop.timing import STAGE_ORDER
+
+    present = [s for s in STAGE_ORDER if any(s in r["time"]["stages"] for r in data["rounds"])]
+    total = data["time"]
+    share = total["overhead_share"]
+    table = Table(title="where the time went (s)", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
+        "stage: seconds (overhead: not in the model or the verifiers: model loading, data "
+        "building, store writes, plugin calls) · between: commits and summaries between "
+        "stages · * the backend or updater reports no model time: counted as work\n"
+        f"run: {total['wall_seconds']:.1f} s, {total['outside_rounds_seconds']:.1f} s outside "
+        f"rounds; overhead {total['overhead_seconds']:.1f} s = "
+        + ("–" if share is None else f"{100 * share:.1f}%") + " of the run"))
+    for column in ["round", *present, "between", "overhead", "wall"]:
+        table.add_column(column, justify="right")
+    for r in data["rounds"]:
+        time = r["time"]
+        cells = []
+        for stage in present:
+            s = time["stages"].get(stage)
+            cells.append("–" if s is None else f"{s['seconds']:.1f} ({s['overhead_seconds']:.1f})"
+                         + ("" if s["reported"] else "*"))
+        table.add_row(str(r["index"]), *cells, f"{time['between_stages_seconds']:.1f}",
+                      f"{time['overhead_seconds']:.1f} = {_pct(time['overhead_share'])}",
+                      f"{time['wall_seconds']:.1f}")
+    return table

@@ -53,8 +53,10 @@ def show(
     if as_json:
         print_json(data)
         return
-    from loop.cli.display import rounds_table
+    from loop.cli.display import rounds_table, time_table
 
     console.print(rounds_table(data))
+    if data["rounds"]:
+        console.print(time_table(data))
     if data["run"]["error"]:
         console.print(f"[red]error:[/red] {data['run']['error']}", highlight=False)

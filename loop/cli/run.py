@@ -154,6 +154,7 @@ def resume(
             fail(f"the store failed its integrity check: {problems[0]}")
     console.print(f"resuming run [bold]{row['name']}[/bold] ({row['id']}) "
                   f"(was {row['status']})", highlight=False)
+    store.note_resume(row["id"])
     store.set_run_status(row["id"], "running")
     drive(store, cfg, components, row["id"], Path(row["run_dir"]), pm, tasks, resuming=True)
     lock.release()

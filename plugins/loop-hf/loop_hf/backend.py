@@ -75,6 +75,7 @@ class HFSession(loop.GenerationSession):
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else min(eos)
         self.load_seconds = time.perf_counter() - started
+        self.model_seconds = 0.0
 
     def encode(self, messages: list[Message]) -> list[int]:
         """The prompt's token ids through the tokenizer's chat template."""
@@ -98,12 +99,14 @@ class HFSession(loop.GenerationSession):
             chunk = order[start:start + per_chunk]
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed + chunk_no)
             on_token = (lambda rows: progress(tokens=rows)) if progress else None
+            decoding = time.perf_counter()
             decoded = decode_batch(
                 self.model, [encoded[i] for i in chunk], n=n,
                 max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                 top_p=sampling.top_p, eos_token_ids=self.eos_token_ids,
                 pad_token_id=self.pad_token_id, generator=generator, on_token=on_token,
             )
+            self.model_seconds += time.perf_counter() - decoding
             for i, samples in zip(chunk, decoded):
                 gens = [
                     Generation(

@@ -59,8 +59,10 @@ def decode_batch(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
     cache = DynamicCache()
+    # logits_to_keep=1: the vocabulary projection only for the last position (the prompt's
+    # other positions need no logits; at 49k words that projection dominates a prefill).
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True)
+                use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1, :].float()
     if n > 1:  # the n samples share this prefill
         cache.batch_repeat_interleave(n)
@@ -85,8 +87,10 @@ def decode_batch(
     for step in range(max_new_tokens):
         logprobs = torch.log_softmax(logits, dim=-1)
         if temperature > 0:
-            scores = warpers(None, logits)
-            probs = torch.softmax(scores, dim=-1)
+            if warpers:
+                probs = torch.softmax(warpers(None, logits), dim=-1)
+            else:  # temperature 1, no top-p: the distribution is the one just computed
+                probs = logprobs.exp()
             chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         else:
             chosen = logits.argmax(-1)

@@ -15,6 +15,7 @@ from openai_fake_server import FakeOpenAIServer, free_port
 from typer.testing import CliRunner
 
 from loop.cli import app
+from loop.store import unpack_logprobs
 
 SECRET = "sk-never-store-me-1234"
 
@@ -53,7 +54,7 @@ def test_eval_only_run_against_a_server(tmp_path, tiny_task_file, monkeypatch):
     conn = sqlite_utils.Database(db)
     attempt = next(conn.query("select * from attempts where purpose = 'eval' limit 1"))
     assert json.loads(attempt["token_ids_json"]) == [ord(c) for c in attempt["completion"]]
-    assert len(json.loads(attempt["logprobs_json"])) == len(attempt["completion"])
+    assert len(unpack_logprobs(attempt["logprobs_f32"])) == len(attempt["completion"])
     config = json.loads(next(conn.query("select config_json from runs"))["config_json"])
     assert config["backend"]["options"]["api_key_env"] == "OPENAI_TEST_KEY"
     assert SECRET.encode() not in db.read_bytes()

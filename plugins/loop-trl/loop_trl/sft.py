@@ -24,6 +24,12 @@ class SFTOptions(BaseModel):
     dedupe: bool = Field(default=True, description="keep one copy of identical answers per prompt")
     max_per_prompt: int | None = Field(default=None, ge=1,
                                        description="cap on kept answers per prompt (None: all)")
+    padding_free: bool = Field(default=False, description=(
+        "flatten each batch into one sequence without padding (TRL's padding_free; the model "
+        "keeps the examples apart by their position ids). Same loss, fewer tokens computed "
+        "(BENCHMARKS.md, training). TRL enforces train.max_length only when packing, so under "
+        "this option an example is as long as its prompt plus answer (bounded by "
+        "generate.max_new_tokens)"))
 
 
 class SFTUpdater(loop.Updater):
@@ -42,8 +48,11 @@ class SFTUpdater(loop.Updater):
                                "verification, so there is nothing to train on")
         from trl import SFTConfig, SFTTrainer
 
+        options: SFTOptions = context.options or SFTOptions()
+        settings = {"completion_only_loss": True}
+        if options.padding_free:
+            settings.update(padding_free=True, max_length=None)
         metrics = train_with_trl(
-            context, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig,
-            config_kwargs={"completion_only_loss": True},
+            context, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig, config_kwargs=settings,
         )
         return loop.UpdateResult(adapter_path=str(context.output_dir), metrics=metrics)

@@ -100,6 +100,7 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
     started = time.perf_counter()
     train = context.config.train
     model, tokenizer, peft_config = load_policy(context)
+    load_seconds = time.perf_counter() - started
     # The trainer's scratch folder sits beside the checkpoint's temporary folder, so a killed
     # run's leftovers are removed with the rest at the next start (loop.checkpoints).
     scratch = Path(context.output_dir).with_name(f"{TMP_PREFIX}trainer-round-{context.round_index}")
@@ -168,6 +169,9 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
             "grad_norm_mean": sum(norms) / len(norms) if norms else None,
             "train_tokens": _tokens_seen(train_tokens, len(rows), trainer),
             "seconds": time.perf_counter() - started,
+            "load_seconds": load_seconds,
+            # inside the optimizer loop (the trainer's own clock): the model's share of the stage
+            "train_seconds": float(output.metrics.get("train_runtime", 0.0)),
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -114,3 +114,25 @@ def test_report_to_reaches_the_trainer_config(tmp_path, tiny_model_dir):
         with pytest.raises(Stop):
             train_with_trl(context, rows, trainer_cls=SFTTrainer, config_cls=Capture)
     assert seen == [[], ["tensorboard"]]
+
+
+def test_padding_free_batches_train_the_same_loss_as_padded_ones(tmp_path, tiny_model_dir):
+    """`options: {padding_free: true}` flattens a batch into one sequence; the examples must stay
+    apart (position ids): the losses of every step equal those of padded batches. If attention
+    leaked across examples, or labels slid, the losses would differ."""
+    varied = [(12, 35, "47", True), (40, 41, "the sum is 81", True),
+              (57, 23, "57 plus 23 makes 80", True), (30, 31, "61", True),
+              (11, 11, "eleven and eleven: 22", True), (20, 25, "45", True),
+              (33, 44, "77 is the answer", True), (10, 15, "25", True)]
+    losses = {}
+    for padding_free in (False, True):
+        out = tmp_path / f"pf-{padding_free}"
+        out.mkdir()
+        ctx = _context(out, tiny_model_dir, _samples(varied), epochs=2, max_length=256)
+        ctx.options = SFTOptions(padding_free=padding_free)
+        result = SFTUpdater().update(ctx)
+        assert result.metrics["steps"] == 4
+        losses[padding_free] = (result.metrics["loss_first"], result.metrics["loss_last"],
+                                result.metrics["train_loss"])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert losses[False][0] != pytest.approx(losses[False][1], rel=1e-3)  # it did learn
