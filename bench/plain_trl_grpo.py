@@ -5,6 +5,7 @@ by the very same code (`loop_math.reward.binary` has TRL's reward-function contr
 
     python bench/plain_trl_grpo.py --model DIR --data train.jsonl --out DIR
                                    [--budget 600] [--every 60] [--seed 0]
+                                   [--max-completion-length 128]
 
 `train.jsonl`: one {"prompt": [chat messages], "reference": "85"} per line. Settings are those of
 the measured baseline (shared/reference/baselines.md, "Plain TRL GRPOTrainer"): 2 prompts x 4
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds")
     parser.add_argument("--every", type=float, default=60.0, help="checkpoint interval (s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-completion-length", type=int, default=128)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -51,7 +53,7 @@ def main() -> None:
     dataset = load_dataset("json", data_files=args.data, split="train")
     config = GRPOConfig(
         output_dir=str(args.out / "trainer"), max_steps=1_000_000, per_device_train_batch_size=8,
-        num_generations=4, max_completion_length=128, learning_rate=2e-4,
+        num_generations=4, max_completion_length=args.max_completion_length, learning_rate=2e-4,
         lr_scheduler_type="constant", warmup_steps=0, temperature=1.0, beta=0.0, use_vllm=False,
         bf16=False, gradient_checkpointing=False, use_cpu=True, logging_steps=1,
         save_strategy="no", report_to="none", disable_tqdm=True, seed=args.seed)

@@ -115,7 +115,8 @@ def test_plain_trl_script_trains_on_a_budget_and_saves_timed_checkpoints(tiny_mo
     out_dir = tmp_path / "plain"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "plain_trl_grpo.py"), "--model", str(tiny_model_dir),
-         "--data", str(data), "--out", str(out_dir), "--budget", "4", "--every", "1"],
+         "--data", str(data), "--out", str(out_dir), "--budget", "4", "--every", "1",
+         "--max-completion-length", "8"],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     timeline = json.loads((out_dir / "timeline.json").read_text())

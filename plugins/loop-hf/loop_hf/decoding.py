@@ -44,8 +44,8 @@ def decode_batch(
     temperature 0 is greedy (then n copies are identical; callers ask for n=1). Log-probabilities
     are those of the chosen tokens under the model's unscaled distribution.
     """
-    from transformers import DynamicCache, LogitsProcessorList
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+    from transformers import DynamicCache
+    from transformers.generation.logits_process import TopPLogitsWarper
 
     device = model.device
     batch = len(prompt_ids)
@@ -71,12 +71,7 @@ def decode_batch(
         positions = positions.repeat_interleave(n, dim=0)
     last_pos = positions[:, -1]
 
-    warpers = LogitsProcessorList()
-    if temperature > 0:
-        if temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(temperature))
-        if top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p))
+    top_p_warper = TopPLogitsWarper(top_p) if temperature > 0 and top_p < 1.0 else None
     eos = torch.tensor(sorted(eos_token_ids), device=device)
 
     rows = batch * n
@@ -85,16 +80,12 @@ def decode_batch(
     logps: list[list[float]] = [[] for _ in range(rows)]
     finish = ["length"] * rows
     for step in range(max_new_tokens):
-        logprobs = torch.log_softmax(logits, dim=-1)
         if temperature > 0:
-            if warpers:
-                probs = torch.softmax(warpers(None, logits), dim=-1)
-            else:  # temperature 1, no top-p: the distribution is the one just computed
-                probs = logprobs.exp()
-            chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            chosen = _sample(logits, temperature, top_p_warper, generator)
         else:
             chosen = logits.argmax(-1)
-        chosen_logp = logprobs.gather(-1, chosen[:, None]).squeeze(-1)
+        # log p(chosen) = logit - logsumexp(logits): one pass over the vocabulary, no B x V output
+        chosen_logp = logits.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
         for row, token, lp in zip(alive.tolist(), chosen.tolist(), chosen_logp.tolist()):
             tokens[row].append(token)
             logps[row].append(lp)
@@ -119,3 +110,41 @@ def decode_batch(
 
     results = [Decoded(tokens[r], finish[r], logps[r]) for r in range(rows)]
     return [results[p * n:(p + 1) * n] for p in range(batch)]
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p_warper,
+            generator: torch.Generator | None, block: int = 256) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature) (top-p filtered when asked), by
+    inverse transform sampling in two levels: a uniform draw per row picks a block of `block`
+    words by the blocks' total weights, then a word within the block. Exact like
+    `torch.multinomial`, which on CPU draws an exponential variate for every one of the 49k words
+    of every row and cost more than the model's matmuls; the two levels avoid a cumulative sum
+    over the whole vocabulary."""
+    scores = logits
+    if top_p_warper is not None:
+        scores = top_p_warper(None, logits / temperature)  # -inf outside the nucleus
+        temperature = 1.0
+    # exp((s - max) / T), in place after the one subtraction (each pass over 49k words counts)
+    weights = torch.sub(scores, scores.amax(-1, keepdim=True))
+    if temperature != 1.0:
+        weights.mul_(1.0 / temperature)
+    weights.exp_()
+    rows, vocab = weights.shape
+    if vocab % block:
+        weights = torch.nn.functional.pad(weights, (0, block - vocab % block))
+    blocks = weights.view(rows, -1, block)
+    totals = blocks.sum(-1).double()  # float32 sums of 256 words, then exact bookkeeping
+    cdf = totals.cumsum(-1)
+    draw = torch.rand((rows, 1), generator=generator, dtype=torch.float64,
+                      device=weights.device) * cdf[:, -1:]
+    # right: block k is drawn when cdf[k-1] <= u < cdf[k], so an all-zero block never is
+    chosen_block = torch.searchsorted(cdf, draw, right=True).clamp_(max=cdf.shape[1] - 1)
+    before = torch.where(chosen_block > 0, cdf.gather(-1, (chosen_block - 1).clamp(min=0)), 0.0)
+    inner = blocks[torch.arange(rows, device=weights.device), chosen_block.squeeze(-1)]
+    inner_cdf = inner.cumsum(-1, dtype=torch.float64)
+    # the draw's place inside its block, rescaled to the block's own running sum
+    share = (draw - before) / totals.gather(-1, chosen_block)
+    target = torch.minimum(share * inner_cdf[:, -1:],
+                           torch.nextafter(inner_cdf[:, -1:], torch.zeros_like(share)))
+    word = torch.searchsorted(inner_cdf, target, right=True).clamp_(max=block - 1)
+    return (chosen_block * block + word).squeeze(-1)

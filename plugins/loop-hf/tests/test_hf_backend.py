@@ -131,3 +131,27 @@ def test_default_model_converts_and_answers(tmp_path, monkeypatch):
                            Sampling(n=1, temperature=0, max_new_tokens=12))
     assert "Paris" in out[0][0].text
     assert sum(p.numel() for p in session.model.parameters()) > 130_000_000
+
+
+@pytest.mark.parametrize("temperature,top_p,block", [(1.0, 1.0, 256), (0.5, 1.0, 2),
+                                                     (1.3, 0.8, 4)])
+def test_sampling_draws_the_tempered_nucleus_distribution(temperature, top_p, block):
+    """The decoder's sampler (inverse transform, not torch.multinomial) draws each word with
+    the probability softmax(logits / T) gives it after top-p, and never a word outside."""
+    import torch
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from loop_hf.decoding import _sample
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, float("-inf"), 0.0]]).repeat(4000, 1)
+    warper = TopPLogitsWarper(top_p) if top_p < 1 else None
+    scores = logits[:1] / temperature
+    expected = torch.softmax(warper(None, scores) if warper else scores, -1)[0]
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([_sample(logits, temperature, warper, generator, block)
+                       for _ in range(10)])
+    counts = torch.bincount(draws, minlength=6).double() / draws.numel()
+    assert counts[4] == 0 and (counts[expected == 0] == 0).all()
+    assert torch.allclose(counts, expected.double(), atol=0.01), (counts, expected)
+    again = _sample(logits, temperature, warper, torch.Generator().manual_seed(0), block)
+    assert torch.equal(again, draws[:4000])  # seeded: the same draws
