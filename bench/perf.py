@@ -99,6 +99,25 @@ def matmul_peak(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> floa
 
 # ----- P1: generation against the compute limit -------------------------------------------------
 
+def matmuls_only_tok_s(model, rows: int, seconds: float = 3.0) -> float:
+    """tokens/s if a decode step were nothing but its matmuls: every linear layer of `model`
+    (and the vocabulary projection) applied to `rows` rows, timed alone (best of repeats). The
+    ceiling the thin matrices of decoding allow, below the square-matmul peak."""
+    import torch
+
+    shapes = [(m.in_features, m.out_features) for m in model.modules()
+              if isinstance(m, torch.nn.Linear)]
+    weights = [torch.randn(i, o) for i, o in shapes]
+    x = {i: torch.randn(rows, i) for i, _ in shapes}
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        started = time.perf_counter()
+        for (i, _), w in zip(shapes, weights):
+            torch.mm(x[i], w)
+        best = min(best, time.perf_counter() - started)
+    return rows / best
+
+
 def default_prompts(count: int) -> list[list[dict]]:
     """The default task's training prompts (what `loop run arithmetic` samples)."""
     from loop.cli.run import resolve_task
@@ -185,6 +204,7 @@ def section_p1(args) -> dict:
                            "tok_s": one})
     for lever in levers:
         lever["share_of_limit"] = lever["tok_s"] / limit
+    matmuls_only = matmuls_only_tok_s(model, 128)
 
     # Real answers, as the generate stage makes them (end-of-sequence on, the default limit):
     # what dropping finished rows is worth against static batches.
@@ -201,6 +221,7 @@ def section_p1(args) -> dict:
         "peak_flops": peaks, "params": params, "flops_per_token": 2 * params,
         "limit_tok_s": limit, "new_tokens": new_tokens, "stage_tok_s": stage,
         "ratio": stage / limit, "reference_ratio": naive16 / limit, "levers": levers,
+        "matmuls_only_tok_s": matmuls_only, "matmuls_only_ratio": matmuls_only / limit,
         "real": {"loop_tok_s": real_loop, "loop_tokens": real_tokens, "plain16_tok_s": real_plain,
                  "plain16_tokens": plain_tokens, "rows": len(repeated)},
     }
@@ -209,7 +230,11 @@ def section_p1(args) -> dict:
 # ----- P2: loop's overhead ----------------------------------------------------------------------
 
 def section_p2(args) -> dict:
-    folder = Path(tempfile.mkdtemp(prefix="loop-perf-p2-"))
+    import shutil
+
+    folder = RESULTS / "p2"  # kept (git-ignored): `loop show perf-p2 --db bench/results/p2/loop.db`
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     db = folder / "loop.db"
     command = [*LOOP, "run", "arithmetic", "--config", str(REPO / "configs" / "default.yaml"),
                "--rounds", str(args.p2_rounds), "--db", str(db), "--name", "perf-p2"]
@@ -230,7 +255,8 @@ def section_p2(args) -> dict:
             for key in total:
                 total[key] += s[key]
     between = sum(r["time"]["between_stages_seconds"] for r in data["rounds"])
-    return {"command": " ".join(["loop", *command[len(LOOP):]][:6]) + f" --rounds {args.p2_rounds}",
+    return {"run_command": ("loop run arithmetic --config configs/default.yaml --rounds "
+                            f"{args.p2_rounds}"),
             "command_wall_s": command_wall, "run_wall_s": run["wall_seconds"],
             "startup_s": startup, "outside_rounds_s": run["outside_rounds_seconds"],
             "between_stages_s": between, "work_s": run["work_seconds"],
@@ -260,9 +286,7 @@ def section_p5(args) -> dict:
                "--json", str(out)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     data = json.loads(out.read_text())
-    slowest = max(data["queries"], key=lambda q: q["median_ms"])
-    return {**data, "slowest_query": slowest,
-            "command": f"python bench/store.py --attempts {attempts}"}
+    return {**data, "command": f"python bench/store.py --attempts {attempts}"}
 
 
 # ----- training: tokens/s against 6 x parameters ------------------------------------------------
@@ -296,11 +320,12 @@ def section_train(args) -> dict:
     for mode in ("padded", "padding_free"):
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        params = sum(p.numel() for p in model.parameters())  # the model's, before LoRA is added
         config = SFTConfig(
             output_dir=tempfile.mkdtemp(prefix="loop-perf-train-"), per_device_train_batch_size=8,
             max_steps=steps, learning_rate=2e-4, logging_steps=1, save_strategy="no",
             report_to="none", disable_tqdm=True, seed=0, use_cpu=True, bf16=False,
-            # as loop's sft runs it (SFTOptions.padding_free: TRL's padding-free wants no max_length)
+            # as loop's sft runs it (SFTOptions.padding_free: TRL wants no max_length then)
             max_length=None if mode == "padding_free" else 384,
             padding_free=mode == "padding_free", dataset_num_proc=None,
             completion_only_loss=True,
@@ -314,7 +339,6 @@ def section_train(args) -> dict:
         output = trainer.train()
         seen = sum(lengths) / len(lengths) * 8 * steps
         seconds = output.metrics["train_runtime"]
-        params = sum(p.numel() for p in model.parameters())
         results[mode] = {"tok_s": seen / seconds, "seconds": seconds, "tokens": int(seen),
                          "loss": output.training_loss}
     limit = peak / (6 * params)
@@ -354,8 +378,8 @@ def main() -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"which to measure: {','.join(SECTIONS)} (none: only --write)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
-    parser.add_argument("--p2-rounds", type=int, default=1,
-                        help="rounds of the default run measured for p2")
+    parser.add_argument("--p2-rounds", type=int, default=3,
+                        help="rounds of the default run measured for p2 (3: the whole run)")
     parser.add_argument("--write", action="store_true", help="render BENCHMARKS.md")
     parser.add_argument("--results", type=Path, default=PERF_JSON)
     args = parser.parse_args()

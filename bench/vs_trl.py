@@ -18,8 +18,8 @@ reward, LoRA settings, machine and wall-clock budget.
 - Result: target = the plain script's accuracy at the end of its budget; for each arm the first
   clock time at which it reaches the target; ratio = loop's time / plain's time (goal <= 0.5).
   Written to `bench/results/vs_trl.json` and the curve to `bench/results/vs_trl.png`, which
-  `bench/perf.py --write` puts in BENCHMARKS.md. An arm whose results exist in WORK is not run again (delete
-  the folder, or name the arms to redo with `--arms`).
+  `bench/perf.py --write` puts in BENCHMARKS.md. An arm whose results exist in WORK is not run
+  again (delete the folder, or name the arms to redo with `--arms`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "vs-trl.yaml"))
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "vs_trl")
     parser.add_argument("--arms", default="", help="arms to redo even if their results exist")
-    parser.add_argument("--only", choices=("plain", "loop"), help="run this arm only, no comparison")
+    parser.add_argument("--only", choices=("plain", "loop"),
+                        help="run this arm only, no comparison")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     redo = set(filter(None, args.arms.split(",")))
@@ -126,7 +127,8 @@ def evaluate_adapter(config, tasks, model: str, adapter: str) -> dict:
     for task, (generation, *_) in zip(eval_tasks, generations):
         attempt = Attempt(id="eval", run_id="vs-trl", round_index=0, task_id=task.id,
                           purpose="eval", sample_index=0, completion=generation.text,
-                          messages=[*task.prompt, {"role": "assistant", "content": generation.text}])
+                          messages=[*task.prompt,
+                                    {"role": "assistant", "content": generation.text}])
         passed += all(v.component.verify(task, attempt).passed for v in components.verifiers)
         truncated += generation.finish_reason == "length"
         tokens += generation.completion_tokens

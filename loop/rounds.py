@@ -318,7 +318,8 @@ class RoundEngine:
                 "tokens": sum(a.completion_tokens for a in new_attempts),
                 "repaired": sum(t["repaired"] for t in per_turn), "turns": per_turn,
                 "critiques": len(critique_rows), "verify_seconds": verify_seconds,
-                **(session_timing(sessions[0]) if sessions else {})})
+                # no repair asked for: no model opened, no model time
+                **(session_timing(sessions[0]) if sessions else {"model_seconds": 0.0})})
 
     def _critique(self, idx: int, failed: list[Attempt], tasks: dict[str, Task],
                   verdicts: dict[str, dict[str, Verdict]],

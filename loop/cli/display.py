@@ -138,28 +138,37 @@ def rounds_table(data: dict) -> Table:
 def time_table(data: dict) -> Table:
     """`loop show`'s breakdown of each round's wall time (loop.timing): per stage its seconds and,
     in brackets, the part outside the model and the verifiers; then loop's overhead in all."""
-    from loop.timing import STAGE_ORDER
-
-    present = [s for s in STAGE_ORDER if any(s in r["time"]["stages"] for r in data["rounds"])]
+    rounds = data["rounds"]
+    main = [s for s in ("generate", "verify", "refine", "train", "evaluate")
+            if any(r["time"]["stages"].get(s, {}).get("seconds", 0) >= 0.05 for r in rounds)]
     total = data["time"]
     share = total["overhead_share"]
     table = Table(title="where the time went (s)", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
         "stage: seconds (overhead: not in the model or the verifiers: model loading, data "
-        "building, store writes, plugin calls) · between: commits and summaries between "
-        "stages · * the backend or updater reports no model time: counted as work\n"
+        "building, store writes, plugin calls) · other: select, reward, mistakes · between: "
+        "commits and summaries between stages · *: no model time reported, counted as work\n"
         f"run: {total['wall_seconds']:.1f} s, {total['outside_rounds_seconds']:.1f} s outside "
         f"rounds; overhead {total['overhead_seconds']:.1f} s = "
         + ("–" if share is None else f"{100 * share:.1f}%") + " of the run"))
-    for column in ["round", *present, "between", "overhead", "wall"]:
-        table.add_column(column, justify="right")
-    for r in data["rounds"]:
+    for column in ["round", *main, "other", "between", "overhead", "wall"]:
+        table.add_column(column, justify="right", no_wrap=True)
+    for r in rounds:
         time = r["time"]
-        cells = []
-        for stage in present:
-            s = time["stages"].get(stage)
-            cells.append("–" if s is None else f"{s['seconds']:.1f} ({s['overhead_seconds']:.1f})"
-                         + ("" if s["reported"] else "*"))
+        stages = time["stages"]
+        cells = [_stage_cell(stages.get(name)) for name in main]
+        other = [stages[name] for name in ("select", "reward", "mistakes") if name in stages]
+        cells.append(_stage_cell({
+            "seconds": sum(s["seconds"] for s in other),
+            "overhead_seconds": sum(s["overhead_seconds"] for s in other),
+            "reported": True}) if other else "–")
         table.add_row(str(r["index"]), *cells, f"{time['between_stages_seconds']:.1f}",
-                      f"{time['overhead_seconds']:.1f} = {_pct(time['overhead_share'])}",
+                      f"{time['overhead_seconds']:.1f} ({_pct(time['overhead_share'])})",
                       f"{time['wall_seconds']:.1f}")
     return table
+
+
+def _stage_cell(stage: dict | None) -> str:
+    if stage is None:
+        return "–"
+    return (f"{stage['seconds']:.1f} ({stage['overhead_seconds']:.1f})"
+            + ("" if stage["reported"] else "*"))

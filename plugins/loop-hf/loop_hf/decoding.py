@@ -102,7 +102,7 @@ def decode_batch(
                 break
             cache.batch_select_indices(keep)
             alive, chosen, mask, last_pos = alive[keep], chosen[keep], mask[keep], last_pos[keep]
-        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], -1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], -1)
         last_pos = last_pos + 1
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                     past_key_values=cache, use_cache=True)
