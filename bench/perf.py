@@ -292,69 +292,53 @@ def section_p5(args) -> dict:
 # ----- training: tokens/s against 6 x parameters ------------------------------------------------
 
 def section_train(args) -> dict:
-    """SFT (the default update) on real answers of the default model: trained tokens/s with
-    padded batches and padding-free ones, against the limit 6 x parameters FLOPs per token."""
+    """loop's own SFT update (the default method, `loop_trl.sft`, as the train stage calls it)
+    on answers of the default task: trained tokens/s with padded batches and with padding-free
+    ones, against the limit 6 x parameters FLOPs per token."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM
 
-    from loop.config import DEFAULT_MODEL
-    from loop_hf.models import quiet_transformers, resolve_model
+    from loop.cli.run import resolve_task
+    from loop.records import Attempt, Sample
+    from loop.rounds import UpdateContext
+    from loop_hf.models import resolve_model
+    from loop_trl.sft import SFTOptions, SFTUpdater
 
-    quiet_transformers()
-    path = resolve_model(DEFAULT_MODEL)
+    _, config, _, tasks = resolve_task("arithmetic", REPO / "configs" / "default.yaml", {}, [],
+                                       None)
+    steps = 8 if args.quick else 24
+    config.train.max_steps = steps
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(
+        resolve_model(config.model), dtype=torch.float32).parameters())
     peak = matmul_peak("float32")
     rng = random.Random(0)
-    rows = []
-    for prompt in default_prompts(256 if not args.quick else 64):
-        a, b = (int(x) for x in prompt[-1]["content"].removeprefix("What is ").rstrip("?")
-                .split("+"))
+    samples = []
+    for i, task in enumerate(tasks.train[: 64 if args.quick else 256]):
+        meta = task.metadata
         # answers of the lengths the model writes: terse, or a sentence or two of working
         filler = " ".join(["Adding the tens and then the ones gives the sum."] * rng.randint(0, 6))
-        rows.append({"prompt": prompt, "completion": [
-            {"role": "assistant", "content": f"{filler} {a} + {b} = {a + b}".strip()}]})
-    steps = 8 if args.quick else 24
+        text = f"{filler} {meta['a']} + {meta['b']} = {task.reference}".strip()
+        attempt = Attempt(id=f"a{i}", run_id="perf", round_index=1, task_id=task.id,
+                          purpose="train", sample_index=0, completion=text,
+                          messages=[*task.prompt, {"role": "assistant", "content": text}])
+        samples.append(Sample(task=task, attempt=attempt, passed=True, score=1.0, reward=1.0))
     results = {}
     for mode in ("padded", "padding_free"):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        params = sum(p.numel() for p in model.parameters())  # the model's, before LoRA is added
-        config = SFTConfig(
-            output_dir=tempfile.mkdtemp(prefix="loop-perf-train-"), per_device_train_batch_size=8,
-            max_steps=steps, learning_rate=2e-4, logging_steps=1, save_strategy="no",
-            report_to="none", disable_tqdm=True, seed=0, use_cpu=True, bf16=False,
-            # as loop's sft runs it (SFTOptions.padding_free: TRL wants no max_length then)
-            max_length=None if mode == "padding_free" else 384,
-            padding_free=mode == "padding_free", dataset_num_proc=None,
-            completion_only_loss=True,
-            **_no_checkpointing(SFTConfig))
-        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer,
-                             peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                    target_modules="all-linear",
-                                                    task_type="CAUSAL_LM"))
-        lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-        output = trainer.train()
-        seen = sum(lengths) / len(lengths) * 8 * steps
-        seconds = output.metrics["train_runtime"]
-        results[mode] = {"tok_s": seen / seconds, "seconds": seconds, "tokens": int(seen),
-                         "loss": output.training_loss}
+        context = UpdateContext(
+            run_id="perf", round_index=1, samples=samples, base_model=config.model,
+            adapter_in=None, output_dir=Path(tempfile.mkdtemp(prefix="loop-perf-train-")),
+            config=config, options=SFTOptions(padding_free=mode == "padding_free"),
+            seed=0, progress=lambda **_: None)
+        metrics = SFTUpdater().update(context).metrics
+        results[mode] = {"tok_s": metrics["train_tokens"] / metrics["train_seconds"],
+                         "seconds": metrics["train_seconds"], "tokens": metrics["train_tokens"],
+                         "loss": metrics["train_loss"]}
     limit = peak / (6 * params)
     for mode in results.values():
         mode["share_of_limit"] = mode["tok_s"] / limit
     return {"peak_flops": peak, "params": params, "limit_tok_s": limit, "steps": steps,
-            "rows": len(rows), "modes": results,
+            "rows": len(samples), "modes": results,
             "speedup": results["padding_free"]["tok_s"] / results["padded"]["tok_s"]}
-
-
-def _no_checkpointing(config_cls) -> dict:
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    return ({"activation_checkpointing": False} if "activation_checkpointing" in fields
-            else {"gradient_checkpointing": False})
 
 
 # ----- the page ---------------------------------------------------------------------------------

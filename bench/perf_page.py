@@ -248,8 +248,8 @@ def _p5(s: dict, goals: dict) -> str:
 
 def _train(s: dict, goals: dict) -> str:
     lines = [f"## {TITLES['train']}\n", _machine(s), "",
-             f"SFT with LoRA (the default update) on {s['rows']} prompt/answer rows of the default "
-             f"task, batch 8, {s['steps']} steps. Limit: fp32 matmul {s['peak_flops'] / 1e9:,.1f} "
+             "loop's own SFT update (`loop_trl.sft` with LoRA, as the train stage runs it) on "
+             f"{s['rows']} prompt/answer rows of the default task, batch 8, {s['steps']} steps. Limit: fp32 matmul {s['peak_flops'] / 1e9:,.1f} "
              f"GFLOP/s / (6 x {s['params'] / 1e6:.1f} M parameters) = {s['limit_tok_s']:,.0f} "
              "trained tokens/s (with LoRA the frozen weights get no gradient, so the real cost is "
              "nearer 4 x parameters: the share below is a conservative one).", "",

@@ -111,6 +111,7 @@ def evaluate_adapter(config, tasks, model: str, adapter: str) -> dict:
     from loop.components import resolve_components
     from loop.plugins import build_registry, get_plugin_manager
     from loop.records import Attempt, ModelRef, Sampling
+    from loop.rounds import safe_verify_batch
 
     components = resolve_components(config, build_registry(get_plugin_manager()))
     eval_tasks = tasks.eval[: config.evaluate.problems or None]
@@ -123,15 +124,16 @@ def evaluate_adapter(config, tasks, model: str, adapter: str) -> dict:
                                        batch_size=config.evaluate.batch_size)
     finally:
         session.close()
-    passed = truncated = tokens = 0
-    for task, (generation, *_) in zip(eval_tasks, generations):
-        attempt = Attempt(id="eval", run_id="vs-trl", round_index=0, task_id=task.id,
-                          purpose="eval", sample_index=0, completion=generation.text,
-                          messages=[*task.prompt,
-                                    {"role": "assistant", "content": generation.text}])
-        passed += all(v.component.verify(task, attempt).passed for v in components.verifiers)
-        truncated += generation.finish_reason == "length"
-        tokens += generation.completion_tokens
+    items = [(task, Attempt(id=f"eval-{i}", run_id="vs-trl", round_index=0, task_id=task.id,
+                            purpose="eval", sample_index=0, completion=generation.text,
+                            messages=[*task.prompt,
+                                      {"role": "assistant", "content": generation.text}]))
+             for i, (task, (generation, *_)) in enumerate(zip(eval_tasks, generations))]
+    verdicts = {chosen.name: safe_verify_batch(chosen, items, config.verify.timeout_s)
+                for chosen in components.verifiers}  # as the engine's verify does
+    passed = sum(all(v[i].passed for v in verdicts.values()) for i in range(len(items)))
+    truncated = sum(g[0].finish_reason == "length" for g in generations)
+    tokens = sum(g[0].completion_tokens for g in generations)
     n = len(eval_tasks)
     return {"pass_at_1": passed / n, "n": n, "truncated_share": truncated / n,
             "mean_completion_tokens": tokens / n}

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 
 from loop.store import Store
+from loop.timing import STAGE_ORDER as TIMED_STAGES
 from loop.timing import round_time, run_time
-
-TIMED_STAGES = ("select", "generate", "verify", "refine", "reward", "mistakes", "train",
-                "evaluate")
 
 
 def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = None,

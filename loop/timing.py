@@ -18,11 +18,12 @@ zero: `reported` is False). The round's wall time is the engine's own clock for 
 
 from __future__ import annotations
 
+from loop.rounds import TRAIN_STAGES as STAGE_ORDER  # the engine's order of a round's stages
+
 WORK_KEYS = {"generate": ("model_seconds",), "refine": ("model_seconds", "verify_seconds"),
              "evaluate": ("model_seconds", "verify_seconds"), "train": ("model_seconds",)}
 ALL_WORK = ("verify",)  # stages that are entirely the verifiers' work
 NO_WORK = ("select", "reward", "mistakes")
-STAGE_ORDER = ("select", "generate", "verify", "refine", "reward", "mistakes", "train", "evaluate")
 
 
 def stage_time(name: str, stats: dict) -> dict:

@@ -140,6 +140,10 @@ def test_loop_run_end_to_end_on_tiny_model(tmp_path, weak_adder_dir, tiny_task_f
             assert stage["reported"] and 0 < stage["work_seconds"] <= stage["seconds"], name
             assert stage["load_seconds"] > 0, name
     assert data["run"]["resumes"] == 0
+    # every round's answers were made searchable when the round ended (loop.search_index)
+    assert conn.execute("select indexed_rowid, stale from search_index where fts = "
+                        "'attempts_fts'").fetchone() == (
+        conn.execute("select max(rowid) from attempts").fetchone()[0], 0)
     assert data["time"]["wall_seconds"] >= data["time"]["rounds_seconds"] > 0
 
     listed = CliRunner().invoke(app, ["runs", "--db", str(db), "--json"])

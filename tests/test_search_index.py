@@ -70,3 +70,27 @@ def test_loop_logs_search_sees_answers_written_since_the_last_round(store, tmp_p
     store.insert_attempts([_attempt(task, 0, "the wombat answer")])
     rows = attempt_logs(store, "r", query="wombat")
     assert [r["completion"] for r in rows] == ["the wombat answer"]
+
+
+def test_loop_datasette_indexes_every_answer_before_serving(store, tmp_path, monkeypatch):
+    """Datasette's search over answers must see rows written since the last round ended."""
+    from typer.testing import CliRunner
+
+    import loop.cli.browse
+    from loop.cli import app
+
+    task = _setup(store, tmp_path)
+    store.insert_attempts([_attempt(task, 0, "the narwhal answer")])
+
+    class Served:  # stands in for the datasette process: the test checks what was served
+        def __init__(self, command):
+            self.command = command
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(loop.cli.browse.subprocess, "Popen", Served)
+    db = store.db.execute("pragma database_list").fetchone()[2]
+    result = CliRunner().invoke(app, ["datasette", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert len(_found(store, "attempts_fts", "nar")) == 1

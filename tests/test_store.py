@@ -69,6 +69,9 @@ def test_migrate_is_idempotent(tmp_path):
     path = tmp_path / "x.db"
     open_db(path)
     db = open_db(path)
+    # WAL with synchronous NORMAL (1): no fsync per stage commit
+    assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert db.execute("pragma synchronous").fetchone()[0] == 1
     applied = [m.name for m in migrations.applied(db)]
     assert applied == ["m001_create_core_tables", "m002_create_views", "m003_add_completion_raw",
                        "m004_create_critiques", "m005_read_side_indexes_and_views",

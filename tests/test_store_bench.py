@@ -4,6 +4,7 @@ query (`loop show`, `loop logs` and `loop mistakes` with each filter, every cann
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -36,8 +37,15 @@ def _bench(*args: str, db: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_small_store_bench_prints_every_query_with_its_goal(tmp_path):
     db = tmp_path / "bench.db"
-    result = _bench("--attempts", "3000", "--rounds", "3", "--repeat", "1", db=db)
+    figures = tmp_path / "figures.json"
+    result = _bench("--attempts", "3000", "--rounds", "3", "--repeat", "1", "--json",
+                    str(figures), db=db)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the figures bench/perf.py reads: each write path's rate, each query's median
+    data = json.loads(figures.read_text())
+    assert set(data["insert"]) == {"insert_attempts", "write stages", "search index"}
+    assert all(rate["wall"] > 0 and rate["cpu"] > 0 for rate in data["insert"].values())
+    assert len(data["queries"]) >= len(DOCUMENTED) and data["attempts"] > 2000
     rows = {}
     for line in result.stdout.splitlines():
         match = ROW.match(line)
