@@ -124,8 +124,8 @@ def _p1(s: dict, goals: dict) -> str:
 
 
 P1_WHY = ("The matmuls alone come within reach of the goal (above); the rest of a decode step "
-          "is not matmul. A torch.profiler trace of the decoder (32 steps of 128 rows, after the "
-          "sampling fix) put 37 % of the time in matmuls, about 30 % in growing the KV cache by "
+          "is not matmul. A torch.profiler trace of the decoder (32 steps of 128 rows) "
+          "put 37 % of the time in matmuls, about 30 % in growing the KV cache by "
           "concatenation (transformers' DynamicCache copies every layer's cache each step) and "
           "the copies around it, about 20 % in the passes over the 49,152-word vocabulary "
           "(sampling, log-probabilities) and 4 % in attention. Next levers, not done: a "
@@ -167,7 +167,8 @@ def _p3(v: dict | None, goals: dict) -> str:
              "reward (`loop_math.reward.binary`, the `math` verifier), LoRA r=16/alpha 32 on all "
              "linear layers, fp32, 128 completion tokens, the same machine and wall-clock budget. "
              "The plain arm is `bench/plain_trl_grpo.py`: TRL's GRPOTrainer as its docs show it, "
-             "with the settings of the measured baseline (shared/reference/baselines.md). Both "
+             "2 prompts x 4 completions per step with fresh rollouts, lr 2e-4 constant, "
+             "temperature 1.0, beta 0 (every setting in its docstring). Both "
              "are evaluated the same way (greedy pass@1 on the 200 held-out problems, loop's "
              "evaluate path); evaluation time is off both clocks. loop's clock includes its "
              "process start-up, model loading and store.", "",
@@ -259,13 +260,13 @@ def _train(s: dict, goals: dict) -> str:
                      f"{m['share_of_limit']:.2f} | {m['loss']:.3f} |")
     lines += ["", f"Padding-free batches train {s['speedup']:.2f}x as many tokens per second, "
               "with the same loss. loop's `sft` has them as an option (`train.options: "
-              "{padding_free: true}`), off by default for now: the README's default-run figures "
-              "were measured with padded batches.", ""]
+              "{padding_free: true}`), off by default (the README's default-run figures "
+              "were measured with padded batches).", ""]
     return "\n".join(lines)
 
 
 P5_WHY = ("Missed for a round's rows as a whole: {rate:,.0f} attempts/s = {share:.2f} of the "
-          "goal. Writing the answers themselves meets it (above) since this issue: one prepared "
+          "goal. Writing the answers themselves meets it (above): one prepared "
           "INSERT for all rows instead of sqlite-utils' per-value inspection, log-probabilities "
           "as float32 bytes instead of JSON text (formatting floats was the largest cost), and "
           "the trigram search index filled in bulk after each round (176,000 answers/s in the "

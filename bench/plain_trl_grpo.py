@@ -7,14 +7,18 @@ by the very same code (`loop_math.reward.binary` has TRL's reward-function contr
                                    [--budget 600] [--every 60] [--seed 0]
                                    [--max-completion-length 128]
 
-`train.jsonl`: one {"prompt": [chat messages], "reference": "85"} per line. Settings are those of
-the measured baseline (shared/reference/baselines.md, "Plain TRL GRPOTrainer"): 2 prompts x 4
-completions per step, fresh rollouts every step, max_completion_length 128, lr 2e-4 constant,
-temperature 1.0, beta 0, fp32, LoRA r=16/alpha 32 on all linear layers.
+`train.jsonl`: one {"prompt": [chat messages], "reference": "85"} per line. Settings, TRL's
+defaults except where named: `GRPOConfig(per_device_train_batch_size=8, num_generations=4,
+max_completion_length=128, learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=0,
+temperature=1.0, beta=0.0, use_vllm=False, bf16=False)`, so each step is 2 prompts x 4
+completions with fresh rollouts (steps_per_generation=1, num_iterations=1), TRL's default loss
+("dapo"), group reward scaling, epsilon 0.2; fp32; LoRA r=16/alpha 32 on all linear layers. The
+learning rate is the one loop's SFT uses, not tuned; the scheduler is constant because training
+stops on wall-clock time, not at a known step count.
 
 The training clock starts at `on_train_begin` and stops when it passes `--budget`; every
-`--every` seconds of it the adapter is saved (the time to save is taken off the clock, as the
-baseline took evaluation off it). `OUT/timeline.json` lists each checkpoint with its clock time
+`--every` seconds of it the adapter is saved (the time to save is taken off the clock, as
+evaluation time is). `OUT/timeline.json` lists each checkpoint with its clock time
 and step; the checkpoints are evaluated afterwards, by `bench/vs_trl.py`, exactly as loop
 evaluates its rounds.
 """

@@ -6,8 +6,9 @@ reward, LoRA settings, machine and wall-clock budget.
 
 - Task: `loop run arithmetic`'s own problems (seed 0): the plain script trains on its train split
   (written to `WORK/train.jsonl`), both are evaluated on its 200 held-out problems.
-- Plain arm: `bench/plain_trl_grpo.py` (the measured baseline's settings, shared/reference/
-  baselines.md), adapter saved every `--every` training seconds.
+- Plain arm: `bench/plain_trl_grpo.py` (TRL's GRPOTrainer as its docs show it: 2 prompts x 4
+  completions per step, fresh rollouts every step, lr 2e-4 constant, temperature 1.0, beta 0,
+  fp32, LoRA r=16/alpha 32 on all linear layers), adapter saved every `--every` training seconds.
 - loop arm: `loop run arithmetic --config CONFIG` as a user runs it, clocked from the moment the
   command starts (process start-up, model loading, store writes: all counted); only its held-out
   evaluations are taken off its clock, as the plain arm's evaluations are.
