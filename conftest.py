@@ -51,14 +51,14 @@ def isolated_env(tmp_path, monkeypatch):
 
 @pytest.fixture
 def pm():
-    from loop.plugins import get_plugin_manager
+    from loop.plugin_manager import get_plugin_manager
 
     return get_plugin_manager()
 
 
 @pytest.fixture
 def registry(pm):
-    from loop.plugins import build_registry
+    from loop.plugin_manager import build_registry
 
     return build_registry(pm)
 

@@ -27,7 +27,7 @@ def main() -> None:
 
     import torch
 
-    from loop.records import ModelRef
+    from loop.schema import ModelRef
     from loop_hf.backend import HFBackend
     from loop_hf.decoding import decode_batch
 

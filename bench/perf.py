@@ -120,9 +120,9 @@ def matmuls_only_tok_s(model, rows: int, seconds: float = 3.0) -> float:
 
 def default_prompts(count: int) -> list[list[dict]]:
     """The default task's training prompts (what `loop run arithmetic` samples)."""
-    from loop.cli.run import resolve_task
+    from loop.runs import plan_run
 
-    _, _, _, tasks = resolve_task("arithmetic", REPO / "configs" / "default.yaml", {}, [], None)
+    tasks = plan_run("arithmetic", REPO / "configs" / "default.yaml").tasks
     return [t.prompt for t in tasks.train[:count]]
 
 
@@ -130,7 +130,7 @@ def section_p1(args) -> dict:
     import torch
 
     from loop.config import DEFAULT_MODEL
-    from loop.records import ModelRef, Sampling
+    from loop.schema import ModelRef, Sampling
     from loop_hf.backend import HFBackend, HFOptions
     from loop_hf.decoding import decode_batch
 
@@ -298,14 +298,12 @@ def section_train(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from loop.cli.run import resolve_task
-    from loop.records import Attempt, Sample
-    from loop.rounds import UpdateContext
-    from loop_hf.models import resolve_model
+    from loop import Attempt, Sample, UpdateContext, resolve_model
+    from loop.runs import plan_run
     from loop_trl.sft import SFTOptions, SFTUpdater
 
-    _, config, _, tasks = resolve_task("arithmetic", REPO / "configs" / "default.yaml", {}, [],
-                                       None)
+    plan = plan_run("arithmetic", REPO / "configs" / "default.yaml")
+    config, tasks = plan.config, plan.tasks
     steps = 8 if args.quick else 24
     config.train.max_steps = steps
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(
@@ -328,7 +326,7 @@ def section_train(args) -> dict:
             run_id="perf", round_index=1, samples=samples, base_model=config.model,
             adapter_in=None, output_dir=Path(tempfile.mkdtemp(prefix="loop-perf-train-")),
             config=config, options=SFTOptions(padding_free=mode == "padding_free"),
-            seed=0, progress=lambda **_: None)
+            seed=0, model_path=resolve_model(config.model))
         metrics = SFTUpdater().update(context).metrics
         results[mode] = {"tok_s": metrics["train_tokens"] / metrics["train_seconds"],
                          "seconds": metrics["train_seconds"], "tokens": metrics["train_tokens"],

@@ -38,7 +38,7 @@ def verifier(workers: int, unsafe: bool):
 
 
 def programs(count: int, work_ms: float):
-    from loop.records import Attempt
+    from loop.schema import Attempt
     from loop_code.tasks import CodeEasyTasks
 
     tasks = CodeEasyTasks().load(None, 0)

@@ -107,7 +107,7 @@ class Timer:
 
 
 def make_tasks(rng: random.Random, count: int, split: str, seen: set[tuple[int, int]]):
-    from loop.records import Task
+    from loop.schema import Task
 
     tasks = []
     while len(tasks) < count:
@@ -159,7 +159,7 @@ def answer(task, status: str, rng: random.Random, truncated: bool) -> tuple[str,
 
 
 def verdict_for(outcome: Outcome):
-    from loop.records import Verdict
+    from loop.schema import Verdict
 
     if outcome.status == "pass":
         return Verdict(passed=True, score=1.0, details={"extracted": outcome.completion[-4:]})
@@ -197,7 +197,7 @@ class Builder:
 
     def attempt(self, run_id, idx, task, purpose, k, status, parent=None, depth=0,
                 conversation=None):
-        from loop.records import Attempt
+        from loop.schema import Attempt
 
         truncated = status == "truncated"
         text, feedback = answer(task, status, self.rng, truncated)
@@ -254,7 +254,7 @@ class Builder:
         round_summary(store, run_id, idx)  # the engine's end-of-round summary (caches counts)
 
     def train_round(self, run_id, idx, shape, train_pool, easiness, favourite, skill) -> None:
-        from loop.records import Critique
+        from loop.schema import Critique
 
         store, rng = self.store, self.rng
         chosen = rng.sample(train_pool, min(shape.prompts, len(train_pool)))
@@ -433,7 +433,7 @@ def queries(store, db_path: Path) -> list[Query]:
     import sqlite3
 
     from loop.datasette import canned_queries, query_parameters
-    from loop.logs import attempt_logs, mistake_rows
+    from loop.queries import attempt_logs, mistake_rows
     from loop.summary import run_summary
 
     run = store.get_run("bench-big")

@@ -72,16 +72,16 @@ def main() -> int:
 
 def load_task(config_path: str):
     """The loop config and the task set loop itself would load for this benchmark."""
-    from loop.cli.run import resolve_task
+    from loop.runs import plan_run
 
-    _, config, _, tasks = resolve_task(TASK, Path(config_path), {}, [], None)
-    return config, tasks
+    plan = plan_run(TASK, Path(config_path))
+    return plan.config, plan.tasks
 
 
 # ----- the plain TRL arm ------------------------------------------------------------------------
 
 def run_plain(args, config, tasks, redo: set[str]) -> dict:
-    from loop_hf.models import resolve_model
+    from loop import resolve_model
 
     data = args.work / "train.jsonl"
     with data.open("w") as out:
@@ -109,10 +109,10 @@ def run_plain(args, config, tasks, redo: set[str]) -> dict:
 def evaluate_adapter(config, tasks, model: str, adapter: str) -> dict:
     """Held-out pass@1 of base + adapter through loop's own evaluate path: the configured backend,
     greedy sampling with `evaluate.max_new_tokens`, every configured verifier must pass."""
-    from loop.components import resolve_components
-    from loop.plugins import build_registry, get_plugin_manager
-    from loop.records import Attempt, ModelRef, Sampling
-    from loop.rounds import safe_verify_batch
+    from loop.resolve import resolve_components
+    from loop.plugin_manager import build_registry, get_plugin_manager
+    from loop.schema import Attempt, ModelRef, Sampling
+    from loop.guarded import safe_verify_batch
 
     components = resolve_components(config, build_registry(get_plugin_manager()))
     eval_tasks = tasks.eval[: config.evaluate.problems or None]

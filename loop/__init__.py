@@ -1,46 +1,75 @@
 """loop: a plugin-based self-improvement loop for language models.
 
-Plugins import what they need from here and never import pluggy themselves:
+`import loop` is the whole plugin API: records, base classes, the hook marker and the helpers a
+plugin may reuse all come from here, and a plugin never imports `loop.<submodule>` nor pluggy:
 
     import loop
-    from loop.records import Verdict
 
     class AlwaysPass(loop.Verifier):
         name = "always_pass"
+
         def verify(self, task, attempt):
-            return Verdict(passed=True, score=1.0)
+            return loop.Verdict(passed=True, score=1.0)
 
     @loop.hookimpl
     def register_verifiers(register):
         register(AlwaysPass())
+
+Test doubles for plugin tests are in `loop.testing`.
 """
 
-from loop.adapters import reward_verifier
+from loop.checkpoints import scratch_dir
+from loop.guarded import PluginFailure, call_plugin, safe_verify, safe_verify_batch
 from loop.hookspecs import hookimpl
-from loop.records import (
-    Attempt,
+from loop.interfaces import (
     Backend,
+    Component,
     Critic,
     CriticContext,
+    GenerationSession,
+    TaskSource,
+    Updater,
+    Verifier,
+    coerce_options,
+)
+from loop.models import ModelNotFound, resolve_model
+from loop.plugin_manager import PluginError, build_registry, get_plugin_manager
+from loop.resolve import Chosen
+from loop.reward_verifiers import RewardVerifier, reward_verifier, trl_arguments
+from loop.schema import (
+    Attempt,
     Critique,
     Generation,
-    GenerationSession,
+    Message,
     ModelRef,
     Sample,
     Sampling,
     Task,
     TaskSet,
-    TaskSource,
     UpdateResult,
-    Updater,
     Verdict,
-    Verifier,
+    stable_id,
 )
+from loop.task_files import read_jsonl, split_tasks, unique_by
+from loop.updates import EmptyDataset, UpdateContext, fold_verdicts
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attempt", "Backend", "Critic", "CriticContext", "Critique", "Generation", "GenerationSession", "ModelRef",
-    "Sample", "Sampling", "Task", "TaskSet", "TaskSource", "UpdateResult", "Updater", "Verdict",
-    "Verifier", "hookimpl", "reward_verifier", "__version__",
+    # records
+    "Attempt", "Critique", "Generation", "Message", "ModelRef", "Sample", "Sampling", "Task",
+    "TaskSet", "UpdateResult", "Verdict", "stable_id",
+    # base classes
+    "Backend", "Component", "Critic", "CriticContext", "GenerationSession", "TaskSource",
+    "Updater", "Verifier", "coerce_options",
+    # plugging in
+    "hookimpl", "reward_verifier", "RewardVerifier", "trl_arguments", "Chosen",
+    "get_plugin_manager", "build_registry", "PluginError",
+    # guarded calls a plugin may reuse
+    "call_plugin", "PluginFailure", "safe_verify", "safe_verify_batch",
+    # updaters
+    "UpdateContext", "EmptyDataset", "fold_verdicts", "scratch_dir",
+    # task sources and models
+    "read_jsonl", "split_tasks", "unique_by", "resolve_model", "ModelNotFound",
+    "__version__",
 ]

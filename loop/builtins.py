@@ -1,36 +1,13 @@
-"""Built-in components that need nothing heavy; written exactly as a third-party plugin would be."""
+"""Deprecated: moved to loop.builtin_plugins (see CHANGELOG.md)."""
 
-from __future__ import annotations
+from loop._moved import moved as _moved
 
-import loop
-from loop.records import Verdict
-
-
-class ExactMatchVerifier(loop.Verifier):
-    """Passes when the stripped answer equals the task's reference exactly (string compare).
-
-    An attempt with an empty answer is a `format` mistake; any other mismatch a `wrong_answer`."""
-
-    name = "exact_match"
-
-    def verify(self, task, attempt):
-        answer = attempt.completion.strip()
-        reference = (task.reference or "").strip()
-        if answer == reference:
-            return Verdict(passed=True, score=1.0)
-        mistake = "format" if not answer else "wrong_answer"
-        return Verdict(passed=False, score=0.0, error_kind="model", mistake=mistake,
-                       feedback=f"expected {reference!r}, got {answer[:200]!r}")
+_HOMES = {
+    "ExactMatchVerifier": "loop.builtin_plugins",
+    "register_verifiers": "loop.builtin_plugins",
+    "register_critics": "loop.builtin_plugins",
+}
 
 
-@loop.hookimpl
-def register_verifiers(register):
-    register(ExactMatchVerifier())
-
-
-@loop.hookimpl
-def register_critics(register):
-    from loop.critics import JudgeCritic, SelfCritiqueCritic, TaxonomyCritic, VerifierFeedbackCritic
-
-    for critic in (VerifierFeedbackCritic(), TaxonomyCritic(), SelfCritiqueCritic(), JudgeCritic()):
-        register(critic)
+def __getattr__(name):
+    return _moved(__name__, name, _HOMES)

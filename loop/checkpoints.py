@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "MANIFEST.json"
 TMP_PREFIX = ".tmp-"
@@ -95,6 +96,22 @@ def verify(folder: str | Path) -> None:
             raise CheckpointError(f"checkpoint {folder}: {rel} is missing")
         if path.stat().st_size != facts.get("size") or _sha256(path) != facts.get("sha256"):
             raise CheckpointError(f"checkpoint {folder}: {rel} does not match its manifest")
+
+
+def scratch_path(run_dir: Path, name: str) -> Path:
+    """The path of a temporary folder `name` in `run_dir`, which `remove_temporary` deletes at
+    the next start if a killed process left it behind."""
+    return Path(run_dir) / f"{TMP_PREFIX}{name}"
+
+
+def scratch_dir(context: Any, name: str) -> Path:
+    """A fresh, empty scratch folder for an updater (trainer state, intermediate files), beside
+    the context's output folder. Nothing in it survives: a restart after a crash removes it, and
+    the updater should remove it when done. `name` makes it unique within the round."""
+    path = scratch_path(Path(context.output_dir).parent, f"{name}-round-{context.round_index}")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def remove_temporary(run_dir: Path) -> list[Path]:

@@ -1,90 +1,15 @@
-"""Resolve the components a config names into plugin objects with validated options.
+"""Deprecated: moved to loop.resolve; `loop.Chosen` is public (see CHANGELOG.md)."""
 
-Runs before anything is written: an unknown name or a bad option is a one-line ConfigError.
-"""
+from loop._moved import moved as _moved
 
-from __future__ import annotations
-
-import copy
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from pydantic import BaseModel, ValidationError
-
-from loop.config import ComponentRef, ConfigError, LoopConfig, format_validation_error
-from loop.plugins import PluginError, Registry
+_HOMES = {
+    "Chosen": "loop.resolve",
+    "Components": "loop.resolve",
+    "validate_options": "loop.resolve",
+    "_choose": "loop.resolve",
+    "resolve_components": "loop.resolve",
+}
 
 
-@dataclass
-class Chosen:
-    """A component with its validated options and the plugin that registered it."""
-
-    name: str
-    component: Any
-    options: BaseModel | None
-    plugin: str
-
-
-@dataclass
-class Components:
-    task_source: Chosen
-    backend: Chosen
-    verifiers: list[Chosen]
-    rewards: list[Chosen]
-    updater: Chosen
-    critics: list[Chosen] = field(default_factory=list)
-
-    @property
-    def reward_fns(self) -> dict[str, Callable[..., list[float | None]]]:
-        return {c.name: c.component for c in self.rewards}
-
-
-def validate_options(component: Any, raw: dict[str, Any], where: str) -> BaseModel | None:
-    """A component's `options:` block validated by its Options model (ConfigError if wrong)."""
-    model = getattr(component, "Options", None)
-    if model is None:
-        if raw:
-            raise ConfigError(f"config error: {where}.options: this component takes no options")
-        return None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"config error: {where}.options")) from None
-
-
-def _choose(registry: Registry, kind: str, ref: ComponentRef, where: str) -> Chosen:
-    try:
-        component = registry.get(kind, ref.name)
-    except PluginError as exc:
-        raise ConfigError(f"config error: {where}: {exc}") from None
-    options = validate_options(component, ref.options, where)
-    if kind != "rewards" and options is not None:
-        # Components are registered once, as instances; each run gets its own shallow copy that
-        # carries the validated options as `self.options`.
-        component = copy.copy(component)
-        component.options = options
-    return Chosen(ref.name, component, options, registry.plugin_of(kind, ref.name))
-
-
-def resolve_components(config: LoopConfig, registry: Registry) -> Components:
-    if not config.task.source:
-        raise ConfigError("config error: task.source: no task given (loop run TASK)")
-    source = _choose(registry, "tasks", ComponentRef(name=config.task.source,
-                                                     options=config.task.options), "task")
-    verifier_refs = config.task.verifiers or [
-        ComponentRef(name=name) for name in getattr(source.component, "default_verifiers", [])
-    ]
-    if not verifier_refs:
-        raise ConfigError(f"config error: task.verifiers: task {config.task.source!r} names no "
-                          "verifier and has no default")
-    verifiers = [_choose(registry, "verifiers", ref, f"task.verifiers.{ref.name}")
-                 for ref in verifier_refs]
-    rewards = [_choose(registry, "rewards", ref, f"task.rewards.{ref.name}")
-               for ref in config.task.rewards]
-    backend = _choose(registry, "backends", config.backend, "backend")
-    updater = _choose(registry, "updaters",
-                      ComponentRef(name=config.train.method, options=config.train.options),
-                      "train.method")
-    critics = [_choose(registry, "critics", ref, f"task.critics.{ref.name}")
-               for ref in config.task.critics]
-    return Components(source, backend, verifiers, rewards, updater, critics)
+def __getattr__(name):
+    return _moved(__name__, name, _HOMES)

@@ -1,6 +1,6 @@
 """Built-in critics: they explain a failed answer so the model can repair it (refine stage).
 
-Written exactly as a third-party plugin would be (registered by `loop.builtins`). None of them
+Written exactly as a third-party plugin would be (registered by `loop.builtin_plugins`). None of them
 sees the reference answer unless the task allows hints: the engine hands them the task without
 it and the verdicts with it masked.
 
@@ -34,7 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loop.records import Attempt, Critic, CriticContext, Critique, Task, Verdict
+from loop.schema import Attempt, Critique, Task, Verdict
+from loop.interfaces import Critic, CriticContext
 
 EXPLANATIONS = {
     "timeout": "Your answer took too long to check: give a shorter, direct answer, and in code "
@@ -196,7 +197,7 @@ class JudgeCritic(Critic):
 
     def critique_batch(self, items: list[tuple[Task, Attempt, dict[str, Verdict]]],
                        context: CriticContext) -> list[Critique | None]:
-        from loop.records import Sampling
+        from loop.schema import Sampling
 
         options: JudgeOptions = self.options
         if not items:

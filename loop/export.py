@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from loop.config import ConfigError, LoopConfig
-from loop.plugins import PluginError, Registry
-from loop.records import Updater, Verdict
+from loop.interfaces import Updater
+from loop.plugin_manager import PluginError, Registry
+from loop.schema import Verdict
 from loop.store import Store
+from loop.updates import EmptyDataset, fold_verdicts, update_context
 
 ATTEMPTS = "attempts"
 FORMATS = ("jsonl", "parquet", "hf")
@@ -146,7 +148,7 @@ def attempt_rows(store: Store, run_id: str, idx: int, config: LoopConfig) -> lis
             "prompt_tokens": attempt.prompt_tokens,
             "completion_tokens": attempt.completion_tokens, "token_ids": attempt.token_ids,
             "logprobs": attempt.logprobs,
-            **_folded(judged),
+            **fold_verdicts(judged),
             "verdicts": [{"verifier": name, "passed": v.passed, "score": v.score,
                           "error_kind": v.error_kind, "mistake": v.mistake,
                           "feedback": v.feedback} for name, v in judged.items()],
@@ -157,22 +159,10 @@ def attempt_rows(store: Store, run_id: str, idx: int, config: LoopConfig) -> lis
     return rows
 
 
-def _folded(judged: dict[str, Verdict]) -> dict[str, Any]:
-    """One attempt's verdicts as one: the rule of loop.rounds.load_samples for passed/score."""
-    values = list(judged.values())
-    return {
-        "passed": bool(values) and all(v.passed for v in values),
-        "score": min((v.score for v in values), default=0.0),
-        "error_kind": next((v.error_kind for v in values if v.error_kind), None),
-        "mistake": next((v.mistake for v in values if v.mistake), None),
-        "feedback": "\n".join(v.feedback for v in values if v.feedback),
-    }
-
-
 def resolve_updater(registry: Registry, name: str, config: LoopConfig) -> Any:
     """The registered updater `name` with its options: the run's `train.options` when the run
     trained with it, its defaults otherwise (a copy, as the train stage's components are)."""
-    from loop.components import validate_options
+    from loop.resolve import validate_options
 
     try:
         component = registry.get("updaters", name)
@@ -191,29 +181,15 @@ def resolve_updater(registry: Registry, name: str, config: LoopConfig) -> Any:
     return component
 
 
-def update_context(store: Store, run: dict, config: LoopConfig, idx: int, options: Any,
-                   output_dir: Path):
-    """The UpdateContext the train stage of round `idx` built (RoundEngine.stage_train)."""
-    from loop.rounds import UpdateContext, _derive_seed, load_samples
-
-    names = reward_names(config)
-    return UpdateContext(
-        run_id=run["id"], round_index=idx, samples=load_samples(store, run["id"], idx, names),
-        base_model=config.model, adapter_in=store.get_round(run["id"], idx)["model_in"],
-        output_dir=output_dir, config=config, options=options,
-        seed=_derive_seed(config.seed, idx, "train"), progress=lambda **_: None,
-        reward_names=names,
-    )
-
-
 def updater_rows(store: Store, run: dict, config: LoopConfig, updater: Any, name: str,
                  idx: int) -> list[dict]:
     """`updater.build_dataset(context)` for round `idx`; any failure is one ExportError line."""
-    from loop.rounds import EmptyDataset
 
     # build_dataset must not write; it still gets a real, empty folder, as in training.
     with tempfile.TemporaryDirectory(prefix="loop-export-") as scratch:
-        context = update_context(store, run, config, idx, updater.options, Path(scratch))
+        # The context the train stage built, except the prepared model: a dataset needs none.
+        context = update_context(store, config, run["id"], idx, options=updater.options,
+                                 output_dir=Path(scratch), reward_names=reward_names(config))
         try:
             rows = updater.build_dataset(context)
         except (EmptyDataset, NotImplementedError) as exc:

@@ -52,7 +52,7 @@ def register_rewards(register):
 @hookspec
 def register_updaters(register):
     """Register update methods: `register(updater)`, a `loop.Updater` with `update(context) ->
-    UpdateResult(adapter_path, metrics)`; `context` is a `loop.rounds.UpdateContext`."""
+    UpdateResult(adapter_path, metrics)`; `context` is a `loop.UpdateContext`."""
 
 
 @hookspec

@@ -369,7 +369,7 @@ def m005_read_side_indexes_and_views(db: Database) -> None:
 def m006_text_search_and_held_out_index(db: Database) -> None:
     # `loop logs -q` and `loop mistakes -q`: substring search over answers, verifier feedback
     # and the mistake log. Trigram full-text indexes find the few rows that contain a rare text
-    # without reading the run (loop.logs decides when to use them). Index only (the text stays
+    # without reading the run (loop.queries decides when to use them). Index only (the text stays
     # in its table), no positions (detail=none), kept in step by triggers. `content='...'` in
     # single quotes on purpose: Datasette's search box would send them phrase queries, which
     # detail=none cannot answer, and it only looks for content="..." or content=[...].

@@ -16,16 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from loop.records import (
-    Attempt,
-    CriticContext,
-    GenerationSession,
-    Message,
-    ModelRef,
-    Sampling,
-    Task,
-    Verdict,
-)
+from loop.schema import Attempt, Message, ModelRef, Sampling, Task, Verdict
+from loop.interfaces import CriticContext, GenerationSession
 
 HIDDEN = "[hidden]"
 
@@ -87,8 +79,8 @@ class EngineCriticContext(CriticContext):
 
     def open_backend(self, name: str, model: str,
                      options: dict[str, Any] | None = None) -> GenerationSession:
-        from loop.components import validate_options
-        from loop.plugins import build_registry, get_plugin_manager
+        from loop.resolve import validate_options
+        from loop.plugin_manager import build_registry, get_plugin_manager
 
         registry = build_registry(self._pm or get_plugin_manager())
         backend = registry.get("backends", name)

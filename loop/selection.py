@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 
 from loop.config import SelectConfig
-from loop.records import Message, Task
+from loop.schema import Message, Task
 
 HINT_INTRO = "Hint: a worked solution begins like this:"
 

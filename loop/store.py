@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 from sqlite_utils import Database
 
 from loop.migrations import migrations
-from loop.records import Attempt, Critique, Task, Verdict, stable_id
+from loop.schema import Attempt, Critique, Task, Verdict, stable_id
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 

@@ -18,7 +18,10 @@ zero: `reported` is False). The round's wall time is the engine's own clock for 
 
 from __future__ import annotations
 
-from loop.rounds import TRAIN_STAGES as STAGE_ORDER  # the engine's order of a round's stages
+from typing import Any
+
+from loop.guarded import finite
+from loop.stage_order import TRAIN_STAGES as STAGE_ORDER  # the engine's order of a round's stages
 
 WORK_KEYS = {"generate": ("model_seconds",), "refine": ("model_seconds", "verify_seconds"),
              "evaluate": ("model_seconds", "verify_seconds"), "train": ("model_seconds",)}
@@ -73,3 +76,21 @@ def run_time(rounds: list[dict], wall_seconds: float | None) -> dict:
             "outside_rounds_seconds": round(wall - in_rounds, 3),
             "work_seconds": round(work, 3), "overhead_seconds": round(wall - work, 3),
             "overhead_share": (wall - work) / wall if wall > 0 else None}
+
+
+def session_timing(session: Any) -> dict[str, float]:
+    """A generation session's own `load_seconds`/`model_seconds`, where it reports them."""
+    return reported_timing({k: getattr(session, k, None) for k in ("load_seconds", "model_seconds")})
+
+
+def reported_timing(reported: dict) -> dict[str, float]:
+    """The time split a component reports (a session's attributes, an updater's metrics):
+    `load_seconds` (loading the model) and `model_seconds` (in the model; an updater's
+    `train_seconds`, the time inside its optimizer loop). Missing or bad values are left out."""
+    timing = {}
+    for key, source in (("load_seconds", "load_seconds"), ("model_seconds", "model_seconds"),
+                        ("model_seconds", "train_seconds")):
+        value = finite(reported.get(source))
+        if value is not None and value >= 0 and key not in timing:
+            timing[key] = value
+    return timing

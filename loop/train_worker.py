@@ -42,12 +42,12 @@ from collections import deque
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable
 
-from loop.checkpoints import TMP_PREFIX
+from loop.checkpoints import TMP_PREFIX, scratch_path
 
 if TYPE_CHECKING:
     from loop.config import LauncherConfig
-    from loop.records import UpdateResult
-    from loop.rounds import UpdateContext
+    from loop.schema import UpdateResult
+    from loop.updates import UpdateContext
     from loop.store import Store
 
 PROTOCOL = 1
@@ -71,14 +71,14 @@ def launch_update(context: UpdateContext, launcher: LauncherConfig, *, store: St
 
     Raises EmptyDataset when the updater found nothing to train on (as in process), and
     LaunchError for every failure of the launched processes."""
-    from loop.records import UpdateResult
-    from loop.rounds import EmptyDataset
+    from loop.schema import UpdateResult
+    from loop.updates import EmptyDataset
 
     accelerate_config = read_accelerate_config(launcher.config_file)
     name = describe(launcher, accelerate_config)
     db = store_path(store)
     output_dir = Path(context.output_dir)
-    work = output_dir.parent / f"{TMP_PREFIX}round-{context.round_index}-launch"
+    work = scratch_path(output_dir.parent, f"round-{context.round_index}-launch")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     request = {
@@ -88,6 +88,7 @@ def launch_update(context: UpdateContext, launcher: LauncherConfig, *, store: St
         "run_id": context.run_id,
         "round_index": context.round_index,
         "adapter_in": context.adapter_in,
+        "model_path": context.model_path,
         "output_dir": str(output_dir),
         "seed": context.seed,
         "reward_names": list(context.reward_names),
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         watch_parent(parent["pid"], parent["started"])
     scratch = None
     try:
-        from loop.rounds import EmptyDataset
+        from loop.updates import EmptyDataset
 
         context, updater = rebuild_context(request, rank)
         if rank != 0:
@@ -409,35 +410,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def rebuild_context(request: dict[str, Any], rank: int):
     """(UpdateContext, chosen updater) for this worker, from the request and the store."""
-    from loop.components import resolve_components
     from loop.config import LoopConfig
-    from loop.plugins import build_registry, get_plugin_manager
-    from loop.rounds import UpdateContext, load_samples
+    from loop.plugin_manager import build_registry, get_plugin_manager
+    from loop.resolve import resolve_components
     from loop.store import Store
+    from loop.updates import update_context
 
     if request.get("protocol") != PROTOCOL:
         raise LaunchError(f"request protocol {request.get('protocol')!r}, expected {PROTOCOL}")
     config = LoopConfig.model_validate(request["config"])
     pm = get_plugin_manager(plugins_dir=request.get("plugins_dir"))
     updater = resolve_components(config, build_registry(pm)).updater
-    store = Store.open(request["db"], pm)
-    try:
-        samples = load_samples(store, request["run_id"], request["round_index"],
-                               request["reward_names"])
-    finally:
-        store.db.conn.close()
     output_dir = Path(request["output_dir"])
     if rank != 0:  # a private copy, thrown away: only rank 0's checkpoint is published
-        output_dir = (output_dir.parent / f"{TMP_PREFIX}round-{request['round_index']}-rank{rank}"
+        output_dir = (scratch_path(output_dir.parent, f"round-{request['round_index']}-rank{rank}")
                       / output_dir.name)
     output_dir.mkdir(parents=True, exist_ok=True)
-    context = UpdateContext(
-        run_id=request["run_id"], round_index=request["round_index"], samples=samples,
-        base_model=config.model, adapter_in=request["adapter_in"], output_dir=output_dir,
-        config=config, options=updater.options, seed=request["seed"],
-        progress=_progress_printer() if rank == 0 else _no_progress,
-        reward_names=request["reward_names"],
-    )
+    store = Store.open(request["db"], pm)
+    try:
+        context = update_context(
+            store, config, request["run_id"], request["round_index"], options=updater.options,
+            output_dir=output_dir, reward_names=request["reward_names"],
+            model_path=request.get("model_path") or "",
+            progress=_progress_printer() if rank == 0 else _no_progress)
+    finally:
+        store.db.conn.close()
     return context, updater
 
 

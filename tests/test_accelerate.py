@@ -397,10 +397,10 @@ def test_two_process_adapter_loads_and_matches_the_single_process_one(launched, 
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from loop.components import resolve_components
+    from loop.resolve import resolve_components
     from loop.config import LoopConfig
-    from loop.plugins import build_registry, get_plugin_manager
-    from loop.rounds import UpdateContext, load_samples
+    from loop.plugin_manager import build_registry, get_plugin_manager
+    from loop.updates import UpdateContext, load_samples
     from loop.store import Store
 
     db = launched["db"]
@@ -461,8 +461,8 @@ def test_a_hung_worker_is_detected_and_every_worker_killed(launched, tmp_path, m
     """A silent hang of the real 2-process launch (what a stuck NCCL/gloo collective looks
     like) ends in a one-line LaunchError after stall_timeout_s, and no worker outlives it."""
     from loop.config import LoopConfig
-    from loop.plugins import get_plugin_manager
-    from loop.rounds import UpdateContext, load_samples
+    from loop.plugin_manager import get_plugin_manager
+    from loop.updates import UpdateContext, load_samples
     from loop.store import Store
     from loop.train_worker import launch_update
 
@@ -505,7 +505,7 @@ UPDATERS = '''
 from pathlib import Path
 
 import loop
-from loop.rounds import EmptyDataset
+from loop.updates import EmptyDataset
 
 
 class Writes(loop.Updater):
@@ -551,8 +551,8 @@ use_cpu: true
 
 @pytest.fixture
 def launch(tmp_path, store):
-    from loop.plugins import get_plugin_manager
-    from loop.rounds import UpdateContext
+    from loop.plugin_manager import get_plugin_manager
+    from loop.updates import UpdateContext
     from loop.train_worker import launch_update
 
     plugins = tmp_path / "plugins"
@@ -594,7 +594,7 @@ def test_launched_update_returns_rank_0_result(launch):
 
 @pytest.mark.slow
 def test_launched_update_with_nothing_to_train_on_is_empty_dataset(launch):
-    from loop.rounds import EmptyDataset
+    from loop.updates import EmptyDataset
 
     with pytest.raises(EmptyDataset, match="none of the 0 attempts passed"):
         launch("empty")

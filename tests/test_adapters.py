@@ -1,5 +1,5 @@
 """`@loop.reward_verifier`: a TRL reward function becomes a verifier with one decorator, judged
-through the engine's own path (`loop.rounds.safe_verify_batch`)."""
+through the engine's own path (`loop.safe_verify_batch`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import math
 import pytest
 
 import loop
-from loop.components import Chosen
-from loop.plugins import build_registry
-from loop.records import Attempt, Task, Verdict
-from loop.rounds import safe_verify_batch
+from loop.resolve import Chosen
+from loop.plugin_manager import build_registry
+from loop.schema import Attempt, Task, Verdict
+from loop.guarded import safe_verify_batch
 
 
 def make_items(pairs, metadata=None):
@@ -159,7 +159,7 @@ def test_registered_as_verifier_and_as_reward_by_one_plugin(pm):
 
 
 def test_config_selects_it_and_rejects_options(pm):
-    from loop.components import resolve_components
+    from loop.resolve import resolve_components
     from loop.config import ConfigError, build_config
 
     @loop.reward_verifier

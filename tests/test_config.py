@@ -18,7 +18,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates(path, registry):
-    from loop.components import resolve_components
+    from loop.resolve import resolve_components
 
     config = build_config("arithmetic", path, task_dirs=[REPO / "tasks"])
     components = resolve_components(config, registry)

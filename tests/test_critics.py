@@ -12,7 +12,7 @@ from loop.critics import (
     VerifierFeedbackCritic,
     classify,
 )
-from loop.records import Attempt, Critique, Task, Verdict
+from loop.schema import Attempt, Critique, Task, Verdict
 from loop.refine import HIDDEN, critic_view, model_failure, repair_messages
 
 TASK = Task(source="t", split="train", prompt=[{"role": "user", "content": "What is 47+38?"}],
@@ -101,7 +101,7 @@ def test_repair_request_continues_the_conversation():
 def test_model_critics_review_through_real_models(weak_adder_dir, pm):
     """self_critique asks the round's policy, judge opens another model through a registered
     backend; both get the question and the answer, never the reference."""
-    from loop.records import ModelRef
+    from loop.schema import ModelRef
     from loop.refine import EngineCriticContext
     from loop_hf.backend import HFBackend, HFOptions
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from loop.cli import app
 from loop.datasette import canned_queries, database_name, metadata, query_parameters
-from loop.records import Attempt, Critique, Task, Verdict
+from loop.schema import Attempt, Critique, Task, Verdict
 from tiny_model import tiny_task_yaml
 
 REPO = Path(__file__).resolve().parent.parent

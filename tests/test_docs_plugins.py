@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from loop import hookspecs
-from loop.plugins import build_registry, get_plugin_manager
+from loop.plugin_manager import build_registry, get_plugin_manager
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "plugins.md"
@@ -110,23 +110,23 @@ def test_every_example_registers_what_the_docs_select(docs_plugins):
 
 
 def _task(reference="4", content="What is 2+2?"):
-    from loop.records import Task
+    from loop.schema import Task
 
     return Task(source="t", split="train", reference=reference,
                 prompt=[{"role": "user", "content": content}])
 
 
 def _attempt(task, text, finish_reason="stop"):
-    from loop.records import Attempt
+    from loop.schema import Attempt
 
     return Attempt(id=f"a-{text}", run_id="r", round_index=1, task_id=task.id, purpose="train",
                    sample_index=0, messages=[], completion=text, finish_reason=finish_reason)
 
 
 def test_task_and_backend_examples_work_through_a_config(docs_plugins):
-    from loop.components import resolve_components
+    from loop.resolve import resolve_components
     from loop.config import build_config
-    from loop.records import Sampling
+    from loop.schema import Sampling
 
     _, registry, _ = docs_plugins
     config = build_config("capitals", sets=["task.options.eval_share=0.5", "backend.name=canned",
@@ -148,8 +148,8 @@ def test_task_and_backend_examples_work_through_a_config(docs_plugins):
 
 
 def test_verifier_examples_through_the_engine(docs_plugins):
-    from loop.components import Chosen
-    from loop.rounds import safe_verify_batch
+    from loop.resolve import Chosen
+    from loop.guarded import safe_verify_batch
 
     _, registry, _ = docs_plugins
 
@@ -187,7 +187,7 @@ def test_prepare_of_the_batching_verifier_stops_a_bad_interpreter(docs_plugins):
 
 
 def test_critic_examples(docs_plugins):
-    from loop.records import Verdict
+    from loop.schema import Verdict
 
     _, registry, _ = docs_plugins
     task = _task()
@@ -210,7 +210,7 @@ def test_critic_examples(docs_plugins):
 
 
 def test_reward_example(docs_plugins):
-    from loop.records import Verdict
+    from loop.schema import Verdict
 
     _, registry, _ = docs_plugins
     concise = registry.get("rewards", "concise")
@@ -226,8 +226,8 @@ def test_reward_example(docs_plugins):
 def test_updater_example_chooses_each_prompts_best_answer(docs_plugins):
     from types import SimpleNamespace
 
-    from loop.records import Sample
-    from loop.rounds import EmptyDataset
+    from loop.schema import Sample
+    from loop.updates import EmptyDataset
 
     _, registry, _ = docs_plugins
     updater = registry.get("updaters", "best_only")

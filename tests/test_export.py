@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from loop.cli import app
 from loop.config import LoopConfig
-from loop.records import Attempt, Critique, Task, Verdict
+from loop.schema import Attempt, Critique, Task, Verdict
 from loop.store import unpack_logprobs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +47,8 @@ def expected_rows(db: Path, run_ref: str, what: str, rounds: list[int]) -> list[
     """What the updater's build_dataset (or attempt_rows) returns for each round, plus `round`:
     the context built here as the train stage builds it (RoundEngine.stage_train)."""
     from loop.export import attempt_rows
-    from loop.plugins import build_registry, get_plugin_manager
-    from loop.rounds import UpdateContext, load_samples
+    from loop.plugin_manager import build_registry, get_plugin_manager
+    from loop.updates import UpdateContext, load_samples
     from loop.store import Store
 
     store = Store.open(db)
@@ -242,7 +242,7 @@ def test_attempt_rows_match_the_store(hand_db, tmp_path):
 def test_updater_rows_follow_each_method_and_the_runs_options(hand_db, tmp_path):
     from loop_trl.datasets import sft_rows
 
-    from loop.rounds import load_samples
+    from loop.updates import load_samples
     from loop.store import Store
 
     def export(what: str) -> list[dict]:

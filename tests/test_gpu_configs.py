@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.components import resolve_components
+from loop.resolve import resolve_components
 from loop.config import ComponentRef, build_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def test_vllm_settings_fit_the_run():
 
 
 def _registry(monkeypatch, with_vllm: bool):
-    from loop.plugins import PluginError, build_registry, get_plugin_manager
+    from loop.plugin_manager import PluginError, build_registry, get_plugin_manager
 
     if with_vllm:  # the test environment loads first-party plugins only (conftest.py)
         import os

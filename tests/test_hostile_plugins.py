@@ -15,10 +15,9 @@ from typer.testing import CliRunner
 
 import loop
 from loop.cli import app
-from loop.components import Chosen, Components
-from loop.config import LoopConfig
-from loop.records import Attempt, Task, Verdict
-from loop.rounds import RoundEngine, safe_verify
+from loop.guarded import call_reward, safe_verify
+from loop.resolve import Chosen
+from loop.schema import Attempt, Task, Verdict
 
 TASK = Task(source="s", split="train", prompt=[{"role": "user", "content": "1+1="}], reference="2")
 ATTEMPT = Attempt(id="att-1", run_id="r", round_index=1, task_id=TASK.id, purpose="train",
@@ -71,27 +70,6 @@ def test_bad_verifier_becomes_an_error_verdict_naming_plugin_item_and_reason(beh
                     verdict.feedback), verdict.feedback
 
 
-def _engine(store, reward_fn, timeout_s=0.5):
-    config = LoopConfig.model_validate({"verify": {"timeout_s": timeout_s}})
-    warnings: list[str] = []
-
-    class Reporter:
-        def stage(self, *a):
-            raise AssertionError
-
-        def round_done(self, summary):
-            pass
-
-        def warn(self, message):
-            warnings.append(message)
-
-    rewards = [Chosen("shady", reward_fn, None, "evil-plugin")]
-    engine = RoundEngine(store=store, config=config,
-                         components=Components(None, None, [], rewards, None),
-                         run_id="r", run_dir=Path("."), reporter=Reporter())
-    return engine, warnings
-
-
 ATTEMPTS = [ATTEMPT.model_copy(update={"id": f"att-{i}"}) for i in range(3)]
 
 
@@ -111,9 +89,9 @@ ATTEMPTS = [ATTEMPT.model_copy(update={"id": f"att-{i}"}) for i in range(3)]
     (lambda prompts, completions, **kw: [None, 1, 0], [None, 1.0, 0.0], None),
 ])
 def test_bad_reward_gives_null_never_zero(store, fn, expected, warning):
-    engine, warnings = _engine(store, fn, timeout_s=0.2)
-    values = engine._call_reward("shady", fn, ATTEMPTS, {TASK.id: TASK},
-                                 {a.id: {} for a in ATTEMPTS})
+    warnings: list[str] = []
+    values = call_reward(Chosen("shady", fn, None, "evil-plugin"), ATTEMPTS, {TASK.id: TASK},
+                         {a.id: {} for a in ATTEMPTS}, 0.2, warnings.append)
     assert values == expected
     if warning:
         assert any(re.search(warning, w) for w in warnings), warnings
@@ -125,7 +103,7 @@ def test_bad_reward_gives_null_never_zero(store, fn, expected, warning):
 FLAKY = '''
 import time
 import loop
-from loop.records import Verdict
+from loop.schema import Verdict
 
 class Flaky(loop.Verifier):
     """Raises on answers ending in 1, hangs on answers ending in 2, else agrees with exact match."""

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.records import Attempt, Critique, Task, Verdict
+from loop.schema import Attempt, Critique, Task, Verdict
 
 
 def _attempt(run, idx, task, i, text, parent=None, depth=0, purpose="train"):

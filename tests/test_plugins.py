@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 import loop
 from loop import hookspecs
 from loop.cli import app
-from loop.plugins import PluginError, build_registry, get_plugin_manager
-from loop.records import Verdict
+from loop.plugin_manager import PluginError, build_registry, get_plugin_manager
+from loop.schema import Verdict
 
 ALWAYS_PASS = '''
 import loop
-from loop.records import Verdict
+from loop.schema import Verdict
 
 class AlwaysPass(loop.Verifier):
     name = "always_pass"
@@ -38,7 +38,7 @@ def test_first_party_plugins_load_from_entry_points(registry):
     assert {"math", "exact_match", "python_tests"} <= set(registry.names("verifiers"))
     assert registry.names("rewards") == ["binary", "tests_passed"]
     assert registry.plugin_of("verifiers", "python_tests") == "code"
-    assert registry.names("updaters") == ["dpo", "grpo", "kto", "nft", "redi", "sft"]
+    assert registry.names("updaters") == ["dpo", "grpo", "kto", "nft", "noop", "redi", "sft"]
     assert registry.plugin_of("updaters", "sft") == "trl"
     assert registry.plugin_of("verifiers", "exact_match") == "loop.builtins"
 
@@ -47,13 +47,13 @@ def test_load_plugins_env_empty_loads_only_builtins(monkeypatch):
     monkeypatch.setenv("LOOP_LOAD_PLUGINS", "")
     registry = build_registry(get_plugin_manager())
     assert registry.names("verifiers") == ["exact_match"]
-    assert registry.names("backends") == []
+    assert registry.names("backends") == ["scripted"]  # the built-in test double
 
 
 def test_load_plugins_env_selects_by_name(monkeypatch):
     monkeypatch.setenv("LOOP_LOAD_PLUGINS", "math")
     registry = build_registry(get_plugin_manager())
-    assert "math" in registry.names("verifiers") and registry.names("updaters") == []
+    assert "math" in registry.names("verifiers") and registry.names("updaters") == ["noop"]
 
 
 def test_plugins_dir_loads_loose_files_without_touching_sys_path(tmp_path):
@@ -251,9 +251,9 @@ def test_loop_help_does_not_import_torch():
 
 
 def test_verifier_exception_becomes_infra_verdict_naming_plugin():
-    from loop.components import Chosen
-    from loop.records import Attempt, Task
-    from loop.rounds import safe_verify
+    from loop.resolve import Chosen
+    from loop.schema import Attempt, Task
+    from loop.guarded import safe_verify
 
     class Boom(loop.Verifier):
         name = "boom"

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.records import Attempt, Task, Verdict
+from loop.schema import Attempt, Task, Verdict
 from loop.store import Store, open_db
 from tiny_model import tiny_task_yaml
 

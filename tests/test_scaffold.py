@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.plugins import build_registry, get_plugin_manager
+from loop.plugin_manager import build_registry, get_plugin_manager
 from loop.scaffold import KINDS, REGISTRY_KIND, ScaffoldError, write_plugin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_each_kind_is_a_complete_distribution(kind, tmp_path, monkeypatch):
 def test_generated_verifier_judges_answers(tmp_path, monkeypatch):
     write_plugin("verifier", "judge-x2", tmp_path)
     _, registry = load_generated(tmp_path / "loop-judge-x2", "loop_judge_x2", monkeypatch)
-    from loop.records import Attempt, Task
+    from loop.schema import Attempt, Task
 
     verifier = registry.get("verifiers", "judge-x2")
     task = Task(source="t", split="train", prompt=[{"role": "user", "content": "2+2="}],
@@ -97,7 +97,7 @@ def test_generated_verifier_judges_answers(tmp_path, monkeypatch):
 
 
 def test_generated_task_source_runs_through_config_resolution(tmp_path, monkeypatch):
-    from loop.components import resolve_components
+    from loop.resolve import resolve_components
     from loop.config import build_config
 
     write_plugin("task", "words-x3", tmp_path)

@@ -4,7 +4,7 @@ that was deleted, even when SQLite reuses a deleted row's rowid."""
 
 from __future__ import annotations
 
-from loop.records import Attempt, Task, Verdict
+from loop.schema import Attempt, Task, Verdict
 from loop.search_index import refresh
 
 
@@ -64,7 +64,7 @@ def test_a_deleted_indexed_row_makes_the_index_rebuild(store, tmp_path):
 
 
 def test_loop_logs_search_sees_answers_written_since_the_last_round(store, tmp_path):
-    from loop.logs import attempt_logs
+    from loop.queries import attempt_logs
 
     task = _setup(store, tmp_path)
     store.insert_attempts([_attempt(task, 0, "the wombat answer")])

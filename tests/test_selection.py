@@ -4,7 +4,7 @@ same history and seed always give the same prompts."""
 from __future__ import annotations
 
 from loop.config import SelectConfig
-from loop.records import Task
+from loop.schema import Task
 from loop.selection import HINT_INTRO, choose_prompts, retired_tasks, with_hint
 
 TRAIN = [Task(source="t", split="train", prompt=[{"role": "user", "content": f"q{i}"}],

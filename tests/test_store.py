@@ -9,7 +9,7 @@ import pytest
 import sqlite_utils
 
 from loop.migrations import migrations
-from loop.records import Attempt, Task, Verdict
+from loop.schema import Attempt, Task, Verdict
 from loop.store import Store, StoreError, open_db
 
 EXPECTED_COLUMNS = {
@@ -82,7 +82,7 @@ def test_migrate_is_idempotent(tmp_path):
 
 def test_prepare_db_hook_lets_plugins_add_tables(tmp_path):
     import loop
-    from loop.plugins import get_plugin_manager
+    from loop.plugin_manager import get_plugin_manager
 
     class Plugin:
         @loop.hookimpl

@@ -159,7 +159,7 @@ def test_text_search_through_the_trigram_indexes_finds_what_a_plain_read_finds(s
                                                                                monkeypatch):
     """With the shipped cap, and with a cap of 5 rows that sends most texts down the
     read-in-display-order path."""
-    from loop import logs
+    from loop import queries as logs
 
     if cap is not None:
         monkeypatch.setattr(logs, "TEXT_CANDIDATES", cap)
@@ -184,7 +184,7 @@ def test_text_search_through_the_trigram_indexes_finds_what_a_plain_read_finds(s
 
 @pytest.mark.parametrize("cap", [None, 5])
 def test_mistake_search_finds_what_a_plain_read_finds(synthetic, cap, monkeypatch):
-    from loop import logs
+    from loop import queries as logs
 
     if cap is not None:
         monkeypatch.setattr(logs, "TEXT_CANDIDATES", cap)

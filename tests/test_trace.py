@@ -1,5 +1,5 @@
 """LOOP_TRACE_PLUGINS=1: every hook implementation call, every registration and every component
-call through loop.isolation.call_plugin prints one `loop-trace:` line to stderr."""
+call through loop.guarded.call_plugin prints one `loop-trace:` line to stderr."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ import threading
 import pytest
 
 import loop
-from loop.components import Chosen
-from loop.isolation import PluginFailure, call_plugin
-from loop.plugins import TracingPluginManager, build_registry, get_plugin_manager
-from loop.records import Attempt, Task, Verdict
-from loop.rounds import RoundEngine, safe_verify, safe_verify_batch
+from loop.resolve import Chosen
+from loop.guarded import PluginFailure, call_plugin
+from loop.plugin_manager import TracingPluginManager, build_registry, get_plugin_manager
+from loop.schema import Attempt, Task, Verdict
+from loop.rounds import RoundEngine
+from loop.guarded import safe_verify, safe_verify_batch
 from loop.store import open_db
 
 PLUGIN = '''
 import loop
-from loop.records import Task, TaskSet, Verdict
+from loop.schema import Task, TaskSet, Verdict
 
 
 class OneTask(loop.TaskSource):
@@ -101,7 +102,7 @@ def test_every_hook_implementation_call_is_traced(monkeypatch, capsys, plugin_di
     assert "hook register_tasks [file:traced.py] registered task 'one_task': " \
            "_loop_plugins_dir.traced.OneTask" in lines
     assert "hook register_verifiers [loop.builtins] registered verifier 'exact_match': " \
-           "loop.builtins.ExactMatchVerifier" in lines
+           "loop.builtin_plugins.ExactMatchVerifier" in lines
     calls = [line for line in lines if line.startswith("hook register_verifiers [")
              and "(register=<function register>)" in line]
     assert {line.split("]")[0] for line in calls} == {"hook register_verifiers [loop.builtins",

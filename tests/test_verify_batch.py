@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 import loop
 from loop.cli import app
-from loop.components import Chosen
-from loop.records import Attempt, Task, Verdict
-from loop.rounds import VERIFY_CHUNK, safe_verify_batch
+from loop.resolve import Chosen
+from loop.schema import Attempt, Task, Verdict
+from loop.rounds import VERIFY_CHUNK
+from loop.guarded import safe_verify_batch
 
 TASK = Task(source="s", split="train", prompt=[{"role": "user", "content": "1+1="}], reference="2")
 
@@ -72,7 +73,7 @@ def test_a_non_verdict_in_a_batch_costs_only_its_item():
 
 
 def test_the_engine_verifies_in_chunks(store):
-    from loop.components import Components
+    from loop.resolve import Components
     from loop.config import LoopConfig
     from loop.rounds import RoundEngine
 
@@ -89,7 +90,7 @@ def test_the_engine_verifies_in_chunks(store):
 
 BROKEN_SANDBOX = '''
 import loop
-from loop.records import Verdict
+from loop.schema import Verdict
 
 class Sandboxed(loop.Verifier):
     name = "sandboxed"
@@ -125,7 +126,7 @@ def test_a_verifier_that_cannot_start_stops_the_run_before_it_exists(tmp_path, t
 BROKEN_UNTIL_FIXED = '''
 import os
 import loop
-from loop.records import Verdict
+from loop.schema import Verdict
 
 class Sometimes(loop.Verifier):
     """Cannot check anything while the file named by $SANDBOX_BROKEN exists (a broken sandbox),
@@ -185,8 +186,8 @@ def test_infra_verdicts_are_checked_again_on_resume(tmp_path, weak_adder_dir):
 
 def test_loop_verify_runs_any_tasks_verifiers_on_an_answer(tmp_path, tiny_task_file):
     from loop.config import build_config
-    from loop.plugins import build_registry, get_plugin_manager
-    from loop.components import resolve_components
+    from loop.plugin_manager import build_registry, get_plugin_manager
+    from loop.resolve import resolve_components
 
     cfg = build_config(str(tiny_task_file))
     components = resolve_components(cfg, build_registry(get_plugin_manager()))
@@ -213,8 +214,8 @@ def test_loop_verify_runs_any_tasks_verifiers_on_an_answer(tmp_path, tiny_task_f
 ])
 def test_loop_verify_bad_input_is_one_line(tmp_path, tiny_task_file, args, message):
     from loop.config import build_config
-    from loop.plugins import build_registry, get_plugin_manager
-    from loop.components import resolve_components
+    from loop.plugin_manager import build_registry, get_plugin_manager
+    from loop.resolve import resolve_components
 
     cfg = build_config(str(tiny_task_file))
     components = resolve_components(cfg, build_registry(get_plugin_manager()))

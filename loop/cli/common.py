@@ -36,7 +36,7 @@ _PM = None
 def plugin_manager(plugins_dir: Path | None = None):
     """The CLI's plugin manager, built once per process (tests build their own)."""
     global _PM
-    from loop.plugins import get_plugin_manager
+    from loop.plugin_manager import get_plugin_manager
 
     if plugins_dir is not None:
         return get_plugin_manager(plugins_dir=plugins_dir)

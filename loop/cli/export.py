@@ -32,7 +32,7 @@ def export(
     attempts with verdicts, rewards and critiques), loadable with `datasets`. Every row has a
     `round` column."""
     from loop import export as exporting
-    from loop.plugins import PluginError, build_registry
+    from loop.plugin_manager import PluginError, build_registry
     from loop.store import StoreError
 
     if fmt not in exporting.FORMATS:

@@ -45,7 +45,7 @@ def logs(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Attempts of a run with their verdicts and rewards, newest round first."""
-    from loop.logs import attempt_logs
+    from loop.queries import attempt_logs
 
     if failed and passed:
         fail("--failed and --passed exclude each other")
@@ -134,7 +134,7 @@ def mistakes(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """The run's mistake log: one row per (task, kind), with the rounds it was seen and resolved."""
-    from loop.logs import mistake_rows
+    from loop.queries import mistake_rows
 
     store = open_store(db)
     rows = mistake_rows(store, _run_id(store, run), open_only=open_only, recurring=recurring,

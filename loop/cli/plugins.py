@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _registry(plugins_dir: Path | None):
-    from loop.plugins import PluginError, build_registry
+    from loop.plugin_manager import PluginError, build_registry
 
     try:
         pm = plugin_manager(plugins_dir)
@@ -30,7 +30,7 @@ def plugins(
     plugins_dir: Optional[Path] = PLUGINS_DIR_OPTION,
 ) -> None:
     """List installed plugins with their version, hooks and the names they register."""
-    from loop.plugins import KINDS, describe_plugins
+    from loop.plugin_manager import KINDS, describe_plugins
 
     pm, registry = _registry(plugins_dir)
     rows = describe_plugins(pm, registry)

@@ -1,12 +1,8 @@
-"""`loop run TASK`: validate everything first, then create the run and drive the round engine."""
+"""`loop run TASK` and `loop resume RUN`: wiring of the run lifecycle (loop.runs) to the terminal."""
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.metadata
 import os
-import secrets
-import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -20,10 +16,6 @@ from loop.cli.common import (
     fail,
     plugin_manager,
 )
-
-VERSIONED = ("loop", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
-             "sqlite-utils", "math-verify")
-
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
@@ -61,39 +53,19 @@ def run(
         flags["train.launcher.name"] = launcher or "accelerate"
         flags["train.launcher.config_file"] = (str(accelerate_config)
                                                if accelerate_config is not None else None)
-    pm, cfg, components, tasks = resolve_task(task, config, flags, sets, plugins_dir)
-    prepare = getattr(components.backend.component, "prepare", None)
-    if prepare is not None:
-        try:
-            with console.status(f"preparing model {cfg.model} (first use converts it once)"):
-                prepare(cfg.model)
-        except Exception as exc:
-            fail(f"model error: {exc}", code=2)
-    prepare_verifiers(components)
-    if cfg.rounds > 0 and not getattr(components.backend.component, "can_load_adapters", True):
-        fail(f"backend error: {cfg.backend.name} cannot load this run's adapters (its server's "
-             "model is fixed), so this config is evaluation-only: use --rounds 0", code=2)
+    from loop import runs
 
-    from loop.runlock import RunLock
-    from loop.store import Store, StoreError
-
-    path = db_path(db)
-    store = Store.open(path, pm)
-    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-    run_name = cfg.name or _default_name(store, cfg.task.source)
-    run_dir = path.parent / "runs" / run_id
-    lock = RunLock(run_dir).acquire(run_name)  # a fresh folder: nobody else can hold it
+    plan = resolve_task(task, config, flags, sets, plugins_dir)
     try:
-        store.create_run(run_id=run_id, name=run_name, task=cfg.task.source, model=cfg.model,
-                         config=cfg.model_dump(mode="json"), seed=cfg.seed,
-                         rounds_planned=cfg.rounds, versions=_versions(), git_sha=_git_sha(),
-                         run_dir=str(run_dir))
-    except StoreError as exc:
-        fail(str(exc), code=2)
-    console.print(f"run [bold]{run_name}[/bold] ({run_id}): {cfg.task.source} on {cfg.model}, "
-                  f"{cfg.rounds} rounds, method {cfg.train.method}; store {path}", highlight=False)
-    drive(store, cfg, components, run_id, run_dir, pm, tasks)
-    lock.release()
+        runs.prepare(plan, status=console.status)
+        run = runs.start_run(plan, db_path(db))
+    except runs.RunError as exc:
+        fail(str(exc), code=exc.code)
+    cfg = plan.config
+    console.print(f"run [bold]{run.name}[/bold] ({run.run_id}): {cfg.task.source} on {cfg.model}, "
+                  f"{cfg.rounds} rounds, method {cfg.train.method}; store {db_path(db)}",
+                  highlight=False)
+    drive(run)
 
 
 def resume(
@@ -103,135 +75,69 @@ def resume(
 ) -> None:
     """Continue a run that was interrupted, failed or killed, from its first unfinished stage.
     Stored work is not redone; a finished run is left as it is."""
-    from pydantic import ValidationError
-
+    from loop import runs
     from loop.cli.common import open_store
-    from loop.components import resolve_components
-    from loop.config import ConfigError, LoopConfig, format_validation_error
-    from loop.plugins import PluginError, build_registry
-    from loop.runlock import RunLock, RunLocked
-    from loop.store import StoreError
 
-    # The lock is checked first, before plugins load: a second process on a live run must answer
-    # at once and touch nothing.
+    from loop.plugin_manager import PluginError
+
     store = open_store(db)
     try:
+        opened = runs.open_resume(run, store, pm=lambda: plugin_manager(plugins_dir))
+        if opened is not None:
+            runs.prepare(opened.plan, status=console.status)
+    except runs.RunError as exc:
+        fail(str(exc), code=exc.code)
+    except PluginError as exc:
+        fail(str(exc), code=2)
+    if opened is None:
         row = store.get_run(run)
-    except StoreError as exc:
-        fail(str(exc))
-    if row["status"] == "finished":
         console.print(f"run {row['name']} ({row['id']}) already complete; nothing to do",
                       highlight=False)
         return
-    try:
-        lock = RunLock(Path(row["run_dir"])).acquire(row["name"])
-    except RunLocked as exc:
-        fail(str(exc))
-    try:
-        pm = plugin_manager(plugins_dir)
-        registry = build_registry(pm)
-        pm.hook.prepare_db(db=store.db)
-    except PluginError as exc:
-        fail(str(exc), code=2)
-    try:
-        cfg = LoopConfig.model_validate_json(row["config_json"])
-        components = resolve_components(cfg, registry)
-    except ValidationError as exc:
-        fail(format_validation_error(exc, "stored config error"), code=2)
-    except ConfigError as exc:
-        fail(f"{exc} (from the run's stored config: is a plugin it used missing?)", code=2)
-    source = components.task_source
-    try:
-        tasks = source.component.load(source.options, cfg.seed)
-    except (ValueError, OSError) as exc:
-        fail(f"task error: {cfg.task.source}: {exc}", code=2)
-    prepare_verifiers(components)
-    if row["status"] == "running":  # its process died without a word (kill -9, power loss)
-        console.print(f"run {row['name']} was left running by pid {lock.previous_pid or '?'}, "
-                      "which is gone: taking over", highlight=False)
-        problems = store.integrity_problems()
-        if problems:
-            fail(f"the store failed its integrity check: {problems[0]}")
-    console.print(f"resuming run [bold]{row['name']}[/bold] ({row['id']}) "
-                  f"(was {row['status']})", highlight=False)
-    store.note_resume(row["id"])
-    store.set_run_status(row["id"], "running")
-    drive(store, cfg, components, row["id"], Path(row["run_dir"]), pm, tasks, resuming=True)
-    lock.release()
+    for note in opened.notes:
+        console.print(note, highlight=False)
+    status = store.get_run(opened.run_id)["status"]
+    console.print(f"resuming run [bold]{opened.name}[/bold] ({opened.run_id}) (was {status})",
+                  highlight=False)
+    drive(opened, resuming=True)
 
 
 def resolve_task(task: str, config: Path | None, flags: dict, sets: list[str],
                  plugins_dir: Path | None):
-    """Plugins, the validated config, its components and the loaded tasks, or a one-line error
-    (exit 2): everything that can be wrong with the input is found before anything is written."""
-    from loop.components import resolve_components
-    from loop.config import ConfigError, build_config
-    from loop.plugins import PluginError, build_registry
+    """The run's plan (plugins, validated config, components, loaded tasks), or a one-line
+    error (exit 2): everything that can be wrong with the input is found before anything is
+    written (loop.runs.plan_run)."""
+    from loop import runs
+    from loop.plugin_manager import PluginError
 
     try:
-        pm = plugin_manager(plugins_dir)
-        registry = build_registry(pm)
+        return runs.plan_run(task, config, flags, sets, pm=plugin_manager(plugins_dir))
     except PluginError as exc:
         fail(str(exc), code=2)
-    try:
-        cfg = build_config(task, config, flags=flags, sets=sets)
-        components = resolve_components(cfg, registry)
-    except ConfigError as exc:
-        fail(str(exc), code=2)
-    source = components.task_source
-    try:
-        tasks = source.component.load(source.options, cfg.seed)
-    except (ValueError, OSError) as exc:
-        fail(f"task error: {cfg.task.source}: {exc}", code=2)
-    if not tasks.train or not tasks.eval:
-        fail(f"task error: {cfg.task.source}: needs both train and eval tasks "
-             f"(got {len(tasks.train)} and {len(tasks.eval)})", code=2)
-    return pm, cfg, components, tasks
+    except runs.RunError as exc:
+        fail(str(exc), code=exc.code)
 
 
-def prepare_verifiers(components) -> None:
-    """Each verifier's optional start-up check (e.g. the code sandbox's isolation probe); the
-    first failure stops here, before anything is written, with its one line."""
-    for chosen in components.verifiers:
-        prepare = getattr(chosen.component, "prepare", None)
-        if prepare is None:
-            continue
-        try:
-            prepare()
-        except Exception as exc:
-            fail(f"verifier error: {chosen.name} (plugin {chosen.plugin}): {exc}", code=2)
-
-
-def drive(store, cfg, components, run_id, run_dir, pm, tasks, resuming: bool = False) -> None:
-    """Run the engine with progress bars and record how the run ended."""
+def drive(run, resuming: bool = False) -> None:
+    """Drive the run's rounds with progress bars, then print the per-round table."""
+    from loop import runs
     from loop.cli.display import RichReporter, rounds_table
-    from loop.failpoints import failpoint
-    from loop.rounds import RoundEngine
     from loop.summary import run_summary
 
     _sigterm_interrupts()
     with RichReporter(console) as reporter:
-        engine = RoundEngine(store=store, config=cfg, components=components, run_id=run_id,
-                             run_dir=Path(run_dir), reporter=reporter, pm=pm, tasks=tasks)
         try:
-            if resuming:
-                for message in engine.recover():
-                    reporter.warn(message)
-            engine.run()
+            runs.drive(run, reporter, resuming=resuming)
         except KeyboardInterrupt:
-            store.set_run_status(run_id, "interrupted")
             reporter.warn("interrupted")
             raise typer.Exit(130)
         except Exception as exc:
-            store.set_run_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
             if os.environ.get("LOOP_DEBUG"):
                 raise
             reporter.progress.stop()
-            fail(f"run {run_id} failed: {type(exc).__name__}: {exc} "
+            fail(f"run {run.run_id} failed: {type(exc).__name__}: {exc} "
                  "(what it finished is in the store; LOOP_DEBUG=1 shows the traceback)")
-    failpoint("run.before_finish")
-    store.set_run_status(run_id, "finished")
-    console.print(rounds_table(run_summary(store, store.get_run(run_id))))
+    console.print(rounds_table(run_summary(run.store, run.store.get_run(run.run_id))))
 
 
 def _sigterm_interrupts() -> None:
@@ -249,30 +155,3 @@ def _sigterm_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread (e.g. an embedding application)
         pass
-
-
-def _default_name(store, task: str) -> str:
-    taken = {r["name"] for r in store.list_runs()}
-    n = 1
-    while f"{task}-{n}" in taken:
-        n += 1
-    return f"{task}-{n}"
-
-
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for dist in VERSIONED:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _git_sha() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None

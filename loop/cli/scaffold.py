@@ -61,7 +61,7 @@ def _registered_by(registry_kind: str | None, name: str) -> str | None:
     if registry_kind is None:
         return None
     from loop.cli.common import plugin_manager
-    from loop.plugins import build_registry
+    from loop.plugin_manager import build_registry
 
     try:
         registry = build_registry(plugin_manager())

@@ -41,11 +41,13 @@ def verify(
 ) -> None:
     """Run a task's verifiers on one answer and print each verdict: passed, score, error kind,
     mistake, feedback and time taken. Nothing is stored."""
-    from loop.cli.run import prepare_verifiers, resolve_task
-    from loop.records import Attempt
-    from loop.rounds import safe_verify
+    from loop.cli.run import resolve_task
+    from loop.guarded import safe_verify
+    from loop.runs import RunError, prepare_verifiers
+    from loop.schema import Attempt
 
-    _, cfg, components, tasks = resolve_task(task, config, {}, sets, plugins_dir)
+    plan = resolve_task(task, config, {}, sets, plugins_dir)
+    cfg, components, tasks = plan.config, plan.components, plan.tasks
     chosen = components.verifiers
     if verifier is not None:
         chosen = [c for c in chosen if c.name == verifier]
@@ -56,7 +58,10 @@ def verify(
         components.verifiers = chosen
     item = find_item(tasks.train + tasks.eval, item_id)
     answer = read_answer(answer_file)
-    prepare_verifiers(components)
+    try:
+        prepare_verifiers(components)
+    except RunError as exc:
+        fail(str(exc), code=exc.code)
     attempt = Attempt(id="verify", run_id="verify", round_index=0, task_id=item.id,
                       purpose=item.split, sample_index=0, messages=[*item.prompt,
                       {"role": "assistant", "content": answer}], completion=answer)

@@ -29,7 +29,7 @@ from string import Template
 
 KINDS = ("verifier", "critic", "reward", "updater", "task")
 
-# kind -> the registry kind of loop.plugins.KINDS (which `loop plugins` lists)
+# kind -> the registry kind of loop.plugin_manager.KINDS (which `loop plugins` lists)
 REGISTRY_KIND = {"verifier": "verifiers", "critic": "critics", "reward": "rewards",
                  "updater": "updaters", "task": "tasks"}
 

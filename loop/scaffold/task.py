@@ -38,7 +38,7 @@ import string
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.records import Task, TaskSet
+from loop.schema import Task, TaskSet
 
 SYSTEM_PROMPT = "Answer with only the reversed word."
 
@@ -97,7 +97,7 @@ import importlib.metadata
 
 import pytest
 
-from loop.plugins import build_registry, get_plugin_manager
+from loop.plugin_manager import build_registry, get_plugin_manager
 
 import $module
 

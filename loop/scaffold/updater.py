@@ -32,7 +32,7 @@ docs/plugins.md ("register_updaters").
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.rounds import EmptyDataset, UpdateContext
+from loop.updates import EmptyDataset, UpdateContext
 
 
 class ${Camel}Options(BaseModel):
@@ -90,9 +90,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from loop.plugins import build_registry, get_plugin_manager
-from loop.records import Attempt, Sample, Task
-from loop.rounds import EmptyDataset
+from loop.plugin_manager import build_registry, get_plugin_manager
+from loop.schema import Attempt, Sample, Task
+from loop.updates import EmptyDataset
 
 import $module
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loop.records import ModelRef, Sampling
+from loop.schema import ModelRef, Sampling
 from loop_hf.backend import HFBackend, HFOptions
 from loop_hf.models import ModelNotFound, resolve_model
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import loop_math
-from loop.plugins import build_registry, get_plugin_manager
+from loop.plugin_manager import build_registry, get_plugin_manager
 
 
 def registry():

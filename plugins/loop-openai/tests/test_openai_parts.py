@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from loop.components import validate_options
+from loop.resolve import validate_options
 from loop.config import ConfigError
 from loop_openai import OpenAIBackend, OpenAIOptions
 from loop_openai.completions import ProtocolError, read_completion

@@ -99,7 +99,7 @@ def random_adapter(weak_adder_dir, tmp_path_factory) -> Path:
 
 
 def _sessions(base: str, url: str, adapter: Path | None):
-    from loop.records import ModelRef
+    from loop.schema import ModelRef
     from loop_hf.backend import HFBackend, HFOptions
     from loop_openai import OpenAIBackend, OpenAIOptions
 
@@ -110,7 +110,7 @@ def _sessions(base: str, url: str, adapter: Path | None):
 
 @pytest.mark.parametrize("with_adapter", [False, True])
 def test_greedy_equals_the_hf_backend(vllm_server, weak_adder_dir, random_adapter, with_adapter):
-    from loop.records import Sampling
+    from loop.schema import Sampling
 
     remote, local = _sessions(str(weak_adder_dir), vllm_server,
                               random_adapter if with_adapter else None)
@@ -141,7 +141,7 @@ def test_sampled_answers_are_reproducible_and_their_logprobs_are_the_models(
         vllm_server, weak_adder_dir):
     import torch
 
-    from loop.records import Sampling
+    from loop.schema import Sampling
 
     remote, local = _sessions(str(weak_adder_dir), vllm_server, None)
     try:
@@ -182,7 +182,7 @@ def test_loop_run_through_vllm_matches_the_hf_backend(vllm_server, weak_adder_di
     import sqlite_utils
 
     from loop.cli import app
-    from loop.records import ModelRef, Sampling
+    from loop.schema import ModelRef, Sampling
     from loop_hf.backend import HFBackend, HFOptions
 
     monkeypatch.setenv("LOOP_LOAD_PLUGINS", os.environ["LOOP_LOAD_PLUGINS"] + ",openai")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import loop_reasoning_gym
-from loop.plugins import build_registry, get_plugin_manager
+from loop.plugin_manager import build_registry, get_plugin_manager
 from loop_reasoning_gym import names
 
 
@@ -34,7 +34,7 @@ def test_the_generator_reproduces_names_py():
 
 def test_registering_all_sources_does_not_import_reasoning_gym():
     probe = ("import sys\n"
-             "from loop.plugins import get_plugin_manager, build_registry\n"
+             "from loop import get_plugin_manager, build_registry\n"
              "import loop_reasoning_gym\n"
              "pm = get_plugin_manager(load_entrypoints=False)\n"
              "pm.register(loop_reasoning_gym, name='reasoning_gym')\n"

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from reasoning_gym.utils import SYSTEM_PROMPTS
 from typer.testing import CliRunner
 
-from loop.records import Task
+from loop.schema import Task
 from loop_reasoning_gym import ReasoningGymTasks, gym
 from loop_reasoning_gym.names import DATASET_NAMES
 from loop_reasoning_gym.tasks import split_seeds
@@ -174,7 +174,7 @@ def test_bad_config_through_the_cli_is_one_line_before_anything_is_written(tmp_p
 def test_every_dataset_loads_and_its_stored_tasks_score_as_reasoning_gym_does(dataset, store):
     from reasoning_gym.utils import extract_answer
 
-    from loop.records import Attempt
+    from loop.schema import Attempt
     from loop_reasoning_gym import ReasoningGymVerifier
 
     tasks = ReasoningGymTasks(dataset).load({"size": 2, "eval_size": 1}, 0)

@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import loop_tensorboard
-from loop.plugins import get_plugin_manager
+from loop.plugin_manager import get_plugin_manager
 from loop.store import Store, open_db
 from loop_tensorboard import scalars, where, write_round
 

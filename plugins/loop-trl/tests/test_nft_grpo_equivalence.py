@@ -81,7 +81,7 @@ def test_stored_sampling_logprobs_become_the_ppo_old_logprobs(tmp_path, weak_add
     PPO ratio of 1 on-policy and the true π_θ/π_sample ratio after earlier steps."""
     import torch
 
-    from loop.records import Attempt, ModelRef, Sample, Sampling, Task
+    from loop.schema import Attempt, ModelRef, Sample, Sampling, Task
     from loop_hf.backend import HFBackend, HFOptions
 
     prompts = [[{"role": "user", "content": f"{a}+{b}="}] for a, b in [(12, 35), (40, 41)]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from loop.records import Attempt, Task, Verdict
-from loop.rounds import load_samples
+from loop.schema import Attempt, Task, Verdict
+from loop.updates import load_samples
 from loop_trl.datasets import build_groups, kto_rows, preference_pairs, sft_rows
 
 # task -> answers as (completion, passed, reward); None reward = the checker failed (infra).

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from loop.config import LoopConfig
-from loop.records import Attempt, Sample, Task
-from loop.rounds import EmptyDataset, UpdateContext
+from loop.schema import Attempt, Sample, Task
+from loop.updates import EmptyDataset, UpdateContext
 from loop_trl.grpo import GRPOOptions, GRPOUpdater
 from loop_trl.negative import NFTOptions, NFTUpdater, REDIOptions, REDIUpdater
 from loop_trl.preference import DPOOptions, DPOUpdater, KTOOptions, KTOUpdater

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from loop.records import ModelRef
+from loop.schema import ModelRef
 from loop_vllm.backend import VLLMBackend, check_interpreter
 from loop_vllm.models import adapter_rank, check_max_model_len, locate
 from loop_vllm.options import VLLMOptions
@@ -42,7 +42,7 @@ def test_env_values_become_strings():
 
 
 def test_backend_is_registered_under_the_name_vllm(monkeypatch):
-    from loop.plugins import build_registry, get_plugin_manager
+    from loop.plugin_manager import build_registry, get_plugin_manager
 
     monkeypatch.setenv("LOOP_LOAD_PLUGINS", "hf,vllm")
     backend = build_registry(get_plugin_manager()).get("backends", "vllm")

@@ -1,0 +1,254 @@
+"""Guarded plugin calls: every call into plugin code that a round makes goes through here.
+
+A per-call time limit, a check of what came back, and every failure (an exception, `sys.exit`, a
+hang, a wrong shape) turned into a value the engine records instead of a crashed round: an
+`infra` (or `timeout`) verdict naming the plugin and the item, a NULL reward, no critique, a
+warning for an observer hook.
+
+The call runs in a daemon thread: Python cannot kill a thread, so a call that hangs is abandoned
+(it is reported and its item gets an error row) and the round goes on. Code the model wrote never
+runs this way: it goes through a sandboxed subprocess (the code-task plugin).
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+import math
+from typing import Any, Callable, Protocol
+
+from loop import interfaces
+from loop.plugin_manager import short_repr, trace, tracing
+from loop.schema import Attempt, Critique, Task, Verdict
+
+
+class PluginFailure(Exception):
+    """A plugin call that raised, exited or timed out; `reason` is one line."""
+
+    def __init__(self, reason: str, timed_out: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+
+
+def call_plugin(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **kwargs: Any) -> Any:
+    """Return fn(*args, **kwargs), or raise PluginFailure (never anything else but Ctrl-C).
+
+    With LOOP_TRACE_PLUGINS set, each call prints one line to stderr: the component and function,
+    the seconds it took, and a short repr of its result (or why it failed)."""
+    if not tracing():
+        return _call(fn, timeout_s, *args, **kwargs)
+    started = time.perf_counter()
+    try:
+        value = _call(fn, timeout_s, *args, **kwargs)
+    except PluginFailure as exc:
+        trace(f"call {describe_callable(fn)} {time.perf_counter() - started:.3f}s "
+              f"failed: {exc.reason}")
+        raise
+    trace(f"call {describe_callable(fn)} {time.perf_counter() - started:.3f}s -> "
+          f"{short_repr(value)}")
+    return value
+
+
+def describe_callable(fn: Callable[..., Any]) -> str:
+    """`verifier 'math'.verify_batch` for a component's method (the kind is its loop base class),
+    the dotted name for a plain function such as a reward."""
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, type) and not inspect.ismodule(owner):
+        kinds = (interfaces.Verifier, interfaces.Critic, interfaces.TaskSource,
+                 interfaces.Backend, interfaces.Updater)
+        kind = next((k.__name__.lower() for k in kinds if isinstance(owner, k)),
+                    type(owner).__name__)
+        name = getattr(owner, "name", "") or type(owner).__name__
+        return f"{kind} {name!r}.{getattr(fn, '__name__', '?')}"
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _call(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **kwargs: Any) -> Any:
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # SystemExit and friends included: a plugin may not stop us
+            outcome["error"] = exc
+
+    if timeout_s is None:
+        target()
+    else:
+        worker = threading.Thread(target=target, daemon=True, name="loop-plugin-call")
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            raise PluginFailure(f"did not return within {timeout_s:g} s", timed_out=True)
+    if "error" in outcome:
+        exc = outcome["error"]
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise PluginFailure(f"raised {type(exc).__name__}" + (f": {text}" if text else ""))
+    return outcome.get("value")
+
+
+# ----- verifiers ---------------------------------------------------------------------------------
+
+
+class Named(Protocol):
+    """A resolved component as the guarded calls name it: `loop.Chosen` (name, component, plugin)."""
+
+    name: str
+    component: Any
+    plugin: str
+
+
+def _as_chosen(verifier: Any) -> Any:
+    """A bare Verifier is named by its own `name` (plugin unknown) so plugins can pass one."""
+    if isinstance(verifier, interfaces.Verifier):
+        from loop.resolve import Chosen
+
+        return Chosen(verifier.name or type(verifier).__name__, verifier, None, "?")
+    return verifier
+
+
+def safe_verify_batch(chosen: Any, items: list[tuple[Task, Attempt]],
+                      timeout_s: float | None = None) -> list[Verdict]:
+    """One Verdict per item, never an exception. `chosen` is a `loop.Chosen` or a Verifier.
+
+    A verifier that keeps the default `verify_batch` is called item by item (`safe_verify`, each
+    item with `timeout_s`), so one bad item never costs its neighbours their verdicts; an
+    overridden `verify_batch` gets the whole chunk with `timeout_s` per item, and if it fails (or
+    returns the wrong number of verdicts) every item of the chunk gets an `infra` (`timeout`)
+    verdict naming the reason."""
+    chosen = _as_chosen(chosen)
+    component = chosen.component
+    if type(component).verify_batch is interfaces.Verifier.verify_batch:
+        return [safe_verify(chosen, task, attempt, timeout_s) for task, attempt in items]
+    try:
+        verdicts = call_plugin(component.verify_batch,
+                               None if timeout_s is None else timeout_s * len(items), items)
+        verdicts = list(verdicts)
+        if len(verdicts) != len(items):
+            raise PluginFailure(f"verify_batch returned {len(verdicts)} verdicts for "
+                                f"{len(items)} items")
+    except (PluginFailure, TypeError) as exc:
+        reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
+        kind = "timeout" if isinstance(exc, PluginFailure) and exc.timed_out else "infra"
+        return [_error_verdict(chosen, attempt, reason, kind) for _, attempt in items]
+    return [v if isinstance(v, Verdict) else _error_verdict(
+        chosen, attempt, f"returned {type(v).__name__}, not a Verdict")
+        for v, (_, attempt) in zip(verdicts, items)]
+
+
+def safe_verify(chosen: Any, task: Task, attempt: Attempt,
+                timeout_s: float | None = None) -> Verdict:
+    """Run one verifier; an exception, `sys.exit`, a hang past `timeout_s` or a wrong return type
+    becomes an `infra` (or `timeout`) verdict naming the plugin, the attempt and the reason, so a
+    broken verifier never crashes the round nor penalises the model."""
+    chosen = _as_chosen(chosen)
+    try:
+        verdict = call_plugin(chosen.component.verify, timeout_s, task, attempt)
+        if not isinstance(verdict, Verdict):
+            raise PluginFailure(f"returned {type(verdict).__name__}, not a Verdict")
+        return verdict
+    except PluginFailure as exc:
+        return _error_verdict(chosen, attempt, exc.reason,
+                              "timeout" if exc.timed_out else "infra")
+
+
+def _error_verdict(chosen: Any, attempt: Attempt, reason: str, kind: str = "infra") -> Verdict:
+    return Verdict(passed=False, score=0.0, error_kind=kind,
+                   feedback=f"verifier {chosen.name!r} (plugin {chosen.plugin}) on attempt "
+                            f"{attempt.id}: {reason}")
+
+
+# ----- rewards -----------------------------------------------------------------------------------
+
+
+def finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite real number (bools are not), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def reward_arguments(attempts: list[Attempt], tasks: dict[str, Task],
+                     verdicts: dict[str, dict[str, Verdict]]) -> dict[str, list[Any]]:
+    """TRL's reward-function arguments for these attempts, plus loop's `tasks`, `attempts`,
+    `verdicts` (one dict verifier -> Verdict per attempt) and `reference`."""
+    return dict(
+        prompts=[tasks[a.task_id].prompt for a in attempts],
+        completions=[[{"role": "assistant", "content": a.completion}] for a in attempts],
+        completion_ids=[a.token_ids for a in attempts],
+        tasks=[tasks[a.task_id] for a in attempts],
+        attempts=attempts,
+        verdicts=[verdicts[a.id] for a in attempts],
+        reference=[tasks[a.task_id].reference for a in attempts],
+    )
+
+
+def call_reward(chosen: Any, attempts: list[Attempt], tasks: dict[str, Task],
+                verdicts: dict[str, dict[str, Verdict]], timeout_s: float | None,
+                warn: Callable[[str], None]) -> list[float | None]:
+    """Call a reward function with TRL's contract. A failure (exception, exit, timeout, a list of
+    the wrong length) gives None for every item; a non-number or non-finite value gives None for
+    that item. Each problem is reported through `warn` in one line naming the reward."""
+    name, plugin = chosen.name, chosen.plugin
+    try:
+        values = call_plugin(chosen.component,
+                             None if timeout_s is None else timeout_s * max(1, len(attempts)),
+                             **reward_arguments(attempts, tasks, verdicts))
+        values = list(values)
+        if len(values) != len(attempts):
+            raise PluginFailure(f"returned {len(values)} values for {len(attempts)} "
+                                "completions")
+    except (PluginFailure, TypeError) as exc:
+        reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
+        warn(f"reward {name!r} (plugin {plugin}) failed: {reason}; its rewards for this round "
+             "are NULL")
+        return [None] * len(attempts)
+    out: list[float | None] = []
+    for attempt, value in zip(attempts, values):
+        number = finite(value)
+        if number is None and value is not None:
+            warn(f"reward {name!r} (plugin {plugin}) on attempt {attempt.id}: {value!r} is not "
+                 "a finite number; stored NULL")
+        out.append(number)
+    return out
+
+
+# ----- critics -----------------------------------------------------------------------------------
+
+
+def call_critic(chosen: Any, items: list[tuple[Task, Attempt, dict[str, Verdict]]],
+                context: Any, warn: Callable[[str], None]) -> list[Critique | None] | None:
+    """A critic's `critique_batch` on `items`: one Critique or None per item, or None (after one
+    warning naming the critic) when it failed or returned the wrong shape."""
+    try:
+        results = list(call_plugin(chosen.component.critique_batch, None, items, context))
+        if len(results) != len(items) or not all(
+                r is None or isinstance(r, Critique) for r in results):
+            raise PluginFailure("did not return one Critique or None per attempt")
+    except (PluginFailure, TypeError) as exc:
+        reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
+        warn(f"critic {chosen.name!r} (plugin {chosen.plugin}) failed: {reason}; no critique "
+             "from it")
+        return None
+    return results
+
+
+# ----- observer hooks ----------------------------------------------------------------------------
+
+
+def notify(pm: Any, hook_name: str, warn: Callable[[str], None], **kwargs: Any) -> None:
+    """Call an observer hook on every plugin, each with only the arguments it declares; a failing
+    observer is reported through `warn`, never fatal."""
+    if pm is None:
+        return
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            impl.function(**{k: kwargs[k] for k in impl.argnames})
+        except Exception as exc:
+            warn(f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}")

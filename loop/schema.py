@@ -1,0 +1,168 @@
+"""The records that flow between stages (the base classes plugins implement are in loop.interfaces).
+
+Stages pass these plain pydantic objects to plugins and get them back; only `loop.store` turns
+them into rows. Ids are deterministic (a hash of what identifies the row), so a stage that is run
+again after a crash writes the same ids and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, Any]  # {"role": "system"|"user"|"assistant", "content": str}
+Split = Literal["train", "eval"]
+
+
+def stable_id(*parts: Any, length: int = 20) -> str:
+    """A short deterministic id: sha256 over the JSON of `parts`, hex, `length` characters."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Task(Record):
+    """One problem. `id` is content-addressed: the same source, prompt and reference give one id.
+
+    `prompt` is the message list the model sees (system + user); `reference` is what verifiers
+    compare with (never shown to the model); `metadata` is free-form data for verifiers.
+    """
+
+    id: str = ""
+    source: str
+    split: Split
+    prompt: list[Message]
+    reference: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.id:
+            self.id = stable_id(self.source, self.prompt, self.reference)
+
+
+class TaskSet(Record):
+    """What a task source yields: disjoint train and held-out (eval) tasks."""
+
+    train: list[Task]
+    eval: list[Task]
+
+
+class Sampling(Record):
+    """How to sample: `n` answers per prompt; temperature 0 means greedy."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+class Generation(Record):
+    """One completion from a backend. `token_ids` keep the model output losslessly."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: Literal["stop", "length"]
+    logprobs: list[float] | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Attempt(Record):
+    """One answer by the model to a task, as stored. `messages` is the full conversation the model
+    saw plus its answer; `parent_id` links a refinement to the attempt it repairs."""
+
+    id: str
+    run_id: str
+    round_index: int
+    task_id: str
+    purpose: Literal["train", "eval"]
+    sample_index: int
+    parent_id: str | None = None
+    depth: int = 0
+    messages: list[Message]
+    completion: str
+    token_ids: list[int] = Field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "stop"
+    logprobs: list[float] | None = None
+    model_ref: str = ""
+    seed: int = 0
+
+    @staticmethod
+    def make_id(run_id: str, round_index: int, task_id: str, purpose: str, sample_index: int,
+                parent_id: str | None = None) -> str:
+        return stable_id(run_id, round_index, task_id, purpose, sample_index, parent_id)
+
+
+ErrorKind = Literal["model", "infra", "timeout"]
+
+
+class Verdict(Record):
+    """A verifier's judgement of one attempt.
+
+    `error_kind` tells a wrong answer (`model`) from a failure of the checking itself (`infra`,
+    `timeout`), which is never turned into a reward of 0. `mistake` names the kind of mistake the
+    answer made (e.g. `format`, `wrong_answer`) for the mistake log; None when it passed.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    passed: bool
+    score: float = Field(default=0.0, ge=0.0, le=1.0)
+    feedback: str = ""
+    error_kind: ErrorKind | None = None
+    mistake: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Critique(Record):
+    """A critic's explanation of a failure: `kind` names the mistake (a taxonomy kind, or the
+    verifier's mistake), `text` is what the model reads before it repairs its answer."""
+
+    kind: str
+    text: str
+    critic: str = ""
+
+
+class Sample(Record):
+    """One attempt with its judgement, as an updater sees the round: built by the train stage.
+
+    `rewards` holds every configured reward function's value (None: not applicable, or the
+    verification failed for infrastructure reasons); `reward` is the first one's, for updaters
+    that use a single number.
+    """
+
+    task: Task
+    attempt: Attempt
+    passed: bool
+    score: float
+    reward: float | None
+    rewards: dict[str, float | None] = Field(default_factory=dict)
+
+
+class ModelRef(Record):
+    """A model to generate with: a base (local HF folder or hub id) plus an optional adapter."""
+
+    base: str
+    adapter: str | None = None
+
+    def __str__(self) -> str:
+        return self.base + (f"+{self.adapter}" if self.adapter else "")
+
+
+class UpdateResult(Record):
+    """What an updater returns: the new adapter folder (or full model folder) and its metrics."""
+
+    adapter_path: str
+    metrics: dict[str, Any] = Field(default_factory=dict)

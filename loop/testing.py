@@ -1,0 +1,129 @@
+"""Test doubles for plugin authors and loop's own tests (as llm's MockModel is for llm's).
+
+- `ScriptedBackend`: a backend that answers from a script and needs no model. It is also
+  registered as the backend `scripted`:
+
+      loop run arithmetic --rounds 0 --set backend.name=scripted \\
+          --set 'backend.options.completions=["The answer is 3."]'
+
+  The k-th assistant turn of any conversation (k = the number of assistant messages already in
+  its prompt) gets `completions[k]`, the last one repeating; every one of a prompt's n samples
+  gets the same text. Token ids are its own, one per character (the character's code point), so
+  every stage and the store work on its answers; `max_new_tokens` cuts an answer (finish reason
+  `length`), as a real model's would be cut.
+- `NoopUpdater`: an update method that trains nothing. It writes `update.json` (the counts of
+  what it was given) into the output folder, so the train stage publishes and records a real
+  checkpoint; registered as the update method `noop`.
+- `plugin_manager()` / `registry()`: the plugin manager and name registry with the installed
+  plugins, for a test that a plugin loads next to the others without a name clash.
+
+Use them where the subject of a test is bookkeeping (what the store holds, what a resume redoes),
+never where it is a model's behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loop.interfaces import Backend, GenerationSession, Updater
+from loop.plugin_manager import Registry, build_registry, get_plugin_manager
+from loop.schema import Generation, Message, ModelRef, Sampling, UpdateResult
+from loop.updates import EmptyDataset, UpdateContext
+
+
+class ScriptedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    completions: list[str] = Field(default_factory=lambda: ["The answer is 0."], min_length=1,
+                                   description="the k-th assistant turn's text; the last repeats")
+
+
+class ScriptedSession(GenerationSession):
+    """A session of the scripted backend: see the module docstring."""
+
+    def __init__(self, completions: list[str], model: ModelRef):
+        self.completions = list(completions)
+        self.model = model
+        self.load_seconds = 0.0
+        self.model_seconds = 0.0
+        self.calls: list[list[list[Message]]] = []  # every generate call's prompts, for tests
+
+    def completion_for(self, prompt: list[Message]) -> str:
+        turn = sum(1 for m in prompt if m.get("role") == "assistant")
+        return self.completions[min(turn, len(self.completions) - 1)]
+
+    def generate(self, prompts: list[list[Message]], sampling: Sampling, progress: Any = None,
+                 batch_size: int = 64) -> list[list[Generation]]:
+        started = time.perf_counter()
+        self.calls.append(prompts)
+        out = []
+        for prompt in prompts:
+            text = self.completion_for(prompt)
+            finish = "stop"
+            if len(text) > sampling.max_new_tokens:
+                text, finish = text[:sampling.max_new_tokens], "length"
+            prompt_tokens = sum(len(str(m.get("content", ""))) for m in prompt)
+            ids = [ord(ch) for ch in text]
+            out.append([Generation(text=text, token_ids=ids, prompt_tokens=prompt_tokens,
+                                   finish_reason=finish, logprobs=[0.0] * len(ids))
+                        for _ in range(sampling.n)])
+            if progress is not None:
+                progress(prompts=1, tokens=len(ids) * sampling.n)
+        self.model_seconds += time.perf_counter() - started
+        return out
+
+
+class ScriptedBackend(Backend):
+    """Answers from a script, with no model: never loads, converts or downloads one.
+
+    `ScriptedBackend(completions=[...])` in a test, or `backend: {name: scripted, options:
+    {completions: [...]}}` in a config. `sessions` keeps every session it opened."""
+
+    name = "scripted"
+    Options = ScriptedOptions
+
+    def __init__(self, completions: list[str] | None = None):
+        self.options = ScriptedOptions(**({"completions": completions} if completions else {}))
+        self.sessions: list[ScriptedSession] = []
+
+    def prepare(self, model: str) -> str:
+        return model  # nothing to load: the reference is passed on as it is
+
+    def open(self, model: ModelRef, options: BaseModel | None = None) -> ScriptedSession:
+        opts = options if isinstance(options, ScriptedOptions) else self.options
+        session = ScriptedSession(opts.completions, model)
+        self.sessions.append(session)
+        return session
+
+
+class NoopUpdater(Updater):
+    """Trains nothing: writes `update.json` with the counts of the samples it was given, so the
+    train stage publishes and records a checkpoint as for a real update. Raises EmptyDataset
+    when the round has no samples, as a real updater would."""
+
+    name = "noop"
+
+    def update(self, context: UpdateContext) -> UpdateResult:
+        if not context.samples:
+            raise EmptyDataset("no samples")
+        counts = {"samples": len(context.samples),
+                  "passed": sum(s.passed for s in context.samples),
+                  "adapter_in": context.adapter_in, "model_path": context.model_path}
+        (context.output_dir / "update.json").write_text(json.dumps(counts, sort_keys=True))
+        return UpdateResult(adapter_path=str(context.output_dir),
+                            metrics={"dataset_size": len(context.samples), **{
+                                k: v for k, v in counts.items() if k != "samples"}})
+
+
+def plugin_manager(plugins_dir: str | None = None) -> Any:
+    """A plugin manager with the built-ins and every installed plugin (entry points)."""
+    return get_plugin_manager(plugins_dir=plugins_dir)
+
+
+def registry(plugins_dir: str | None = None) -> Registry:
+    """The name registry of the installed plugins; raises loop.PluginError on a name clash."""
+    return build_registry(plugin_manager(plugins_dir))
