@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,19 +42,23 @@ class ScriptedOptions(BaseModel):
                                    description="the k-th assistant turn's text; the last repeats")
 
 
-class ScriptedSession(GenerationSession):
-    """A session of the scripted backend: see the module docstring."""
+def scripted_reply(completions: list[str], prompt: list[Message]) -> str:
+    """`completions[k]` for the k-th assistant turn (k = assistant messages in `prompt`), the
+    last one repeating."""
+    turn = sum(1 for m in prompt if m.get("role") == "assistant")
+    return completions[min(turn, len(completions) - 1)]
 
-    def __init__(self, completions: list[str], model: ModelRef):
-        self.completions = list(completions)
+
+class ScriptedSession(GenerationSession):
+    """A session of the scripted backend: see the module docstring. `respond(prompt, k)` gives
+    the text of sample k of a prompt."""
+
+    def __init__(self, respond: Callable[[list[Message], int], str], model: ModelRef):
+        self.respond = respond
         self.model = model
         self.load_seconds = 0.0
         self.model_seconds = 0.0
         self.calls: list[list[list[Message]]] = []  # every generate call's prompts, for tests
-
-    def completion_for(self, prompt: list[Message]) -> str:
-        turn = sum(1 for m in prompt if m.get("role") == "assistant")
-        return self.completions[min(turn, len(self.completions) - 1)]
 
     def generate(self, prompts: list[list[Message]], sampling: Sampling, progress: Any = None,
                  batch_size: int = 64) -> list[list[Generation]]:
@@ -62,40 +66,55 @@ class ScriptedSession(GenerationSession):
         self.calls.append(prompts)
         out = []
         for prompt in prompts:
-            text = self.completion_for(prompt)
-            finish = "stop"
-            if len(text) > sampling.max_new_tokens:
-                text, finish = text[:sampling.max_new_tokens], "length"
             prompt_tokens = sum(len(str(m.get("content", ""))) for m in prompt)
-            ids = [ord(ch) for ch in text]
-            out.append([Generation(text=text, token_ids=ids, prompt_tokens=prompt_tokens,
-                                   finish_reason=finish, logprobs=[0.0] * len(ids))
-                        for _ in range(sampling.n)])
+            samples = [self._generation(self.respond(prompt, k), prompt_tokens,
+                                        sampling.max_new_tokens) for k in range(sampling.n)]
+            out.append(samples)
             if progress is not None:
-                progress(prompts=1, tokens=len(ids) * sampling.n)
+                progress(prompts=1, tokens=sum(g.completion_tokens for g in samples))
         self.model_seconds += time.perf_counter() - started
         return out
+
+    @staticmethod
+    def _generation(text: str, prompt_tokens: int, max_new_tokens: int) -> Generation:
+        finish = "stop"
+        if len(text) > max_new_tokens:
+            text, finish = text[:max_new_tokens], "length"
+        ids = [ord(ch) for ch in text]  # one token per character
+        return Generation(text=text, token_ids=ids, prompt_tokens=prompt_tokens,
+                          finish_reason=finish, logprobs=[0.0] * len(ids))
 
 
 class ScriptedBackend(Backend):
     """Answers from a script, with no model: never loads, converts or downloads one.
 
     `ScriptedBackend(completions=[...])` in a test, or `backend: {name: scripted, options:
-    {completions: [...]}}` in a config. `sessions` keeps every session it opened."""
+    {completions: [...]}}` in a config. For answers that depend on the prompt (some right, some
+    wrong), pass `respond=fn(prompt, sample_index) -> str`, or subclass and override `respond`.
+    `sessions` keeps every session it opened."""
 
     name = "scripted"
     Options = ScriptedOptions
 
-    def __init__(self, completions: list[str] | None = None):
+    def __init__(self, completions: list[str] | None = None,
+                 respond: Callable[[list[Message], int], str] | None = None):
         self.options = ScriptedOptions(**({"completions": completions} if completions else {}))
+        self._respond = respond
         self.sessions: list[ScriptedSession] = []
+
+    def respond(self, prompt: list[Message], sample_index: int,
+                options: ScriptedOptions | None = None) -> str:
+        """The text of sample `sample_index` for `prompt` (default: the script)."""
+        if self._respond is not None:
+            return self._respond(prompt, sample_index)
+        return scripted_reply((options or self.options).completions, prompt)
 
     def prepare(self, model: str) -> str:
         return model  # nothing to load: the reference is passed on as it is
 
     def open(self, model: ModelRef, options: BaseModel | None = None) -> ScriptedSession:
         opts = options if isinstance(options, ScriptedOptions) else self.options
-        session = ScriptedSession(opts.completions, model)
+        session = ScriptedSession(lambda prompt, k: self.respond(prompt, k, opts), model)
         self.sessions.append(session)
         return session
 
@@ -110,13 +129,13 @@ class NoopUpdater(Updater):
     def update(self, context: UpdateContext) -> UpdateResult:
         if not context.samples:
             raise EmptyDataset("no samples")
+        # Only what the samples decide, so the same round gives the same checkpoint hash.
         counts = {"samples": len(context.samples),
-                  "passed": sum(s.passed for s in context.samples),
-                  "adapter_in": context.adapter_in, "model_path": context.model_path}
+                  "passed": sum(s.passed for s in context.samples)}
         (context.output_dir / "update.json").write_text(json.dumps(counts, sort_keys=True))
         return UpdateResult(adapter_path=str(context.output_dir),
-                            metrics={"dataset_size": len(context.samples), **{
-                                k: v for k, v in counts.items() if k != "samples"}})
+                            metrics={"dataset_size": len(context.samples),
+                                     "passed": counts["passed"]})
 
 
 def plugin_manager(plugins_dir: str | None = None) -> Any:
