@@ -50,10 +50,10 @@ def scripted_reply(completions: list[str], prompt: list[Message]) -> str:
 
 
 class ScriptedSession(GenerationSession):
-    """A session of the scripted backend: see the module docstring. `respond(prompt, k)` gives
-    the text of sample k of a prompt."""
+    """A session of the scripted backend: see the module docstring. `respond(prompt, k,
+    sampling)` gives the text of sample k of a prompt."""
 
-    def __init__(self, respond: Callable[[list[Message], int], str], model: ModelRef):
+    def __init__(self, respond: Callable[[list[Message], int, Sampling], str], model: ModelRef):
         self.respond = respond
         self.model = model
         self.load_seconds = 0.0
@@ -67,7 +67,7 @@ class ScriptedSession(GenerationSession):
         out = []
         for prompt in prompts:
             prompt_tokens = sum(len(str(m.get("content", ""))) for m in prompt)
-            samples = [self._generation(self.respond(prompt, k), prompt_tokens,
+            samples = [self._generation(self.respond(prompt, k, sampling), prompt_tokens,
                                         sampling.max_new_tokens) for k in range(sampling.n)]
             out.append(samples)
             if progress is not None:
@@ -90,23 +90,24 @@ class ScriptedBackend(Backend):
 
     `ScriptedBackend(completions=[...])` in a test, or `backend: {name: scripted, options:
     {completions: [...]}}` in a config. For answers that depend on the prompt (some right, some
-    wrong), pass `respond=fn(prompt, sample_index) -> str`, or subclass and override `respond`.
+    wrong), pass `respond=fn(prompt, sample_index, sampling) -> str` (sampling: the stage's
+    loop.Sampling, with its seed), or subclass and override `respond`.
     `sessions` keeps every session it opened."""
 
     name = "scripted"
     Options = ScriptedOptions
 
     def __init__(self, completions: list[str] | None = None,
-                 respond: Callable[[list[Message], int], str] | None = None):
+                 respond: Callable[[list[Message], int, Sampling], str] | None = None):
         self.options = ScriptedOptions(**({"completions": completions} if completions else {}))
         self._respond = respond
         self.sessions: list[ScriptedSession] = []
 
-    def respond(self, prompt: list[Message], sample_index: int,
+    def respond(self, prompt: list[Message], sample_index: int, sampling: Sampling,
                 options: ScriptedOptions | None = None) -> str:
         """The text of sample `sample_index` for `prompt` (default: the script)."""
         if self._respond is not None:
-            return self._respond(prompt, sample_index)
+            return self._respond(prompt, sample_index, sampling)
         return scripted_reply((options or self.options).completions, prompt)
 
     def prepare(self, model: str) -> str:
@@ -114,7 +115,8 @@ class ScriptedBackend(Backend):
 
     def open(self, model: ModelRef, options: BaseModel | None = None) -> ScriptedSession:
         opts = options if isinstance(options, ScriptedOptions) else self.options
-        session = ScriptedSession(lambda prompt, k: self.respond(prompt, k, opts), model)
+        session = ScriptedSession(lambda prompt, k, sampling: self.respond(prompt, k, sampling, opts),
+                                  model)
         self.sessions.append(session)
         return session
 
