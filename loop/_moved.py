@@ -25,12 +25,3 @@ def moved(module: str, name: str, homes: dict[str, str]) -> Any:
                   DeprecationWarning, stacklevel=3)
     return getattr(importlib.import_module(homes[name]), name)
 
-
-def shim(module: str, home: str, names: list[str]) -> Any:
-    """A module `__getattr__` for an old module all of whose `names` now live in `home`."""
-    homes = dict.fromkeys(names, home)
-
-    def __getattr__(name: str) -> Any:
-        return moved(module, name, homes)
-
-    return __getattr__
