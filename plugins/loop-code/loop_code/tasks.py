@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import ast
 import builtins
-import json
 import keyword
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,9 +44,6 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.records import Task, TaskSet
-
-from loop.records import coerce_options
 
 DEFAULT_SYSTEM_PROMPT = ("Write a correct Python function for the task. "
                          "Reply with only the code, in one ```python block.")
@@ -136,34 +131,8 @@ def read_problems(path: str | Path, shown: str | None = None) -> list[CodeProble
     UTF-8 or JSON, a non-object row, a missing/empty/non-text field, tests that are not a
     non-empty list of strings, code that is not valid Python, or a file with no rows."""
     shown = str(path) if shown is None else shown
-    try:
-        data = Path(path).expanduser().read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"{shown}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{shown}: is a directory, expected a .jsonl file") from None
-    except OSError as exc:
-        raise ValueError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-
-    problems = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{shown} line {number}"
-        try:
-            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{where}: not valid UTF-8") from None
-        try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"{where}: invalid JSON ({getattr(exc, 'msg', 'too deep')})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        problems.append(_problem_of(obj, where))
-    if not problems:
-        raise ValueError(f"{shown}: empty file (no JSON rows)")
-    return problems
+    return [_problem_of(obj, f"{shown} line {number}")
+            for number, obj in loop.read_jsonl(path, shown)]
 
 
 def _problem_of(obj: dict[str, Any], where: str) -> CodeProblem:
@@ -349,7 +318,8 @@ def user_message(problem: CodeProblem) -> str:
     return problem.prompt
 
 
-def make_task(source: str, problem: CodeProblem, split: str, system_prompt: str | None) -> Task:
+def make_task(source: str, problem: CodeProblem, split: str,
+              system_prompt: str | None) -> loop.Task:
     messages = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
@@ -361,38 +331,31 @@ def make_task(source: str, problem: CodeProblem, split: str, system_prompt: str 
     hint = problem.hint if problem.hint is not None else problem.solution
     if hint:
         metadata["solution"] = hint
-    return Task(source=source, split=split, prompt=messages, reference=problem.solution,
-                metadata=metadata)
+    return loop.Task(source=source, split=split, prompt=messages, reference=problem.solution,
+                     metadata=metadata)
 
 
 def split_problems(problems: list[CodeProblem], eval_size: int, train_size: int | None,
                    seed: int, shown: str) -> tuple[list[CodeProblem], list[CodeProblem]]:
     """(train, eval): a seeded shuffle, the first eval_size are eval and the rest train (capped
     at train_size), so eval never depends on train_size. At least one must be left for train."""
-    if len(problems) <= eval_size:
-        raise ValueError(f"{shown}: {len(problems)} distinct problems, but eval_size={eval_size} "
-                         "would leave none for training; lower eval_size")
-    order = list(problems)
-    random.Random(seed).shuffle(order)
-    train = order[eval_size:]
-    return (train if train_size is None else train[:train_size]), order[:eval_size]
+    return loop.split_tasks(problems, eval_size=eval_size, seed=seed, train_size=train_size,
+                            shown=shown)
+
+
+def _prompt(problem: CodeProblem) -> str:
+    return problem.prompt
 
 
 def _dedupe(problems: list[CodeProblem]) -> list[CodeProblem]:
     """First occurrence of each prompt text, so no prompt is in both splits."""
-    seen: set[str] = set()
-    out = []
-    for problem in problems:
-        if problem.prompt not in seen:
-            seen.add(problem.prompt)
-            out.append(problem)
-    return out
+    return loop.unique_by(problems, _prompt)
 
 
 def _task_set(source: str, train: list[CodeProblem], eval_: list[CodeProblem],
-              system_prompt: str | None) -> TaskSet:
-    return TaskSet(train=[make_task(source, p, "train", system_prompt) for p in train],
-                   eval=[make_task(source, p, "eval", system_prompt) for p in eval_])
+              system_prompt: str | None) -> loop.TaskSet:
+    return loop.TaskSet(train=[make_task(source, p, "train", system_prompt) for p in train],
+                        eval=[make_task(source, p, "eval", system_prompt) for p in eval_])
 
 
 # ----- the sources -----------------------------------------------------------------------------
@@ -411,8 +374,8 @@ class HumanEvalTasks(loop.TaskSource):
     default_verifiers: ClassVar[list[str]] = ["python_tests"]
     Options = HumanEvalOptions
 
-    def load(self, options: Any, seed: int) -> TaskSet:
-        opts = coerce_options(HumanEvalOptions, options)
+    def load(self, options: Any, seed: int) -> loop.TaskSet:
+        opts = loop.coerce_options(HumanEvalOptions, options)
         train, eval_ = split_problems(load_humaneval(), opts.eval_size, opts.train_size, seed,
                                       self.name)
         return _task_set(self.name, train, eval_, opts.system_prompt)
@@ -434,26 +397,16 @@ class CodeJsonlTasks(loop.TaskSource):
     default_verifiers: ClassVar[list[str]] = ["python_tests"]
     Options = CodeJsonlOptions
 
-    def load(self, options: Any, seed: int) -> TaskSet:
-        opts = coerce_options(CodeJsonlOptions, options)
+    def load(self, options: Any, seed: int) -> loop.TaskSet:
+        opts = loop.coerce_options(CodeJsonlOptions, options)
         problems = _dedupe(read_problems(opts.path))
-        if opts.eval_path is None:
-            train, eval_ = split_problems(problems, opts.eval_size, opts.train_size, seed,
-                                          opts.path)
-            return _task_set(self.name, train, eval_, opts.system_prompt)
-        held_out = _dedupe(read_problems(opts.eval_path))
-        # Every prompt in the eval file is withheld from training, drawn for eval or not: the file
-        # as a whole is declared held-out.
-        held_prompts = {problem.prompt for problem in held_out}
-        train = [problem for problem in problems if problem.prompt not in held_prompts]
-        if not train:
-            raise ValueError(f"{opts.path}: every problem is also in {opts.eval_path}")
-        rng = random.Random(seed)
-        rng.shuffle(held_out)
-        rng.shuffle(train)
-        if opts.train_size is not None:
-            train = train[:opts.train_size]
-        return _task_set(self.name, train, held_out[:opts.eval_size], opts.system_prompt)
+        held_out = None if opts.eval_path is None else _dedupe(read_problems(opts.eval_path))
+        # With eval_path, every prompt in the eval file is withheld from training, drawn for eval
+        # or not: the file as a whole is declared held-out.
+        train, eval_ = loop.split_tasks(
+            problems, eval_size=opts.eval_size, seed=seed, train_size=opts.train_size,
+            held_out=held_out, key=_prompt, shown=opts.path, held_out_shown=opts.eval_path or "")
+        return _task_set(self.name, train, eval_, opts.system_prompt)
 
 
 class CodeEasyTasks(loop.TaskSource):
@@ -464,8 +417,8 @@ class CodeEasyTasks(loop.TaskSource):
     default_verifiers: ClassVar[list[str]] = ["python_tests"]
     Options = CodeEasyOptions
 
-    def load(self, options: Any, seed: int) -> TaskSet:
-        opts = coerce_options(CodeEasyOptions, options)
+    def load(self, options: Any, seed: int) -> loop.TaskSet:
+        opts = loop.coerce_options(CodeEasyOptions, options)
         problems = _dedupe(read_problems(EASY_PATH, shown=f"{self.name} ({EASY_PATH.name})"))
         train, eval_ = split_problems(problems, opts.eval_size, opts.train_size, seed, self.name)
         return _task_set(self.name, train, eval_, opts.system_prompt)

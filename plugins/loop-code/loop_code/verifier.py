@@ -25,7 +25,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.records import Attempt, Task, Verdict
 
 from loop_code import checks
 from loop_code.extract import defines, program
@@ -103,37 +102,37 @@ class PythonTestsVerifier(loop.Verifier):
 
     # ----- judging ----------------------------------------------------------------------------
 
-    def verify(self, task: Task, attempt: Attempt) -> Verdict:
+    def verify(self, task: loop.Task, attempt: loop.Attempt) -> loop.Verdict:
         return self.verify_batch([(task, attempt)])[0]
 
-    def verify_batch(self, items: list[tuple[Task, Attempt]]) -> list[Verdict]:
+    def verify_batch(self, items: list[tuple[loop.Task, loop.Attempt]]) -> list[loop.Verdict]:
         """Verdicts in order; up to `workers` programs run at once, each in its own sandbox."""
         try:
             sandbox = self._sandbox()
         except SandboxUnavailable as exc:
-            return [Verdict(passed=False, error_kind="infra", feedback=f"sandbox: {exc}")
+            return [loop.Verdict(passed=False, error_kind="infra", feedback=f"sandbox: {exc}")
                     for _ in items]
         if len(items) == 1:
             return [self._verify_one(sandbox, *items[0])]
         with ThreadPoolExecutor(max_workers=sandbox.workers) as pool:
             return list(pool.map(lambda item: self._verify_one(sandbox, *item), items))
 
-    def _verify_one(self, sandbox: Sandbox, task: Task, attempt: Attempt) -> Verdict:
+    def _verify_one(self, sandbox: Sandbox, task: loop.Task, attempt: loop.Attempt) -> loop.Verdict:
         meta = task.metadata
         tests = meta.get("tests")
         if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
-            return Verdict(passed=False, error_kind="infra",
-                           feedback=f"task {task.id} has no tests (metadata.tests)")
+            return loop.Verdict(passed=False, error_kind="infra",
+                                feedback=f"task {task.id} has no tests (metadata.tests)")
         try:
             run_plan = _plan(tuple(tests))
         except SyntaxError as exc:
-            return Verdict(passed=False, error_kind="infra",
-                           feedback=f"task {task.id}: a test does not parse: {exc}")
+            return loop.Verdict(passed=False, error_kind="infra",
+                                feedback=f"task {task.id}: a test does not parse: {exc}")
         entry_point = meta.get("entry_point") or None
         code = program(attempt.completion, entry_point, meta.get("stub") or "")
         if not code.strip():
-            return Verdict(passed=False, mistake="no_code", error_kind="model",
-                           feedback="no Python code found in the answer")
+            return loop.Verdict(passed=False, mistake="no_code", error_kind="model",
+                                feedback="no Python code found in the answer")
         nonce = secrets.token_hex(16)
         job = json.dumps({"nonce": nonce, "code": code, "setup": meta.get("setup") or "",
                           "snippets": run_plan.snippets}).encode()
@@ -144,29 +143,29 @@ class PythonTestsVerifier(loop.Verifier):
             "output_truncated": result.stdout.truncated or result.stderr.truncated,
         }
         if result.start_error:
-            return Verdict(passed=False, error_kind="infra", details=details,
-                           feedback=f"sandbox: {result.start_error}")
+            return loop.Verdict(passed=False, error_kind="infra", details=details,
+                                feedback=f"sandbox: {result.start_error}")
         outcome = checks.judge(run_plan, result.channel.data, nonce)
         details.update(outcome.details)
         if outcome.passed:
-            return Verdict(passed=True, score=1.0, details=details)
+            return loop.Verdict(passed=True, score=1.0, details=details)
         if outcome.infra and not result.timed_out:
             reason = _tail(result.stderr.data).strip().splitlines()[-1:] or ["no output"]
-            return Verdict(passed=False, error_kind="infra", details=details,
-                           feedback=f"sandbox: the harness did not start ({reason[0][:300]})")
+            return loop.Verdict(passed=False, error_kind="infra", details=details,
+                                feedback=f"sandbox: the harness did not start ({reason[0][:300]})")
         if result.timed_out:
-            return Verdict(passed=False, score=outcome.score, error_kind="model",
-                           mistake="timeout", details=details,
-                           feedback=f"the program ran past the {sandbox.limits.wall_s:g} s limit "
-                                    "and was stopped")
+            return loop.Verdict(passed=False, score=outcome.score, error_kind="model",
+                                mistake="timeout", details=details,
+                                feedback=f"the program ran past the {sandbox.limits.wall_s:g} s "
+                                         "limit and was stopped")
         mistake, feedback = outcome.mistake, outcome.feedback
         if entry_point and mistake == "exception:NameError" and not defines(code, entry_point):
             mistake = "missing_function"
             feedback = f"the code does not define `{entry_point}`"
         elif mistake == "exited_early" and result.signal_name:
             feedback += f" (killed by {result.signal_name}: a resource limit)"
-        return Verdict(passed=False, score=outcome.score, error_kind="model", mistake=mistake,
-                       feedback=feedback[:TAIL_CHARS], details=details)
+        return loop.Verdict(passed=False, score=outcome.score, error_kind="model", mistake=mistake,
+                            feedback=feedback[:TAIL_CHARS], details=details)
 
 
 def tests_passed(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
@@ -177,7 +176,7 @@ def tests_passed(prompts: list[Any], completions: list[Any], **kwargs: Any) -> l
         raise ValueError("tests_passed needs loop's `verdicts` (one per completion)")
     out: list[float | None] = []
     for sample in verdicts:
-        values = [v if isinstance(v, Verdict) else Verdict.model_validate(v)
+        values = [v if isinstance(v, loop.Verdict) else loop.Verdict.model_validate(v)
                   for v in sample.values()]
         if not values or any(v.error_kind == "infra" for v in values):
             out.append(None)

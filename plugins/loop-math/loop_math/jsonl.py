@@ -7,17 +7,11 @@ reference is the text after the last "####" (stripped, thousands commas removed)
 
 from __future__ import annotations
 
-import json
-import random
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import loop
-from loop.records import Task, TaskSet
-
-from loop.records import coerce_options
 
 DEFAULT_SYSTEM_PROMPT = "Solve the problem step by step. End with: The answer is <number>."
 MAX_FIELD_CHARS = 100_000  # a longer question is a broken file, not a word problem
@@ -62,34 +56,11 @@ def read_rows(path: str, options: JsonlOptions) -> list[dict[str, Any]]:
     """Parse `path` into [{"line", "question", "answer", "reference"}] in file order.
 
     Every problem raises ValueError with one line naming the file (and line, where there is one):
-    missing or unreadable file, invalid UTF-8 or JSON, a non-object row, a missing/empty/non-text
-    field, or a file with no rows."""
-    file = Path(path).expanduser()
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, expected a .jsonl file") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
+    missing or unreadable file, invalid UTF-8 or JSON, a non-object row (`loop.read_jsonl`), a
+    missing/empty/non-text field, or a file with no rows."""
     rows = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
+    for number, obj in loop.read_jsonl(path):
         where = f"{path} line {number}"
-        try:
-            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{where}: not valid UTF-8") from None
-        try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            msg = getattr(exc, "msg", "too deeply nested")
-            raise ValueError(f"{where}: invalid JSON ({msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         question = _text_field(obj, options.question_field, where)
         answer = _text_field(obj, options.answer_field, where)
         reference = reference_of(answer)
@@ -97,8 +68,6 @@ def read_rows(path: str, options: JsonlOptions) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: empty answer after '####'")
         rows.append({"line": number, "question": question, "answer": answer,
                      "reference": reference})
-    if not rows:
-        raise ValueError(f"{path}: empty file (no JSON rows)")
     return rows
 
 
@@ -138,47 +107,33 @@ class JsonlTasks(loop.TaskSource):
     default_verifiers: ClassVar[list[str]] = ["math"]
     Options = JsonlOptions
 
-    def load(self, options: Any, seed: int) -> TaskSet:
-        opts = coerce_options(JsonlOptions, options)
-        rng = random.Random(seed)
+    def load(self, options: Any, seed: int) -> loop.TaskSet:
+        opts = loop.coerce_options(JsonlOptions, options)
         rows = _dedupe(read_rows(opts.path, opts))
-        if opts.eval_path is None:
-            if len(rows) <= opts.eval_size:
-                raise ValueError(
-                    f"{opts.path}: {len(rows)} distinct problems, but eval_size={opts.eval_size} "
-                    "would leave none for training; lower eval_size or give eval_path")
-            rng.shuffle(rows)
-            eval_rows, train_rows = rows[:opts.eval_size], rows[opts.eval_size:]
-        else:
-            held_out = _dedupe(read_rows(opts.eval_path, opts))
-            # A question anywhere in the eval file is withheld from training, even if it is not
-            # among the eval_size drawn: the file as a whole is declared held-out.
-            held_questions = {row["question"] for row in held_out}
-            train_rows = [row for row in rows if row["question"] not in held_questions]
-            if not train_rows:
-                raise ValueError(f"{opts.path}: every problem is also in {opts.eval_path}")
-            rng.shuffle(held_out)
-            eval_rows = held_out[:opts.eval_size]
-            rng.shuffle(train_rows)
-        if opts.train_size is not None:
-            train_rows = train_rows[:opts.train_size]
-        return TaskSet(train=[self._task(opts, row, "train") for row in train_rows],
-                       eval=[self._task(opts, row, "eval") for row in eval_rows])
+        held_out = None if opts.eval_path is None else _dedupe(read_rows(opts.eval_path, opts))
+        # With eval_path, a question anywhere in the eval file is withheld from training, even if
+        # it is not among the eval_size drawn: the file as a whole is declared held-out.
+        train_rows, eval_rows = loop.split_tasks(
+            rows, eval_size=opts.eval_size, seed=seed, train_size=opts.train_size,
+            held_out=held_out, key=_question, shown=opts.path,
+            held_out_shown=opts.eval_path or "", advice="lower eval_size or give eval_path")
+        return loop.TaskSet(train=[self._task(opts, row, "train") for row in train_rows],
+                            eval=[self._task(opts, row, "eval") for row in eval_rows])
 
-    def _task(self, opts: JsonlOptions, row: dict[str, Any], split: str) -> Task:
+    def _task(self, opts: JsonlOptions, row: dict[str, Any], split: str) -> loop.Task:
         messages = []
         if opts.system_prompt:
             messages.append({"role": "system", "content": opts.system_prompt})
         messages.append({"role": "user", "content": row["question"]})
-        return Task(source=self.name, split=split, prompt=messages, reference=row["reference"],
-                    metadata={"line": row["line"], "solution": row["answer"]})
+        return loop.Task(source=self.name, split=split, prompt=messages,
+                         reference=row["reference"],
+                         metadata={"line": row["line"], "solution": row["answer"]})
+
+
+def _question(row: dict[str, Any]) -> str:
+    return row["question"]
 
 
 def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen: set[str] = set()
-    out = []
-    for row in rows:
-        if row["question"] not in seen:
-            seen.add(row["question"])
-            out.append(row)
-    return out
+    """First occurrence of each question, so no question is in both splits."""
+    return loop.unique_by(rows, _question)

@@ -36,9 +36,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.records import Verdict
-
-from loop.records import coerce_options
 
 _FRACTION = re.compile(r"-?\d+\s*/\s*\d+")
 _SHOWN_CHARS = 100  # of an extracted answer in feedback and details
@@ -72,9 +69,9 @@ class MathVerifier(loop.Verifier):
     Options = MathOptions
 
     def __init__(self, options: Any = None) -> None:
-        self.options = coerce_options(MathOptions, options)
+        self.options = loop.coerce_options(MathOptions, options)
 
-    def verify(self, task: loop.Task, attempt: loop.Attempt) -> Verdict:
+    def verify(self, task: loop.Task, attempt: loop.Attempt) -> loop.Verdict:
         verdict = self.check(getattr(attempt, "completion", ""), getattr(task, "reference", None))
         if verdict.mistake == "wrong_answer":
             # what kind of wrong (off by one, wrong operation, ...): for the critics, who do not
@@ -88,7 +85,7 @@ class MathVerifier(loop.Verifier):
                 verdict.details["diagnosis"] = kind
         return verdict
 
-    def check(self, completion: Any, reference: Any) -> Verdict:
+    def check(self, completion: Any, reference: Any) -> loop.Verdict:
         """Judge a bare completion text against a reference string: the core of `verify`, also
         used by the `binary` reward when it runs inside TRL without loop's verdicts."""
         try:
@@ -98,26 +95,26 @@ class MathVerifier(loop.Verifier):
                 raise
             if _is_timeout(exc):
                 return _timeout_verdict()
-            return Verdict(passed=False, score=0.0, error_kind="infra",
-                           feedback=f"math verifier failed: {type(exc).__name__}",
-                           details={"exception": _clip(repr(exc), 300)})
+            return loop.Verdict(passed=False, score=0.0, error_kind="infra",
+                                feedback=f"math verifier failed: {type(exc).__name__}",
+                                details={"exception": _clip(repr(exc), 300)})
 
-    def _check(self, completion: Any, reference: Any) -> Verdict:
+    def _check(self, completion: Any, reference: Any) -> loop.Verdict:
         from math_verify import parse, verify  # lazy: importing sympy costs ~0.5 s at CLI start
 
         _quiet_timeout_warning()
 
         reference = "" if reference is None else _clean(str(reference)).strip()
         if not reference:
-            return Verdict(passed=False, error_kind="infra", feedback="task has no reference")
+            return loop.Verdict(passed=False, error_kind="infra", feedback="task has no reference")
         timeout = self.options.timeout_s if _in_main_thread() else None
         gold = parse(reference, parsing_timeout=timeout, raise_on_error=True)
         if not gold:
             gold = parse(f"${reference}$", parsing_timeout=timeout, raise_on_error=True)
         gold_value = _first_parsed(gold)
         if gold_value is None:
-            return Verdict(passed=False, error_kind="infra",
-                           feedback=f"reference {_clip(reference)!r} is not a math answer")
+            return loop.Verdict(passed=False, error_kind="infra",
+                                feedback=f"reference {_clip(reference)!r} is not a math answer")
 
         if not isinstance(completion, str):
             completion = "" if completion is None else str(completion)
@@ -125,23 +122,23 @@ class MathVerifier(loop.Verifier):
         try:
             pred = parse(text, parsing_timeout=timeout, raise_on_error=True) if text.strip() else []
         except Exception as exc:  # noqa: BLE001 - e.g. a 5000-digit number; timeouts propagate
-            return Verdict(passed=False, error_kind="model", mistake="format",
-                           feedback="could not read the final answer",
-                           details={"exception": _clip(repr(exc), 300)})
+            return loop.Verdict(passed=False, error_kind="model", mistake="format",
+                                feedback="could not read the final answer",
+                                details={"exception": _clip(repr(exc), 300)})
         if not pred:
-            return Verdict(passed=False, error_kind="model", mistake="format",
-                           feedback="no final answer found")
+            return loop.Verdict(passed=False, error_kind="model", mistake="format",
+                                feedback="no final answer found")
         value = pred[0]
         raw = pred[-1] if isinstance(pred[-1], str) else str(value)
         shown = _clip(raw.strip().strip("*").rstrip(".").strip() or raw)
         details = {"extracted": shown}
         if _is_number(gold_value) and not _is_number_answer(value, shown):
-            return Verdict(passed=False, error_kind="model", mistake="format", details=details,
-                           feedback=f"final answer {shown!r} is not a number")
+            return loop.Verdict(passed=False, error_kind="model", mistake="format", details=details,
+                                feedback=f"final answer {shown!r} is not a number")
         if verify(gold, [value], timeout_seconds=timeout, raise_on_error=True):
-            return Verdict(passed=True, score=1.0, details=details)
-        return Verdict(passed=False, error_kind="model", mistake="wrong_answer", details=details,
-                       feedback=f"expected {_clip(reference)}, got {shown}")
+            return loop.Verdict(passed=True, score=1.0, details=details)
+        return loop.Verdict(passed=False, error_kind="model", mistake="wrong_answer",
+                            details=details, feedback=f"expected {_clip(reference)}, got {shown}")
 
 
 class _DropTimeoutDisabled(logging.Filter):
@@ -173,9 +170,9 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutException)
 
 
-def _timeout_verdict() -> Verdict:
-    return Verdict(passed=False, score=0.0, error_kind="timeout",
-                   feedback="math verifier timed out")
+def _timeout_verdict() -> loop.Verdict:
+    return loop.Verdict(passed=False, score=0.0, error_kind="timeout",
+                        feedback="math verifier timed out")
 
 
 def _clean(text: str) -> str:

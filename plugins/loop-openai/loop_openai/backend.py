@@ -20,7 +20,6 @@ import httpx
 from pydantic import BaseModel
 
 import loop
-from loop.records import Generation, Message, ModelRef, Sampling
 from loop_openai import lora
 from loop_openai.completions import (
     Completion,
@@ -77,7 +76,7 @@ class OpenAIBackend(loop.Backend):
         run_sync(check)
         return model
 
-    def open(self, model: ModelRef, options: BaseModel | None = None) -> "OpenAISession":
+    def open(self, model: loop.ModelRef, options: BaseModel | None = None) -> "OpenAISession":
         if options is None:
             raise ValueError("the openai backend needs options (at least endpoints)")
         return OpenAISession(model, options)
@@ -87,7 +86,7 @@ class OpenAISession(loop.GenerationSession):
     """Generation on the servers for one model reference. With an adapter (lora: runtime) the
     adapter is loaded into every endpoint here and unloaded by `close()`."""
 
-    def __init__(self, ref: ModelRef, options: OpenAIOptions):
+    def __init__(self, ref: loop.ModelRef, options: OpenAIOptions):
         started = time.perf_counter()
         self.options = options
         self.headers = auth_headers(options)
@@ -115,8 +114,9 @@ class OpenAISession(loop.GenerationSession):
         """What requests name as `model`: the loaded adapter, else the served base model."""
         return self.adapter_name or self.base_model
 
-    def generate(self, prompts: list[list[Message]], sampling: Sampling, progress: Any = None,
-                 batch_size: int | None = None) -> list[list[Generation]]:
+    def generate(self, prompts: list[list[loop.Message]], sampling: loop.Sampling,
+                 progress: Any = None,
+                 batch_size: int | None = None) -> list[list[loop.Generation]]:
         """n generations per prompt, in prompt order. `progress(prompts=1, tokens=k)` is called
         as each prompt's answers arrive (k: tokens generated for it). `batch_size` is ignored:
         the servers batch; `max_concurrency` bounds the requests in flight."""
@@ -143,10 +143,10 @@ class OpenAISession(loop.GenerationSession):
         return EndpointPool(options.endpoints, options.max_concurrency,
                             cooldown_s=options.backoff_s, cooldown_max_s=options.backoff_max_s)
 
-    async def _generate_all(self, prompts: list[list[Message]], sampling: Sampling,
-                            progress: Any) -> list[list[Generation]]:
+    async def _generate_all(self, prompts: list[list[loop.Message]], sampling: loop.Sampling,
+                            progress: Any) -> list[list[loop.Generation]]:
         pool = self.last_pool = self._pool()
-        results: list[list[Generation]] = [[] for _ in prompts]
+        results: list[list[loop.Generation]] = [[] for _ in prompts]
         pending = iter(range(len(prompts)))
         limits = httpx.Limits(max_connections=pool.slots, max_keepalive_connections=pool.slots)
 
@@ -160,8 +160,9 @@ class OpenAISession(loop.GenerationSession):
             await first_error([worker() for _ in range(min(pool.slots, len(prompts)))])
         return results
 
-    async def _one(self, client: httpx.AsyncClient, pool: EndpointPool, messages: list[Message],
-                   sampling: Sampling, index: int) -> tuple[list[Generation], int]:
+    async def _one(self, client: httpx.AsyncClient, pool: EndpointPool,
+                   messages: list[loop.Message], sampling: loop.Sampling,
+                   index: int) -> tuple[list[loop.Generation], int]:
         expected = samples_to_request(sampling)
         body = chat_request(self.model_name, messages, sampling,
                             request_seed(sampling.seed, index), self.options.request_token_ids,
@@ -181,7 +182,8 @@ class OpenAISession(loop.GenerationSession):
             generations = generations * sampling.n
         return generations, tokens
 
-    def _generations(self, completion: Completion, messages: list[Message]) -> list[Generation]:
+    def _generations(self, completion: Completion,
+                     messages: list[loop.Message]) -> list[loop.Generation]:
         prompt_tokens = completion.prompt_tokens
         if prompt_tokens is None:
             tokenizer = self._local_tokenizer()
@@ -192,9 +194,10 @@ class OpenAISession(loop.GenerationSession):
             if token_ids is None:
                 tokenizer = self._local_tokenizer()
                 token_ids = tokenizer.completion_ids(answer.text) if tokenizer else []
-            out.append(Generation(text=answer.text, token_ids=token_ids,
-                                  prompt_tokens=prompt_tokens, finish_reason=answer.finish_reason,
-                                  logprobs=answer.logprobs))
+            out.append(loop.Generation(text=answer.text, token_ids=token_ids,
+                                       prompt_tokens=prompt_tokens,
+                                       finish_reason=answer.finish_reason,
+                                       logprobs=answer.logprobs))
         return out
 
     def _local_tokenizer(self) -> LocalTokenizer | None:

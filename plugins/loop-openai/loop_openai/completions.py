@@ -21,7 +21,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from loop.records import Message, Sampling
+import loop
 from loop_openai.transport import EndpointError
 
 TOKEN_ID = re.compile(r"token_id:(\d+)")
@@ -41,13 +41,13 @@ def request_seed(seed: int, prompt_index: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def samples_to_request(sampling: Sampling) -> int:
+def samples_to_request(sampling: loop.Sampling) -> int:
     """Greedy decoding (temperature 0) gives one answer however often it is asked: request one
     and repeat it, as the `hf` backend does."""
     return sampling.n if sampling.temperature > 0 else 1
 
 
-def chat_request(model: str, messages: list[Message], sampling: Sampling, seed: int,
+def chat_request(model: str, messages: list[loop.Message], sampling: loop.Sampling, seed: int,
                  request_token_ids: bool, extra_body: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,

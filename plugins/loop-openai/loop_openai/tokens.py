@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loop.records import Message
+import loop
 
 
 class LocalTokenizer:
@@ -33,7 +33,7 @@ class LocalTokenizer:
     def completion_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def prompt_length(self, messages: list[Message]) -> int:
+    def prompt_length(self, messages: list[loop.Message]) -> int:
         """Tokens in the prompt as the chat template renders it (0 without a template)."""
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,

@@ -17,10 +17,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.records import Task, TaskSet
 
 from loop_reasoning_gym import gym
-from loop.records import coerce_options
 
 PREFIX = "rg:"
 
@@ -74,8 +72,8 @@ class ReasoningGymTasks(loop.TaskSource):
         self.dataset = dataset
         self.name = PREFIX + dataset
 
-    def load(self, options: Any, seed: int) -> TaskSet:
-        opts = coerce_options(ReasoningGymOptions, options)
+    def load(self, options: Any, seed: int) -> loop.TaskSet:
+        opts = loop.coerce_options(ReasoningGymOptions, options)
         gym.check_config(self.dataset, opts.config)
         system = gym.system_prompt(opts.system_prompt)
         eval_seed, train_seed = split_seeds(seed, self.dataset, opts.eval_size)
@@ -85,10 +83,10 @@ class ReasoningGymTasks(loop.TaskSource):
         if not train:
             raise ValueError(f"every generated training question of {self.dataset!r} is also held "
                              "out: this config has too few distinct questions for these sizes")
-        return TaskSet(train=train, eval=held_out)
+        return loop.TaskSet(train=train, eval=held_out)
 
     def _split(self, opts: ReasoningGymOptions, seed: int, size: int, split: str,
-               system: str | None, exclude: set[str]) -> list[Task]:
+               system: str | None, exclude: set[str]) -> list[loop.Task]:
         recipe = gym.Recipe.of(self.dataset, opts.config, seed, size)
         entries = gym.generate(recipe)
         tasks, seen = [], set(exclude)
@@ -101,7 +99,7 @@ class ReasoningGymTasks(loop.TaskSource):
         return tasks
 
     def _task(self, opts: ReasoningGymOptions, recipe: gym.Recipe, index: int,
-              entry: dict[str, Any], split: str, system: str | None) -> Task:
+              entry: dict[str, Any], split: str, system: str | None) -> loop.Task:
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": entry["question"]})
         answer = entry.get("answer")
@@ -109,5 +107,5 @@ class ReasoningGymTasks(loop.TaskSource):
                     "size": recipe.size, "index": index, "name": f"{split}-{index}",
                     "entry": gym.json_safe({"question": entry["question"], "answer": answer,
                                             "metadata": entry.get("metadata", {})})}
-        return Task(source=self.name, split=split, prompt=messages,
-                    reference=None if answer is None else str(answer), metadata=metadata)
+        return loop.Task(source=self.name, split=split, prompt=messages,
+                         reference=None if answer is None else str(answer), metadata=metadata)

@@ -8,10 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.records import Verdict
 
 from loop_reasoning_gym import gym
-from loop.records import coerce_options
 
 _SHOWN_CHARS = 200  # of an answer or reference in feedback and details
 _SLACK = 1e-9  # a score this far outside [0, 1] is float rounding, not a broken checker
@@ -46,9 +44,9 @@ class ReasoningGymVerifier(loop.Verifier):
     Options = ReasoningGymVerifierOptions
 
     def __init__(self, options: Any = None) -> None:
-        self.options = coerce_options(ReasoningGymVerifierOptions, options)
+        self.options = loop.coerce_options(ReasoningGymVerifierOptions, options)
 
-    def verify(self, task: loop.Task, attempt: loop.Attempt) -> Verdict:
+    def verify(self, task: loop.Task, attempt: loop.Attempt) -> loop.Verdict:
         meta = task.metadata
         try:
             recipe = gym.Recipe.of(meta["dataset"], meta["config"], meta["seed"], meta["size"])
@@ -76,23 +74,23 @@ class ReasoningGymVerifier(loop.Verifier):
                           "number in [0, 1]", extracted=_clip(answer))
         details = {"extracted": _clip(answer), "score": score, "dataset": recipe.dataset}
         if score >= self.options.threshold:
-            return Verdict(passed=True, score=score, details=details)
+            return loop.Verdict(passed=True, score=score, details=details)
         tag = self.options.tag
         if answer is None:
-            return Verdict(passed=False, score=score, error_kind="model", mistake="format",
-                           details=details,
-                           feedback=f"no <{tag}>...</{tag}> in the reply: put the final answer "
-                                    f"inside <{tag}></{tag}>")
+            return loop.Verdict(passed=False, score=score, error_kind="model", mistake="format",
+                                details=details,
+                                feedback=f"no <{tag}>...</{tag}> in the reply: put the final "
+                                         f"answer inside <{tag}></{tag}>")
         expected = "" if task.reference is None else f"expected {_clip(task.reference)}, "
-        return Verdict(passed=False, score=score, error_kind="model", mistake="wrong_answer",
-                       details=details,
-                       feedback=f"{expected}got {_clip(answer)} (score {score:.3g}, passing "
+        return loop.Verdict(passed=False, score=score, error_kind="model", mistake="wrong_answer",
+                            details=details,
+                            feedback=f"{expected}got {_clip(answer)} (score {score:.3g}, passing "
                                 f"needs {self.options.threshold:g})")
 
 
-def _infra(feedback: str, **details: Any) -> Verdict:
-    return Verdict(passed=False, score=0.0, error_kind="infra", feedback=feedback,
-                   details=details)
+def _infra(feedback: str, **details: Any) -> loop.Verdict:
+    return loop.Verdict(passed=False, score=0.0, error_kind="infra", feedback=feedback,
+                        details=details)
 
 
 def _unit_number(value: Any) -> float | None:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loop.records import Sample
+import loop
 
 
-def _answer(sample: Sample) -> list[dict]:
+def _answer(sample: loop.Sample) -> list[dict]:
     return [{"role": "assistant", "content": sample.attempt.completion.strip()}]
 
 
-def _by_task(samples: list[Sample]) -> dict[str, list[Sample]]:
-    out: dict[str, list[Sample]] = {}
+def _by_task(samples: list[loop.Sample]) -> dict[str, list[loop.Sample]]:
+    out: dict[str, list[loop.Sample]] = {}
     for sample in samples:
         out.setdefault(sample.task.id, []).append(sample)
     for group in out.values():
@@ -32,7 +32,7 @@ def _by_task(samples: list[Sample]) -> dict[str, list[Sample]]:
     return out
 
 
-def _distinct(samples: list[Sample]) -> list[Sample]:
+def _distinct(samples: list[loop.Sample]) -> list[loop.Sample]:
     """One sample per distinct (stripped) answer text, first one kept."""
     seen, out = set(), []
     for sample in samples:
@@ -43,14 +43,14 @@ def _distinct(samples: list[Sample]) -> list[Sample]:
     return out
 
 
-def _usable(sample: Sample) -> bool:
+def _usable(sample: loop.Sample) -> bool:
     """A failed attempt whose failure was the checker's (infra/timeout reward None) says nothing
     about the answer; it is neither a positive nor a negative."""
     values = list(sample.rewards.values()) if sample.rewards else [sample.reward]
     return sample.passed or any(v is not None for v in values)
 
 
-def sft_rows(samples: list[Sample], *, dedupe: bool = True,
+def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
              max_per_prompt: int | None = None) -> list[dict]:
     """Verified-correct answers, one row each (identical answers to one prompt once if `dedupe`)."""
     rows = []
@@ -63,7 +63,7 @@ def sft_rows(samples: list[Sample], *, dedupe: bool = True,
     return rows
 
 
-def preference_pairs(samples: list[Sample], *, max_pairs_per_prompt: int = 4,
+def preference_pairs(samples: list[loop.Sample], *, max_pairs_per_prompt: int = 4,
                      repair_pairs: bool = True) -> list[dict]:
     """DPO pairs, chosen = a verified answer, rejected = a failed one, both to the same prompt.
 
@@ -76,7 +76,7 @@ def preference_pairs(samples: list[Sample], *, max_pairs_per_prompt: int = 4,
     for task_samples in _by_task(samples).values():
         good = _distinct([s for s in task_samples if s.passed])
         bad = _distinct([s for s in task_samples if not s.passed and _usable(s)])
-        pairs: list[tuple[Sample, Sample]] = []
+        pairs: list[tuple[loop.Sample, loop.Sample]] = []
         if repair_pairs:
             for sample in good:
                 parent = by_id.get(sample.attempt.parent_id or "")
@@ -93,7 +93,7 @@ def preference_pairs(samples: list[Sample], *, max_pairs_per_prompt: int = 4,
     return rows
 
 
-def kto_rows(samples: list[Sample], *, dedupe: bool = True) -> list[dict]:
+def kto_rows(samples: list[loop.Sample], *, dedupe: bool = True) -> list[dict]:
     """Every usable attempt as an unpaired example: label True if it passed, False if not."""
     rows = []
     for task_samples in _by_task(samples).values():
@@ -112,7 +112,7 @@ class Group:
 
     task_id: str
     prompt: list[dict]
-    samples: list[Sample]
+    samples: list[loop.Sample]
 
     @property
     def solve_rate(self) -> float:
@@ -134,12 +134,12 @@ class Groups:
                 "groups_skipped_incomplete": self.skipped_incomplete}
 
 
-def _reward(sample: Sample, name: str) -> float:
+def _reward(sample: loop.Sample, name: str) -> float:
     value = sample.rewards.get(name) if sample.rewards else sample.reward
     return float("nan") if value is None else float(value)
 
 
-def build_groups(samples: list[Sample], n: int, names: list[str], *,
+def build_groups(samples: list[loop.Sample], n: int, names: list[str], *,
                  skip_equal: bool = True) -> Groups:
     """Each prompt's first-try attempts (depth 0) as a group of exactly `n`.
 

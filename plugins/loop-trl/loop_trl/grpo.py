@@ -27,7 +27,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.rounds import EmptyDataset, UpdateContext
 from loop_trl.datasets import Group, Groups, build_groups
 from loop_trl.training import train_with_trl
 
@@ -161,15 +160,15 @@ class GroupUpdater(loop.Updater):
     name = "group"
     skip_equal = True  # redi learns from all-solved and all-failed groups too
 
-    def build_groups(self, context: UpdateContext) -> Groups:
+    def build_groups(self, context: loop.UpdateContext) -> Groups:
         n = context.config.generate.n
         if n < 2:
-            raise EmptyDataset(f"{self.name}: needs at least 2 samples per prompt to form "
-                               f"groups; generate.n is {n}")
+            raise loop.EmptyDataset(f"{self.name}: needs at least 2 samples per prompt to form "
+                                    f"groups; generate.n is {n}")
         names = context.reward_names or ["reward"]
         return build_groups(context.samples, n, names, skip_equal=self.skip_equal)
 
-    def build_dataset(self, context: UpdateContext) -> list[dict]:
+    def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
         """The groups `update` trains on, flattened: one row per attempt, groups in order and
         each group's attempts in sample order (what `loop export --what grpo|nft|redi` writes).
 
@@ -211,7 +210,7 @@ class GroupUpdater(loop.Updater):
     def grpo_settings(self, options: Any) -> dict:
         return {}
 
-    def update(self, context: UpdateContext) -> loop.UpdateResult:
+    def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         import os
 
         from trl import GRPOConfig
@@ -221,7 +220,7 @@ class GroupUpdater(loop.Updater):
 
         groups = self.build_groups(context)
         if not groups.groups:
-            raise EmptyDataset(
+            raise loop.EmptyDataset(
                 f"{self.name}: no usable group among the round's {len(context.samples)} attempts "
                 f"({groups.skipped_equal} with all rewards equal, {groups.skipped_incomplete} "
                 "incomplete)")

@@ -16,7 +16,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.rounds import EmptyDataset, UpdateContext
 from loop_trl.datasets import kto_rows, preference_pairs
 from loop_trl.training import train_with_trl
 
@@ -35,17 +34,18 @@ class DPOUpdater(loop.Updater):
     name = "dpo"
     Options = DPOOptions
 
-    def build_dataset(self, context: UpdateContext) -> list[dict]:
+    def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
         options: DPOOptions = context.options or DPOOptions()
         return preference_pairs(context.samples, max_pairs_per_prompt=options.max_pairs_per_prompt,
                                 repair_pairs=options.repair_pairs)
 
-    def update(self, context: UpdateContext) -> loop.UpdateResult:
+    def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         options: DPOOptions = context.options or DPOOptions()
         rows = self.build_dataset(context)
         if not rows:
-            raise EmptyDataset(f"dpo: no prompt among the round's {len(context.samples)} attempts "
-                               "has both a passing and a failing answer, so there is no pair")
+            raise loop.EmptyDataset(f"dpo: no prompt among the round's {len(context.samples)} "
+                                    "attempts has both a passing and a failing answer, so there "
+                                    "is no pair")
         from trl import DPOConfig, DPOTrainer
 
         metrics = train_with_trl(context, rows, trainer_cls=DPOTrainer, config_cls=DPOConfig,
@@ -69,20 +69,20 @@ class KTOUpdater(loop.Updater):
     name = "kto"
     Options = KTOOptions
 
-    def build_dataset(self, context: UpdateContext) -> list[dict]:
+    def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
         return kto_rows(context.samples)
 
-    def update(self, context: UpdateContext) -> loop.UpdateResult:
+    def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         options: KTOOptions = context.options or KTOOptions()
         rows = self.build_dataset(context)
         good = sum(r["label"] for r in rows)
         bad = len(rows) - good
         if not rows:
-            raise EmptyDataset(f"kto: none of the round's {len(context.samples)} attempts has a "
-                               "usable verdict, so there is nothing to train on")
+            raise loop.EmptyDataset(f"kto: none of the round's {len(context.samples)} attempts "
+                                    "has a usable verdict, so there is nothing to train on")
         if len(rows) < 2:
-            raise EmptyDataset("kto: one example is not enough (KTO estimates its KL term from "
-                               "the other examples in a batch)")
+            raise loop.EmptyDataset("kto: one example is not enough (KTO estimates its KL term "
+                                    "from the other examples in a batch)")
         weights = {}
         if options.balance and good and bad:
             weights = {"desirable_weight": max(1.0, bad / good),

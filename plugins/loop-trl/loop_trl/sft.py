@@ -13,7 +13,6 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.rounds import EmptyDataset, UpdateContext
 from loop_trl.datasets import sft_rows
 from loop_trl.training import train_with_trl
 
@@ -36,16 +35,16 @@ class SFTUpdater(loop.Updater):
     name = "sft"
     Options = SFTOptions
 
-    def build_dataset(self, context: UpdateContext) -> list[dict]:
+    def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
         options: SFTOptions = context.options or SFTOptions()
         return sft_rows(context.samples, dedupe=options.dedupe,
                         max_per_prompt=options.max_per_prompt)
 
-    def update(self, context: UpdateContext) -> loop.UpdateResult:
+    def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         rows = self.build_dataset(context)
         if not rows:
-            raise EmptyDataset(f"sft: none of the round's {len(context.samples)} attempts passed "
-                               "verification, so there is nothing to train on")
+            raise loop.EmptyDataset(f"sft: none of the round's {len(context.samples)} attempts "
+                                    "passed verification, so there is nothing to train on")
         from trl import SFTConfig, SFTTrainer
 
         options: SFTOptions = context.options or SFTOptions()

@@ -12,28 +12,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loop.checkpoints import TMP_PREFIX
-from loop.rounds import UpdateContext
+import loop
 
 
 class NoLearning(RuntimeError):
     """The trainer ran but every step had a zero gradient norm: the update did nothing."""
 
 
-def load_policy(context: UpdateContext):
+def load_policy(context: loop.UpdateContext):
     """(model, tokenizer, peft_config): the model to train this round.
 
-    With an adapter from an earlier round, that adapter is loaded trainable and training continues
-    it; the first round gets a fresh LoRA (peft_config passed to the trainer). A folder with its own
-    config.json is a full model (full fine-tuning), loaded as it is.
+    The base weights come from `context.model_path`, the folder the backend's `prepare()` made of
+    the config's model. With an adapter from an earlier round, that adapter is loaded trainable
+    and training continues it; the first round gets a fresh LoRA (peft_config passed to the
+    trainer). A folder with its own config.json is a full model (full fine-tuning), loaded as it
+    is.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loop_hf.models import quiet_transformers, resolve_model
-
     quiet_transformers()
-    base = resolve_model(context.base_model)
+    base = context.model_path
     lora = context.config.train.lora
     adapter = context.adapter_in
     source = adapter if adapter and (Path(adapter) / "config.json").is_file() else base
@@ -54,7 +53,15 @@ def load_policy(context: UpdateContext):
     return model, tokenizer, peft_config
 
 
-def _progress_callback(context: UpdateContext):
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and info logs: loop draws its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _progress_callback(context: loop.UpdateContext):
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -78,8 +85,8 @@ def _progress_callback(context: UpdateContext):
     return Progress()
 
 
-def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any, config_cls: Any,
-                   config_kwargs: dict | None = None, trainer_kwargs: Any = None,
+def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls: Any,
+                   config_cls: Any, config_kwargs: dict | None = None, trainer_kwargs: Any = None,
                    train_tokens: int | None = None) -> dict:
     """Train `trainer_cls` on `rows`, save the model/adapter into `context.output_dir`, return
     metrics (dataset_size, steps, train_loss, loss_first, loss_last, grad_norm_mean, train_tokens,
@@ -101,11 +108,8 @@ def train_with_trl(context: UpdateContext, rows: list[dict], *, trainer_cls: Any
     train = context.config.train
     model, tokenizer, peft_config = load_policy(context)
     load_seconds = time.perf_counter() - started
-    # The trainer's scratch folder sits beside the checkpoint's temporary folder, so a killed
-    # run's leftovers are removed with the rest at the next start (loop.checkpoints).
-    scratch = Path(context.output_dir).with_name(f"{TMP_PREFIX}trainer-round-{context.round_index}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    # The trainer's scratch folder: a killed run's leftovers are removed at the next start.
+    scratch = loop.scratch_dir(context, "trainer")
     try:
         fields = {f.name for f in dataclasses.fields(config_cls)}
         # Settings only some TRL configs have (GRPO tokenizes rollouts itself: no max_length).

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 import loop
-from loop.records import ModelRef
 from loop_vllm.options import VLLMOptions
 
 if TYPE_CHECKING:
@@ -31,16 +30,15 @@ class VLLMBackend(loop.Backend):
         """Before a run starts or resumes: resolve (and on first use convert) the model, check
         max_model_len against it, and check that the worker's interpreter has vllm and this
         package. Raises with one line; starts no engine."""
-        from loop_hf.models import resolve_model
         from loop_vllm.models import check_max_model_len
 
         options = getattr(self, "options", None) or VLLMOptions()
-        path = resolve_model(model)
+        path = loop.resolve_model(model)
         check_max_model_len(path, options.max_model_len)
         check_interpreter(options.python or sys.executable)
         return path
 
-    def open(self, model: ModelRef, options: BaseModel | None = None) -> "VLLMSession":
+    def open(self, model: loop.ModelRef, options: BaseModel | None = None) -> "VLLMSession":
         from loop_vllm.session import VLLMSession
 
         return VLLMSession(model, options or VLLMOptions())

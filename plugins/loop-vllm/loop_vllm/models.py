@@ -1,7 +1,7 @@
 """What the session needs to know about a model before the worker loads it, read from its files.
 
-Model references resolve exactly as in the hf backend (`loop_hf.models.resolve_model`: the
-embedded alias converts once into a cached HF folder), and an adapter folder is read the same
+Model references resolve exactly as in the hf backend (`loop.resolve_model`: the embedded
+alias converts once into a cached HF folder), and an adapter folder is read the same
 way: a folder with config.json is a fully fine-tuned model that replaces the base; otherwise it
 is a PEFT LoRA adapter served through a LoRARequest.
 """
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from loop.records import ModelRef
+import loop
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,9 @@ class ModelFiles:
     adapter_rank: int | None
 
 
-def locate(ref: ModelRef) -> ModelFiles:
+def locate(ref: loop.ModelRef) -> ModelFiles:
     """Resolve a ModelRef into the files to load; ModelNotFound / ValueError with one line."""
-    from loop_hf.models import resolve_model
-
-    base = resolve_model(ref.base)
+    base = loop.resolve_model(ref.base)
     if not ref.adapter:
         return ModelFiles(base, None, None)
     adapter = Path(ref.adapter)

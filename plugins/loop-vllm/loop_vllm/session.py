@@ -22,7 +22,6 @@ import weakref
 from typing import Any
 
 import loop
-from loop.records import Generation, Message, ModelRef, Sampling
 from loop_vllm import protocol
 from loop_vllm.models import check_max_model_len, eos_token_ids, locate, position_limit
 from loop_vllm.options import VLLMOptions
@@ -77,7 +76,7 @@ def shard(count: int, parts: int) -> list[range]:
 
 
 class VLLMSession(loop.GenerationSession):
-    def __init__(self, ref: ModelRef, options: VLLMOptions):
+    def __init__(self, ref: loop.ModelRef, options: VLLMOptions):
         started = time.perf_counter()
         self.options = options
         self.files = locate(ref)
@@ -137,8 +136,6 @@ class VLLMSession(loop.GenerationSession):
     def _load_tokenizer(self) -> None:
         from transformers import AutoTokenizer
 
-        from loop_hf.models import quiet_transformers
-
         quiet_transformers()
         self.tokenizer = AutoTokenizer.from_pretrained(self.files.model)
         self.eos_token_ids = eos_token_ids(self.files.model, self.tokenizer)
@@ -172,14 +169,15 @@ class VLLMSession(loop.GenerationSession):
             return f"vllm engine failed for {self.files.model}: {text}"
         return f"vllm refused the request: {text}"
 
-    def encode(self, messages: list[Message]) -> list[int]:
+    def encode(self, messages: list[loop.Message]) -> list[int]:
         """The prompt's token ids through the tokenizer's chat template (as the hf backend)."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def generate(self, prompts: list[list[Message]], sampling: Sampling, progress: Any = None,
-                 batch_size: int | None = None) -> list[list[Generation]]:
+    def generate(self, prompts: list[list[loop.Message]], sampling: loop.Sampling,
+                 progress: Any = None,
+                 batch_size: int | None = None) -> list[list[loop.Generation]]:
         """n generations per prompt, in the prompts' order. `batch_size` is accepted for the
         engine's call and ignored: vLLM schedules its own batches (engine_kwargs.max_num_seqs
         caps them)."""
@@ -217,9 +215,10 @@ class VLLMSession(loop.GenerationSession):
             raise failure
         results = []
         for ids, samples in zip(encoded, outputs):
-            gens = [Generation(text=self.tokenizer.decode(s["token_ids"], skip_special_tokens=True),
-                               token_ids=s["token_ids"], prompt_tokens=len(ids),
-                               finish_reason=s["finish_reason"], logprobs=s["logprobs"])
+            gens = [loop.Generation(text=self.tokenizer.decode(s["token_ids"],
+                                                               skip_special_tokens=True),
+                                    token_ids=s["token_ids"], prompt_tokens=len(ids),
+                                    finish_reason=s["finish_reason"], logprobs=s["logprobs"])
                     for s in samples]
             results.append(gens * sampling.n if n < sampling.n else gens)
         return results
@@ -236,6 +235,14 @@ class VLLMSession(loop.GenerationSession):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and info logs: loop draws its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _stop_all(workers: list[WorkerProcess], timeouts: float | list[float]) -> None:
