@@ -34,7 +34,7 @@ task without its reference and the verdicts with the reference masked, unless th
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.schema import Attempt, Critique, Task, Verdict
+from loop import Attempt, Critique, Task, Verdict
 
 
 class ${Camel}Options(BaseModel):
@@ -84,8 +84,7 @@ TEST = '''\
 
 import importlib.metadata
 
-from loop.plugin_manager import build_registry, get_plugin_manager
-from loop.schema import Attempt, Task, Verdict
+from loop import Attempt, Task, Verdict, build_registry, get_plugin_manager
 
 import $module
 

@@ -82,7 +82,7 @@ import importlib.metadata
 
 import pytest
 
-from loop.plugin_manager import build_registry, get_plugin_manager
+from loop import build_registry, get_plugin_manager
 
 import $module
 

@@ -38,7 +38,7 @@ import string
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.schema import Task, TaskSet
+from loop import Task, TaskSet
 
 SYSTEM_PROMPT = "Answer with only the reversed word."
 
@@ -97,7 +97,7 @@ import importlib.metadata
 
 import pytest
 
-from loop.plugin_manager import build_registry, get_plugin_manager
+from loop import build_registry, get_plugin_manager
 
 import $module
 

@@ -32,7 +32,7 @@ docs/plugins.md ("register_updaters").
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.updates import EmptyDataset, UpdateContext
+from loop import EmptyDataset, UpdateContext
 
 
 class ${Camel}Options(BaseModel):
@@ -90,9 +90,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from loop.plugin_manager import build_registry, get_plugin_manager
-from loop.schema import Attempt, Sample, Task
-from loop.updates import EmptyDataset
+from loop import Attempt, EmptyDataset, Sample, Task, build_registry, get_plugin_manager
 
 import $module
 

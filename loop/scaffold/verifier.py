@@ -33,7 +33,7 @@ your way; the whole contract is in loop's docs/plugins.md ("register_verifiers")
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop.schema import Attempt, Task, Verdict
+from loop import Attempt, Task, Verdict
 
 
 class ${Camel}Options(BaseModel):
@@ -89,8 +89,7 @@ import importlib.metadata
 
 import pytest
 
-from loop.plugin_manager import build_registry, get_plugin_manager
-from loop.schema import Attempt, Task
+from loop import Attempt, Task, build_registry, get_plugin_manager
 
 import $module
 
