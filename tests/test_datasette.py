@@ -1,7 +1,9 @@
 """The store people can question: the views (m005) on a hand-made store whose answers are known,
 the cached round counts behind `loop show` and `accuracy_per_round`, and the real Datasette
-server (`loop datasette`) on a store written by a real tiny-model run: every canned query over
-the JSON API gives the rows its SQL gives directly, and every table and view is described."""
+server (`loop datasette`) on a store written by a real `loop run` on the doubles (the parity
+scripted backend and the noop updater, tests/scripted_runs.py, whose verdicts follow a rule):
+every canned query over the JSON API gives the rows its SQL gives directly, the views give what
+the rule gives, and every table and view is described."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typer.testing import CliRunner
 from loop.cli import app
 from loop.datasette import canned_queries, database_name, metadata, query_parameters
 from loop.schema import Attempt, Critique, Task, Verdict
+from scripted_runs import expected_counts, question_of, right, scripted_run
 from tiny_model import tiny_task_yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,11 +307,9 @@ def test_metadata_is_renamed_to_the_file_served(tmp_path):
 
 RUN_SETTINGS = [
     "--rounds", "2", "--set", "refine.depth=2", "--set", "refine.budget=40",
-    "--set", "select.prompts_per_round=32", "--set", "generate.n=4",
-    "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=6",
-    "--set", "evaluate.problems=60", "--set", "evaluate.max_new_tokens=6",
-    "--set", "train.learning_rate=1e-3", "--set", "train.epochs=2", "--set", "train.max_length=32",
-    "--set", "train.lora.r=8", "--set", "train.lora.alpha=16",
+    "--set", "select.prompts_per_round=16", "--set", "generate.n=4",
+    "--set", "generate.max_new_tokens=6", "--set", "evaluate.problems=30",
+    "--set", "evaluate.max_new_tokens=6",
 ]
 
 
@@ -319,18 +320,15 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def real_store(weak_adder_dir, tmp_path_factory) -> Path:
-    """A store written by `loop run` on the tiny adder: 2 rounds, critics and repairs."""
+def real_store(tmp_path_factory) -> Path:
+    """A store written by `loop run` on the doubles (the parity backend and the noop updater,
+    tests/scripted_runs.py): 2 rounds, critics and repairs."""
     folder = tmp_path_factory.mktemp("datasette")
     task = folder / "task.yaml"
     task.write_text(tiny_task_yaml(train_size=200, eval_size=60,
                                    critics=["verifier_feedback", "taxonomy"]))
     db = folder / "loop.db"
-    result = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", str(task), "--model", str(weak_adder_dir),
-         "--name", "ds", "--db", str(db), *RUN_SETTINGS],
-        env=_env(), capture_output=True, text=True, timeout=600, cwd=folder)
-    assert result.returncode == 0, result.stderr[-3000:]
+    scripted_run(folder, [task, "--name", "ds", "--db", db, *RUN_SETTINGS])
     return db
 
 
@@ -429,6 +427,20 @@ def test_accuracy_and_regressions_agree_with_the_run(server, real_store):
                       if ok and passed.get((task, k + 1)) is False)
     got = _get(f"{server}/{name}/eval_regressions.json?_shape=array")
     assert sorted((r["task_id"], r["solved_round"]) for r in got) == expected
+    # and from the parity rule alone: a held-out problem is solved in round g when a + g is even,
+    # so each regresses once: from round 0 to 1 (even a) or from round 1 to 2 (odd a)
+    held_out = _direct(real_store, "select distinct t.id, t.prompt_json from tasks t join "
+                                   "attempts a on a.task_id = t.id where a.purpose = 'eval'", {})
+    assert len(held_out) == 30
+    by_rule = sorted((t["id"], 0 if right(question_of(t["prompt_json"]), 0, 0) else 1)
+                     for t in held_out)
+    assert sorted((r["task_id"], r["solved_round"]) for r in got) == by_rule
+    counts = expected_counts(real_store, "ds")
+    assert [(r["eval_pass_at_1"], r["eval_n"]) for r in accuracy] == [
+        (counts[idx]["eval_passed"] / 30, 30) for idx in (0, 1, 2)]
+    assert [r["train_solved_prompts"] for r in accuracy] == [counts[idx]["solved"]
+                                                            for idx in (0, 1, 2)]
+    assert [r["train_passed"] for r in accuracy] == [counts[idx]["passed"] for idx in (0, 1, 2)]
     # repairs, recomputed here: repairs every verifier passed
     repairs = _direct(real_store, "select a.id from attempts a where a.parent_id is not null and "
                                   "not exists (select 1 from verdicts v where v.attempt_id = a.id "

@@ -1,9 +1,10 @@
 """`loop export`: a run's stored rounds as datasets that load back with `datasets`.
 
-Two stores: a hand-made one (fast, every case chosen: identical and distinct passing answers, a
+Three stores: a hand-made one (every case chosen: identical and distinct passing answers, a
 repair with its critique, a checker failure, two reward functions, thirds as rewards so a float
-that lost digits shows, stored log-probs, an untrained round), and one real `loop run` on the
-tiny model (slow, shared by the module). The oracle for an updater's rows is its own
+that lost digits shows, stored log-probs, an untrained round), one `loop run` on the doubles
+(the parity backend and the noop updater, tests/scripted_runs.py) and one run trained for real
+on the tiny model (slow), both shared by the module. The oracle for an updater's rows is its own
 `build_dataset` on the train stage's context; for attempts, the store's rows read with SQL.
 """
 
@@ -387,26 +388,45 @@ def test_group_methods_need_groups_and_empty_datasets_are_refused(tmp_path):
                     "nothing to export: sft has no rows in round(s) 1 of run empty")
 
 
-# ----- a real run ------------------------------------------------------------------------------
+# ----- runs: on the doubles, and one trained for real -----------------------------------------
 
 SETTINGS = [
-    "--set", "select.prompts_per_round=32", "--set", "generate.n=4",
+    "--set", "select.prompts_per_round=16", "--set", "generate.n=4",
     "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=6",
     "--set", "evaluate.problems=20", "--set", "evaluate.max_new_tokens=6",
-    "--set", "train.learning_rate=1e-3", "--set", "train.epochs=2", "--set", "train.lora.r=8",
-    "--set", "train.lora.alpha=16", "--set", "train.max_length=32",
     "--set", "refine.depth=1", "--set", "refine.budget=16",
+]
+TRAIN_SETTINGS = [
+    "--set", "train.learning_rate=1e-3", "--set", "train.epochs=1", "--set", "train.lora.r=8",
+    "--set", "train.lora.alpha=16", "--set", "train.max_length=32",
 ]
 
 
 @pytest.fixture(scope="module")
-def real_db(weak_adder_dir, tmp_path_factory) -> Path:
-    """`loop run --method sft --rounds 2` on the tiny adder with refinement, once per module."""
+def run_db(tmp_path_factory) -> Path:
+    """`loop run --rounds 2` with refinement on the doubles (the parity backend, the noop
+    updater: tests/scripted_runs.py): export builds each updater's rows from the stored
+    samples, which needs no model."""
+    from scripted_runs import scripted_run
+    from tiny_model import tiny_task_yaml
+
+    folder = tmp_path_factory.mktemp("export-run")
+    task = folder / "tiny-add.yaml"
+    task.write_text(tiny_task_yaml(train_size=400, eval_size=100, critics=["verifier_feedback"]))
+    db = folder / "loop.db"
+    scripted_run(folder, [task, "--rounds", "2", "--name", "real", "--db", db, *SETTINGS])
+    return db
+
+
+@pytest.fixture(scope="module")
+def trained_db(weak_adder_dir, tmp_path_factory) -> Path:
+    """`loop run --method sft --rounds 2` on the tiny adder with refinement: a run trained for
+    real (round 2 samples from round 1's adapter; the hf backend stores sampling log-probs)."""
     from tiny_model import tiny_task_yaml
 
     import loop.cli.common
 
-    folder = tmp_path_factory.mktemp("export-run")
+    folder = tmp_path_factory.mktemp("export-trained")
     task = folder / "tiny-add.yaml"
     task.write_text(tiny_task_yaml(train_size=400, eval_size=100, critics=["verifier_feedback"]))
     db = folder / "loop.db"
@@ -422,46 +442,65 @@ def real_db(weak_adder_dir, tmp_path_factory) -> Path:
         result = CliRunner().invoke(app, [
             "run", str(task), "--config", str(REPO / "configs" / "tiny-cpu.yaml"),
             "--model", str(weak_adder_dir), "--rounds", "2", "--name", "real", "--db", str(db),
-            "--method", "sft", *SETTINGS])
+            "--method", "sft", *SETTINGS, "--set", "select.prompts_per_round=8",
+            "--set", "evaluate.problems=8", "--set", "refine.budget=8", *TRAIN_SETTINGS])
     assert result.exit_code == 0, result.output
     return db
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_real_run_exports_load_back_as_build_dataset_rows(real_db, tmp_path, fmt):
+def _exports_load_back_as_build_dataset_rows(db: Path, tmp_path: Path, fmt: str) -> None:
     for what in WHATS:
         out = tmp_path / f"{what}.{fmt}"
         result = invoke("real", "--what", what, "--format", fmt, "--out", str(out),
-                        "--db", str(real_db))
+                        "--db", str(db))
         assert result.exit_code == 0, result.output
-        expected = expected_rows(real_db, "real", what, [1, 2])
+        expected = expected_rows(db, "real", what, [1, 2])
         assert expected, what  # every method found data in this run
         loaded = load(out, fmt, tmp_path / "cache")
         assert set(loaded.column_names) == set(expected[0])
         assert loaded.to_list() == expected, what
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_run_exports_load_back_as_build_dataset_rows(run_db, tmp_path, fmt):
+    _exports_load_back_as_build_dataset_rows(run_db, tmp_path, fmt)
+
+
 @pytest.mark.slow
-def test_real_run_round_filter_and_contents(real_db, tmp_path):
-    conn = sqlite3.connect(real_db)
+def test_a_trained_run_exports_load_back_as_build_dataset_rows(trained_db, tmp_path):
+    _exports_load_back_as_build_dataset_rows(trained_db, tmp_path, "jsonl")
+    out = tmp_path / "grpo-real.jsonl"
+    assert invoke("real", "--what", "grpo", "--out", str(out), "--db", str(trained_db)
+                  ).exit_code == 0
+    grpo = [json.loads(line) for line in out.read_text().splitlines()]
+    # The hf backend stores sampling log-probs for every token.
+    assert grpo and all(r["logprob_sum"] is not None and r["logprob_sum"] < 0 for r in grpo)
+
+
+def test_run_round_filter_and_contents(run_db, tmp_path):
+    from scripted_runs import expected_counts
+
+    conn = sqlite3.connect(run_db)
+    counts = expected_counts(run_db, "real")
     for idx in (1, 2):
         out = tmp_path / f"attempts-{idx}.parquet"
         assert invoke("real", "--what", "attempts", "--round", str(idx), "--format", "parquet",
-                      "--out", str(out), "--db", str(real_db)).exit_code == 0
+                      "--out", str(out), "--db", str(run_db)).exit_code == 0
         rows = load(out, "parquet", tmp_path / "cache").to_list()
         stored = conn.execute("select count(*), sum(depth > 0), sum(purpose = 'eval') from "
                               "attempts where round_idx = ?", [idx]).fetchone()
         assert (len(rows), sum(r["depth"] > 0 for r in rows),
                 sum(r["purpose"] == "eval" for r in rows)) == stored
-        assert stored[1] > 0 and all(r["round"] == idx for r in rows)  # repairs are there
+        # the parity rule: 16 prompts x 4 samples, the first 16 failures repaired, 20 held out
+        assert stored == (16 * 4 + 16 + 20, 16, 20) and all(r["round"] == idx for r in rows)
+        assert sum(r["passed"] for r in rows if r["purpose"] == "train") == counts[idx]["passed"]
         critiques = conn.execute("select count(*) from critiques c join attempts a on "
                                  "a.id = c.attempt_id where a.round_idx = ?", [idx]).fetchone()[0]
-        assert sum(r["critique"] is not None for r in rows) == critiques > 0
+        assert sum(r["critique"] is not None for r in rows) == critiques == 16
         out = tmp_path / f"grpo-{idx}.jsonl"
         assert invoke("real", "--what", "grpo", "--round", str(idx), "--out", str(out),
-                      "--db", str(real_db)).exit_code == 0
+                      "--db", str(run_db)).exit_code == 0
         grpo = [json.loads(line) for line in out.read_text().splitlines()]
-        # The hf backend stores sampling log-probs for every token.
-        assert grpo and all(r["logprob_sum"] is not None and r["logprob_sum"] <= 0 for r in grpo)
+        # the scripted backend's log-probs are 0.0 per token
+        assert grpo and all(r["logprob_sum"] == 0.0 for r in grpo)
         assert len(grpo) == 4 * len({r["group_id"] for r in grpo})

@@ -1,8 +1,9 @@
 """`loop report` and `loop compare`: plots, the self-contained HTML page (also rendered in headless
 Chromium), the numbers against `loop show --json`, runs with little or no data, and bad input.
 
-The slow tests share two real runs on the tiny model (one with refinement, so the repair panel
-has data); the fast ones build small stores through `loop.store.Store`."""
+The report and compare tests share two runs on the doubles (the parity scripted backend and the
+noop updater, tests/scripted_runs.py: one with refinement, so the repair panel has data), whose
+figures the parity rule gives exactly; the others build small stores through `loop.store.Store`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from loop.cli import app
 from loop.schema import Attempt, Task, Verdict
 from loop.store import Store, open_db
+from scripted_runs import expected_counts, scripted_run
 from tiny_model import tiny_task_yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,11 +37,9 @@ HEADINGS = {
     "throughput": "Tokens per second by stage",
 }
 SETTINGS = [
-    "--set", "select.prompts_per_round=24", "--set", "generate.n=4",
-    "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=6",
-    "--set", "evaluate.problems=40", "--set", "evaluate.max_new_tokens=6",
-    "--set", "train.learning_rate=1e-3", "--set", "train.max_steps=2",
-    "--set", "train.lora.r=8", "--set", "train.lora.alpha=16", "--set", "train.max_length=32",
+    "--set", "select.prompts_per_round=12", "--set", "generate.n=4",
+    "--set", "generate.max_new_tokens=6", "--set", "evaluate.problems=20",
+    "--set", "evaluate.max_new_tokens=6",
 ]
 
 
@@ -51,27 +51,18 @@ def invoke(*args: str):
 
 
 @pytest.fixture(scope="module")
-def runs_db(tmp_path_factory, weak_adder_dir):
-    """A store with two finished tiny-model runs: `refined` (2 rounds, verifier_feedback critic,
-    refine.depth=1) and `plain` (1 round, another seed, no refinement)."""
+def runs_db(tmp_path_factory):
+    """A store with two finished runs on the doubles (tests/scripted_runs.py: the parity backend,
+    the noop update method): `refined` (2 rounds, verifier_feedback critic, refine.depth=1) and
+    `plain` (1 round, another seed, no refinement)."""
     root = tmp_path_factory.mktemp("report-runs")
     task = root / "tiny-add.yaml"
     task.write_text(tiny_task_yaml(train_size=200, eval_size=60))
     db = root / "loop.db"
-    with pytest.MonkeyPatch.context() as mp:
-        import loop.cli.common
-
-        mp.setenv("LOOP_LOAD_PLUGINS", "hf,math,trl,code")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(loop.cli.common, "_PM", None)
-        for name, extra in (("refined", ["--rounds", "2", "--set",
-                                         "task.critics=[verifier_feedback]",
-                                         "--set", "refine.depth=1"]),
-                            ("plain", ["--rounds", "1", "--set", "seed=1"])):
-            result = invoke("run", task, "--config", REPO / "configs" / "tiny-cpu.yaml",
-                            "--model", weak_adder_dir, "--name", name, "--db", db,
-                            *SETTINGS, *extra)
-            assert result.exit_code == 0, result.output
+    for name, extra in (("refined", ["--rounds", "2", "--set", "task.critics=[verifier_feedback]",
+                                     "--set", "refine.depth=1", "--set", "refine.budget=8"]),
+                        ("plain", ["--rounds", "1", "--set", "seed=1"])):
+        scripted_run(root, [task, "--name", name, "--db", db, *SETTINGS, *extra])
     return db
 
 
@@ -159,7 +150,7 @@ def assert_png(path: Path) -> tuple[int, int]:
 # ----- report on real runs ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # renders plots (matplotlib) / shares the runs: a few seconds
 def test_report_writes_valid_pngs_and_a_self_contained_page(runs_db, tmp_path):
     result = invoke("report", "refined", "--db", runs_db)  # default --out: reports/<run name>/
     assert result.exit_code == 0, result.output
@@ -181,7 +172,7 @@ def test_report_writes_valid_pngs_and_a_self_contained_page(runs_db, tmp_path):
     assert "http://" not in text and "https://" not in text
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # renders plots (matplotlib) / shares the runs: a few seconds
 def test_report_page_shows_each_section_and_the_numbers_of_loop_show(runs_db, tmp_path):
     out = tmp_path / "r"
     result = invoke("report", "refined", "--db", runs_db, "--out", out)
@@ -193,9 +184,20 @@ def test_report_page_shows_each_section_and_the_numbers_of_loop_show(runs_db, tm
     rounds = data["rounds"]
     assert [r["index"] for r in rounds] == [0, 1, 2]
 
+    # the parity backend: the same 20 held-out problems are right for even first operands in
+    # rounds 0 and 2 and for odd ones in round 1; the counts the rule gives for what was asked
+    expected = expected_counts(runs_db, "refined")
+    pass_at_1 = [r["eval"]["pass_at_1"] for r in rounds]
+    assert pass_at_1[1] == pytest.approx(1 - pass_at_1[0]) and pass_at_1[2] == pass_at_1[0]
     passes = rows_by_round(page.sections["pass_rate"]["tables"][0])
+    assert set(passes) == {0, 1, 2}
     for r in rounds:
         row = passes[r["index"]]
+        e = expected[r["index"]]
+        assert (r["eval"]["n"], r["eval"]["pass_at_1"]) == (20, e["eval_passed"] / 20)
+        assert (r["train"]["prompts"], r["train"]["attempts"], r["train"]["passed"],
+                r["train"]["solved_prompts"]) == (e["prompts"], e["attempts"], e["passed"],
+                                                  e["solved"])
         assert row["pass@1"] == f"{r['eval']['pass_at_1']:.3f}"
         assert row["held-out n"] == str(r["eval"]["n"])
         if r["train"]["prompts"]:
@@ -213,7 +215,9 @@ def test_report_page_shows_each_section_and_the_numbers_of_loop_show(runs_db, tm
     repairs = rows_by_round(page.sections["repairs"]["tables"][0])
     assert set(repairs) == {1, 2}  # round 0 has no training, so no repairs
     for r in rounds[1:]:
-        assert r["train"]["repairs"] > 0
+        # every failed first turn up to refine.budget=8 is repaired, and every repair passes
+        assert r["train"]["repairs"] == expected[r["index"]]["repairs"] == 8
+        assert r["train"]["repaired"] == 8
         assert repairs[r["index"]]["repairs"] == str(r["train"]["repairs"])
         assert repairs[r["index"]]["passed"] == str(r["train"]["repaired"])
 
@@ -277,9 +281,13 @@ def test_report_page_renders_in_headless_chromium(runs_db, tmp_path):
 # ----- compare ----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # renders plots (matplotlib) / shares the runs: a few seconds
 def test_compare_prints_both_runs_side_by_side(runs_db, tmp_path):
     refined, plain = show(runs_db, "refined"), show(runs_db, "plain")
+    for name, shown in (("refined", refined), ("plain", plain)):  # what the parity rule gives
+        counts = expected_counts(runs_db, name)
+        assert [r["eval"]["pass_at_1"] for r in shown["rounds"]] == [
+            counts[idx]["eval_passed"] / 20 for idx in sorted(counts)]
     result = invoke("compare", "refined", "plain", "--db", runs_db)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

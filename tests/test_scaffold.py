@@ -222,22 +222,22 @@ def test_generated_tests_pass(installed, kind):
 
 
 @pytest.mark.slow
-def test_installed_verifier_judges_a_real_loop_run(installed, weak_adder_dir, tiny_task_file,
-                                                   tmp_path):
+def test_installed_verifier_judges_a_real_loop_run(installed, tiny_task_file, tmp_path):
     """`loop run --set task.verifiers=[NAME]` in a fresh process selects the installed verifier;
-    every stored verdict is its, and each agrees with what the verifier promises."""
+    every stored verdict is its, and each agrees with what the verifier promises. The answers
+    come from the parity scripted backend (tests/scripted_runs.py; the noop updater)."""
+    from scripted_runs import PARITY_SETTINGS, question_of, right, write_parity_plugin
+
     names, _ = installed
     name = names["verifier"]
     db = tmp_path / "store" / "loop.db"
+    plugins = write_parity_plugin(tmp_path / "plugins")
     result = subprocess.run(
-        [sys.executable, "-m", "loop.cli", "run", str(tiny_task_file),
-         "--config", str(REPO / "configs" / "tiny-cpu.yaml"), "--model", str(weak_adder_dir),
-         "--rounds", "1", "--db", str(db), "--set", f"task.verifiers=[{name}]",
-         "--set", "select.prompts_per_round=24", "--set", "generate.n=4",
-         "--set", "generate.max_new_tokens=6", "--set", "evaluate.problems=40",
-         "--set", "evaluate.max_new_tokens=6", "--set", "train.learning_rate=1e-3",
-         "--set", "train.lora.r=8", "--set", "train.lora.alpha=16",
-         "--set", "train.max_length=32"],
+        [sys.executable, "-m", "loop.cli", "run", str(tiny_task_file), *PARITY_SETTINGS,
+         "--plugins-dir", str(plugins), "--rounds", "1", "--db", str(db),
+         "--set", f"task.verifiers=[{name}]", "--set", "select.prompts_per_round=24",
+         "--set", "generate.n=4", "--set", "generate.max_new_tokens=6",
+         "--set", "evaluate.problems=40", "--set", "evaluate.max_new_tokens=6"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=_env(names))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -245,15 +245,18 @@ def test_installed_verifier_judges_a_real_loop_run(installed, weak_adder_dir, ti
 
     conn = sqlite_utils.Database(db)
     rows = conn.execute(
-        "select v.verifier, v.passed, v.error_kind, a.completion, t.reference "
+        "select v.verifier, v.passed, v.error_kind, a.completion, t.reference, a.sample_index, "
+        "a.purpose, a.round_idx, t.prompt_json "
         "from verdicts v join attempts a on a.id = v.attempt_id join tasks t on t.id = a.task_id"
     ).fetchall()
     attempts = conn["attempts"].count
     assert attempts == 24 * 4 + 2 * 40 and len(rows) == attempts
     assert {r[0] for r in rows} == {name}
-    for _, passed, error_kind, completion, reference in rows:
+    for _, passed, error_kind, completion, reference, k, purpose, idx, prompt in rows:
         assert bool(passed) == (completion.strip() == reference.strip())
         assert error_kind == (None if passed else "model")
-    assert 0 < sum(r[1] for r in rows) < len(rows)  # the weak adder is sometimes right
+        # the parity rule: sampled from round 0's model for training, round idx's for eval
+        assert bool(passed) == right(question_of(prompt), k, idx if purpose == "eval" else 0)
+    assert 0 < sum(r[1] for r in rows) < len(rows)
     config = json.loads(next(conn["runs"].rows)["config_json"])
     assert [v["name"] for v in config["task"]["verifiers"]] == [name]

@@ -35,6 +35,7 @@ def _bench(*args: str, db: Path | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
+@pytest.mark.slow  # two bench processes, each building or reading a store
 def test_small_store_bench_prints_every_query_with_its_goal(tmp_path):
     db = tmp_path / "bench.db"
     figures = tmp_path / "figures.json"
@@ -80,6 +81,7 @@ def test_small_store_bench_prints_every_query_with_its_goal(tmp_path):
     assert "loop show RUN" in again.stdout
 
 
+@pytest.mark.slow  # a bench process
 def test_bench_rejects_a_store_too_small_to_mean_anything():
     result = _bench("--attempts", "10")
     assert result.returncode == 2 and "--attempts must be >= 100" in result.stderr

@@ -1,8 +1,9 @@
-"""`loop run` on a code task end to end, on the tiny in-process model: generation, the sandboxed
-verifier in the engine (batched, parallel), critics reading its feedback, repairs, rewards,
-the mistake log and training, all for real. The tiny model only knows additions, so each task
-completes the stub `answer = ` with the model's answer and tests the value: "85" passes for
-47+38, "84" fails its assertion, "8 5" is a syntax error."""
+"""`loop run` on a code task end to end: generation, the sandboxed verifier in the engine
+(batched, parallel, for real), critics reading its feedback, repairs, rewards and the mistake
+log. The answers come from the parity scripted backend (tests/scripted_runs.py; the noop
+updater trains nothing): each task completes the stub `answer = ` with its answer and tests the
+value, so "85" passes for 47+38, "86" fails its assertion and "none" raises a NameError, each
+where the parity rule says."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ CODE_KINDS = {"no_code", "syntax_error", "missing_function", "failed_assertion",
               "truncated", "exited_early"}
 
 
-def test_loop_run_on_a_code_task(tmp_path, weak_adder_dir):
+def test_loop_run_on_a_code_task(tmp_path):
+    from scripted_runs import expected_counts, question_of, right, scripted_run
+
     rng = random.Random(0)
     rows = [{"prompt": f"{a}+{b}=", "tests": [f"assert answer == {a + b}"], "id": f"p{i}",
              "entry_point": "answer", "stub": "answer = "}
@@ -37,38 +40,40 @@ def test_loop_run_on_a_code_task(tmp_path, weak_adder_dir):
         "verifiers: [{name: python_tests, options: {workers: 2, timeout_s: 3}}]\n"
         "rewards: [tests_passed]\ncritics: [verifier_feedback, taxonomy]\n")
     db = tmp_path / "store" / "loop.db"
-    result = CliRunner().invoke(app, [
-        "run", str(task), "--model", str(weak_adder_dir), "--rounds", "1", "--name", "code",
-        "--db", str(db), "--set", "select.prompts_per_round=24", "--set", "generate.n=2",
-        "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=6",
-        "--set", "evaluate.max_new_tokens=6", "--set", "refine.depth=1",
-        "--set", "train.max_length=48", "--set", "train.learning_rate=1e-3"])
-    assert result.exit_code == 0, result.output
+    scripted_run(tmp_path, [
+        task, "--rounds", "1", "--name", "code", "--db", db,
+        "--set", "select.prompts_per_round=24", "--set", "generate.n=2",
+        "--set", "generate.max_new_tokens=6", "--set", "evaluate.max_new_tokens=6",
+        "--set", "refine.depth=1", "--set", "refine.budget=8"], plugins="math,code")
     store = sqlite_utils.Database(db)
-    attempts = store.execute("select count(*) from attempts where round_idx = 1 and "
-                             "purpose = 'train'").fetchone()[0]
     verdicts = list(store.query(
-        "select v.* from verdicts v join attempts a on a.id = v.attempt_id "
+        "select v.*, a.sample_index, a.depth, a.completion, t.prompt_json from verdicts v "
+        "join attempts a on a.id = v.attempt_id join tasks t on t.id = a.task_id "
         "where a.round_idx = 1 and a.purpose = 'train'"))
-    assert len(verdicts) == attempts >= 48 and {v["verifier"] for v in verdicts} == \
-        {"python_tests"}
-    passed = [v for v in verdicts if v["passed"]]
+    # 24 prompts x 2 samples, and 8 repairs (refine.budget) of failures
+    assert len(verdicts) == 24 * 2 + 8 and {v["verifier"] for v in verdicts} == {"python_tests"}
+    for v in verdicts:  # the sandbox ran each answer's code: "85" passes, "86" and "none" fail
+        assert bool(v["passed"]) == right(question_of(v["prompt_json"]), v["sample_index"], 0,
+                                          turn=v["depth"]), v
     failed = [v for v in verdicts if not v["passed"]]
-    assert passed and failed  # the tiny model writes both runnable and broken "code"
-    assert all(v["error_kind"] == "model" for v in failed), {v["feedback"] for v in failed}
-    assert {v["mistake"] for v in failed} <= CODE_KINDS | {
-        m for m in (v["mistake"] for v in failed) if m.startswith("exception:")}
+    assert failed and all(v["error_kind"] == "model" for v in failed), \
+        {v["feedback"] for v in failed}
+    kinds = {v["completion"] == "none": v["mistake"] for v in failed}
+    assert kinds == {False: "failed_assertion", True: "exception:NameError"}
     rewards = dict(store.execute(
-        "select value is null, count(*) from rewards r join attempts a on a.id = r.attempt_id "
+        "select r.value, count(*) from rewards r join attempts a on a.id = r.attempt_id "
         "where a.round_idx = 1 and a.purpose = 'train' group by 1").fetchall())
-    assert rewards == {0: len(verdicts)}  # every model mistake is a 0, never a NULL
+    passed = sum(v["passed"] for v in verdicts)
+    assert rewards == {0.0: len(failed), 1.0: passed}  # every model mistake is a 0, never NULL
     kinds = {r["kind"] for r in store.query("select kind from mistakes")}
     assert kinds and kinds <= CODE_KINDS | {k for k in kinds if k.startswith("exception:")}
     critiques = list(store.query("select critic, text from critiques"))
     assert {c["critic"] for c in critiques} == {"verifier_feedback", "taxonomy"}
-    repairs = store.execute("select count(*) from attempts where depth = 1").fetchone()[0]
-    assert repairs > 0
+    assert all(v["passed"] for v in verdicts if v["depth"] == 1)  # the repairs are right
     shown = json.loads(CliRunner().invoke(app, ["show", "code", "--db", str(db),
                                                 "--json"]).output)
     assert shown["run"]["status"] == "finished"
-    assert 0 < shown["rounds"][1]["eval"]["pass_at_1"] <= 1
+    counts = expected_counts(db, "code")
+    assert [r["eval"]["pass_at_1"] for r in shown["rounds"]] == [
+        counts[0]["eval_passed"] / 12, counts[1]["eval_passed"] / 12]
+    assert shown["rounds"][1]["train"]["passed"] == counts[1]["passed"] == passed
