@@ -26,7 +26,9 @@ from loop.checkpoints import CheckpointError, publish, remove_temporary, scratch
 from loop.checkpoints import verify as verify_checkpoint
 from loop.config import LoopConfig
 from loop.failpoints import failpoint
-from loop.guarded import call_critic, call_reward, notify, safe_verify_batch
+import loop.guarded
+import loop.updates
+from loop.guarded import call_critic, call_reward, notify
 from loop.refine import EngineCriticContext, critic_view, model_failure, repair_messages
 from loop.resolve import Components
 from loop.schema import (
@@ -46,7 +48,7 @@ from loop.selection import choose_prompts, with_hint
 from loop.stage_order import ROUND0_STAGES, TRAIN_STAGES
 from loop.store import Store
 from loop.timing import reported_timing, session_timing
-from loop.updates import EmptyDataset, derive_seed, passed, update_context
+from loop.updates import derive_seed, passed, update_context
 
 # Attempts handed to a verifier's verify_batch at once: enough to keep parallel workers busy,
 # few enough that progress moves and a chunk's timeout stays meaningful.
@@ -341,7 +343,7 @@ class RoundEngine:
                     self._launched_update(context)
                     if self.config.train.launcher.name == "accelerate"
                     else updater.component.update(context))
-            except EmptyDataset as exc:
+            except loop.updates.EmptyDataset as exc:
                 self.reporter.warn(f"round {idx}: no update ({exc}); the model stays as it was")
                 result = None
         if result is None:
@@ -503,7 +505,8 @@ class RoundEngine:
                 by_verifier = []
                 for chosen in self.components.verifiers:
                     t0 = time.perf_counter()
-                    verdicts = safe_verify_batch(chosen, items, self.config.verify.timeout_s)
+                    verdicts = loop.guarded.safe_verify_batch(chosen, items,
+                                                              self.config.verify.timeout_s)
                     each_ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
                     by_verifier.append((chosen.name, verdicts, each_ms))
                 for i, attempt in enumerate(chunk):

@@ -95,20 +95,14 @@ def test_all_lists_distinct_names():
 
 # ----- (c) old paths still work, with a warning naming the new home ------------------------------
 
-# loop/rounds.py imports these two for its own use, so the module has them as plain attributes:
-# the old path works but does not warn (its __getattr__ is never asked).
-ROUNDS_OWN = "loop.rounds imports it at module level, so its __getattr__ never warns"
-
 OLD_PATHS = [
     # (old module, name, where the warning says it lives now, the object's real module)
     ("loop.records", "Verdict", "loop.Verdict", "loop.schema"),
     ("loop.records", "Task", "loop.Task", "loop.schema"),
     ("loop.records", "Verifier", "loop.Verifier", "loop.interfaces"),
     ("loop.rounds", "UpdateContext", "loop.UpdateContext", "loop.updates"),
-    pytest.param("loop.rounds", "EmptyDataset", "loop.EmptyDataset", "loop.updates",
-                 marks=pytest.mark.xfail(strict=True, reason=ROUNDS_OWN)),
-    pytest.param("loop.rounds", "safe_verify_batch", "loop.safe_verify_batch", "loop.guarded",
-                 marks=pytest.mark.xfail(strict=True, reason=ROUNDS_OWN)),
+    ("loop.rounds", "EmptyDataset", "loop.EmptyDataset", "loop.updates"),
+    ("loop.rounds", "safe_verify_batch", "loop.safe_verify_batch", "loop.guarded"),
     ("loop.rounds", "load_samples", "loop.updates.load_samples", "loop.updates"),
     ("loop.components", "Chosen", "loop.Chosen", "loop.resolve"),
     ("loop.adapters", "reward_verifier", "loop.reward_verifier", "loop.reward_verifiers"),

@@ -50,7 +50,9 @@ class OpenAIBackend(loop.Backend):
     def prepare(self, model: str) -> str:
         """Before a run starts: the API key's variable is set, and every endpoint answers and
         serves the model (GET /models), so a wrong URL or name fails before anything is
-        written. Called on the run's own copy, which carries the validated options."""
+        written. Called on the run's own copy, which carries the validated options. Returns what
+        updaters train: with `lora: runtime` the local folder of `model` where it names one
+        (loop.resolve_model), else the reference unchanged."""
         options: OpenAIOptions | None = getattr(self, "options", None)
         if options is None:  # the registered instance, not a run's copy: nothing to check
             return model
@@ -74,6 +76,13 @@ class OpenAIBackend(loop.Backend):
                         f"{shown}); set backend.options.model to the served name")
 
         run_sync(check)
+        # With runtime LoRA the run may train locally on the same base: updaters need its folder
+        # (an evaluation-only run may name a model that exists only on the server).
+        if options.lora == "runtime":
+            try:
+                return loop.resolve_model(model)
+            except loop.ModelNotFound:
+                pass
         return model
 
     def open(self, model: loop.ModelRef, options: BaseModel | None = None) -> "OpenAISession":
