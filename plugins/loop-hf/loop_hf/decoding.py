@@ -1,8 +1,8 @@
 """Batched decoding that drops finished rows, for CPUs (and small GPUs without vLLM).
 
 transformers' `generate` keeps every row of a padded batch decoding until the longest one ends, so
-one rambling answer holds a whole batch at the token limit (shared/reference/baselines.md: 95 % of
-a round was such sampling). Its continuous-batching `generate_batch` avoids that but ran slower than
+one rambling answer holds a whole batch at the token limit (measured on the default run: 95 % of a
+round was such sampling). Its continuous-batching `generate_batch` avoids that but ran slower than
 static batching on our 2-core CPU (paged attention overhead: 103 vs 153 tok/s, SmolLM2, 64 prompts).
 So this loop drives the model's own forward pass with transformers' DynamicCache and logits
 processors, and after each step removes finished rows from the batch and the KV cache
@@ -59,9 +59,12 @@ def decode_batch(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
     cache = DynamicCache()
+    # The cache's keyword: the locked transformers (5.24) calls it `cache` and warns on every call
+    # that passes the old `past_key_values`; earlier releases know only `past_key_values`.
+    cache_kw = {_cache_keyword(model): cache}
     # logits_to_keep=1: the vocabulary projection only for the last position (the prompt's
     # other positions need no logits; at 49k words that projection dominates a prefill).
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kw,
                 use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1, :].float()
     if n > 1:  # the n samples share this prefill
@@ -105,11 +108,23 @@ def decode_batch(
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], -1)
         last_pos = last_pos + 1
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                    past_key_values=cache, use_cache=True)
+                    **cache_kw, use_cache=True)
         logits = out.logits[:, -1, :].float()
 
     results = [Decoded(tokens[r], finish[r], logps[r]) for r in range(rows)]
     return [results[p * n:(p + 1) * n] for p in range(batch)]
+
+
+def _cache_keyword(model) -> str:
+    """`cache` where the model's forward takes it (the locked transformers), else the older
+    `past_key_values`. inspect follows the deprecation wrapper to the real signature."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p_warper,
