@@ -8,7 +8,7 @@ import json
 import pytest
 
 from loop.critics import classify
-from loop.schema import Attempt, Verdict
+from loop import Attempt, Verdict
 from loop_code import checks, probe, sandbox
 from loop_code.extract import defines, extract_code, program
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.schema import Attempt, Task
+from loop import Attempt, Task
 from loop_code.sandbox import BASE_UID
 from loop_code.verifier import PythonTestsVerifier
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loop.schema import ModelRef, Sampling
+from loop import ModelRef, Sampling
 from loop_hf.backend import HFBackend, HFOptions
 from loop_hf.models import ModelNotFound, resolve_model
 
@@ -155,3 +155,18 @@ def test_sampling_draws_the_tempered_nucleus_distribution(temperature, top_p, bl
     assert torch.allclose(counts, expected.double(), atol=0.01), (counts, expected)
     again = _sample(logits, temperature, warper, torch.Generator().manual_seed(0), block)
     assert torch.equal(again, draws[:4000])  # seeded: the same draws
+
+
+def test_decoding_prints_no_library_deprecation_warning(session):
+    """Every decoding step calls the model's forward with the KV cache; the installed transformers
+    must not find a deprecated argument in those calls (the warning would print on every step of
+    every run). Greedy and sampled paths, several steps each."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.generate(PROMPTS, Sampling(n=1, temperature=0, max_new_tokens=6), batch_size=2)
+        session.generate(PROMPTS, Sampling(n=3, temperature=1.0, max_new_tokens=6, seed=1))
+    deprecations = [f"{w.category.__name__}: {w.message}" for w in caught
+                    if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecations == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.schema import Attempt, Task
+from loop import Attempt, Task
 from loop_math.diagnosis import diagnose
 from loop_math.verifier import MathVerifier
 

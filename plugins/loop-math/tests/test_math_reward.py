@@ -2,7 +2,7 @@
 
 import pytest
 
-from loop.schema import Verdict
+from loop import Verdict
 from loop_math.reward import binary, completion_text
 
 PASS = Verdict(passed=True, score=1.0)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from loop.schema import Attempt, Task, Verdict
+from loop import Attempt, Task, Verdict
 from loop_math.verifier import MathOptions, MathVerifier
 
 VERIFIER = MathVerifier()

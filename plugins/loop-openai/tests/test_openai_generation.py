@@ -10,7 +10,7 @@ import time
 import pytest
 from openai_fake_server import FakeOpenAIServer, free_port
 
-from loop.schema import ModelRef, Sampling
+from loop import ModelRef, Sampling
 from loop_openai import EndpointError, OpenAIBackend, OpenAIOptions
 from loop_openai.completions import request_seed
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from openai_fake_server import FakeOpenAIServer
 
-from loop.schema import ModelRef, Sampling
+from loop import ModelRef, Sampling
 from loop_openai import EndpointError, OpenAIBackend, OpenAIOptions
 from loop_openai.lora import AdapterNotServable
 

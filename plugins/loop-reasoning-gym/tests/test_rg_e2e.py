@@ -19,7 +19,7 @@ from reasoning_gym.utils import extract_answer
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.schema import Attempt
+from loop import Attempt
 from loop_reasoning_gym import ReasoningGymTasks, ReasoningGymVerifier, gym
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from reasoning_gym.utils import SYSTEM_PROMPTS
 from typer.testing import CliRunner
 
-from loop.schema import Task
+from loop import Task
 from loop_reasoning_gym import ReasoningGymTasks, gym
 from loop_reasoning_gym.names import DATASET_NAMES
 from loop_reasoning_gym.tasks import split_seeds

@@ -10,7 +10,7 @@ import reasoning_gym
 from pydantic import ValidationError
 from reasoning_gym.utils import extract_answer
 
-from loop.schema import Attempt, Task
+from loop import Attempt, Task
 from loop_reasoning_gym import ReasoningGymTasks, ReasoningGymVerifier, gym
 
 

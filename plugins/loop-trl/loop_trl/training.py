@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import warnings
 import time
 from pathlib import Path
 from typing import Any
@@ -141,8 +140,6 @@ def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls
         if callable(trainer_kwargs):
             trainer_kwargs = trainer_kwargs(tokenizer)
         progress = _progress_callback(context)
-        # transformers/TRL deprecation notices about their own internals are not the user's to act on
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl)\b")
         trainer = trainer_cls(
             model=model, args=args, train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer, peft_config=peft_config, callbacks=[progress],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.schema import Attempt, Task, Verdict
+from loop import Attempt, Task, Verdict
 from loop.updates import load_samples
 from loop_trl.datasets import build_groups, kto_rows, preference_pairs, sft_rows
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loop.config import LoopConfig
-from loop.schema import Attempt, Sample, Task
+from loop import Attempt, Sample, Task
 from loop.updates import EmptyDataset, UpdateContext
 from loop_trl.grpo import GRPOOptions, GRPOUpdater
 from loop_trl.negative import NFTOptions, NFTUpdater, REDIOptions, REDIUpdater

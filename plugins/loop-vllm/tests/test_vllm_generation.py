@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from loop.schema import ModelRef, Sampling
+from loop import ModelRef, Sampling
 from loop_hf.backend import HFBackend, HFOptions
 from loop_vllm.backend import VLLMBackend
 from loop_vllm.options import VLLMOptions

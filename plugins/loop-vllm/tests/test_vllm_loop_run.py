@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.schema import ModelRef, Sampling
+from loop import ModelRef, Sampling
 from vllm_venv import ENGINE, needs_vllm
 
 pytestmark = [pytest.mark.slow, needs_vllm]

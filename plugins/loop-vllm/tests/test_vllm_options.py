@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from loop.schema import ModelRef
+from loop import ModelRef
 from loop_vllm.backend import VLLMBackend, check_interpreter
 from loop_vllm.models import adapter_rank, check_max_model_len, locate
 from loop_vllm.options import VLLMOptions
