@@ -97,47 +97,56 @@ def test_repair_request_continues_the_conversation():
         "Wrong.\n\nAgain."
 
 
-@pytest.mark.slow
-def test_model_critics_review_through_real_models(weak_adder_dir, pm):
+def test_model_critics_review_through_their_models(pm):
     """self_critique asks the round's policy, judge opens another model through a registered
-    backend; both get the question and the answer, never the reference."""
-    from loop.schema import ModelRef
+    backend (here the scripted one); both get the question and the answer, never the reference,
+    with their options' token limit; what the model says is the critique, kind from the
+    verdicts."""
     from loop.refine import EngineCriticContext
-    from loop_hf.backend import HFBackend, HFOptions
+    from loop.schema import ModelRef
+    from loop.testing import ScriptedBackend
 
-    prompts_seen = []
+    seen: list[tuple[str, list, object]] = []  # (which model, prompt, sampling)
 
     class Recording:
-        def __init__(self, session):
-            self.session = session
+        def __init__(self, label, session):
+            self.label, self.session = label, session
 
         def generate(self, prompts, sampling, **kw):
-            prompts_seen.extend(prompts)
+            seen.extend((self.label, p, sampling) for p in prompts)
             return self.session.generate(prompts, sampling, **kw)
 
         def close(self):
             self.session.close()
 
-    policy = Recording(HFBackend().open(ModelRef(base=str(weak_adder_dir)), HFOptions()))
+    policy = Recording("policy", ScriptedBackend(completions=["You added wrong."]).open(
+        ModelRef(base="policy-model")))
 
     class Context(EngineCriticContext):
         def open_backend(self, name, model, options=None):
-            return Recording(super().open_backend(name, model, options))
+            session = super().open_backend(name, model, options)
+            assert session.model == ModelRef(base=model)
+            return Recording(f"{name}:{model}", session)
 
     context = Context(lambda: policy, pm, seed=0, batch_size=4)
-    task, verdicts = critic_view(TASK, {"math": _wrong()}, hints=False)
+    task, verdicts = critic_view(TASK, {"math": _wrong(diagnosis="off_by_one")}, hints=False)
     items = [(task, _attempt(), verdicts), (task, _attempt("The answer is 9"), verdicts)]
     self_critic = SelfCritiqueCritic()
-    self_critic.options = SelfCritiqueCritic.Options(max_new_tokens=4)
+    self_critic.options = SelfCritiqueCritic.Options(max_new_tokens=40)
     judge = JudgeCritic()
-    judge.options = JudgeCritic.Options(model=str(weak_adder_dir), max_new_tokens=4)
-    for critic in (self_critic, judge):
-        prompts_seen.clear()
+    judge.options = JudgeCritic.Options(model="judge-model", backend="scripted", max_new_tokens=7,
+                                        backend_options={"completions": ["Check the carry."]})
+    for critic, label, text in ((self_critic, "policy", "You added wrong."),
+                                (judge, "scripted:judge-model", "Check t")):
+        seen.clear()
         results = critic.critique_batch(items, context)
-        assert len(results) == 2 and len(prompts_seen) == 2
-        assert all(r is None or (r.critic == critic.name and r.kind == "wrong_answer")
-                   for r in results)
-        assert "What is 47+38?" in prompts_seen[0][0]["content"]
-        assert "The answer is 9" in prompts_seen[1][0]["content"]
-        assert not any("85" in p[0]["content"] for p in prompts_seen)
+        assert results == [Critique(kind="off_by_one", text=text.strip(), critic=critic.name)] * 2
+        assert [s[0] for s in seen] == [label, label]
+        assert all(s[2].max_new_tokens == critic.options.max_new_tokens and s[2].temperature == 0
+                   for s in seen)
+        assert "What is 47+38?" in seen[0][1][0]["content"]
+        assert "The answer is 86" in seen[0][1][0]["content"]
+        assert "The answer is 9" in seen[1][1][0]["content"]
+        assert not any("85" in s[1][0]["content"] for s in seen)
+    assert critic.critique_batch([], context) == []
     policy.close()

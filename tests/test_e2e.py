@@ -182,6 +182,8 @@ def test_every_update_method_runs_a_round_from_the_store(tmp_path, weak_adder_di
         "run", str(tiny_task_file), "--config", str(REPO / "configs" / "tiny-cpu.yaml"),
         "--model", str(weak_adder_dir), "--rounds", "1", "--name", method, "--db", str(db),
         "--method", method, *TINY_SETTINGS, "--set", "train.max_steps=3",
+        # fewer prompts and held-out problems than the end-to-end run: the update is the subject
+        "--set", "select.prompts_per_round=16", "--set", "evaluate.problems=8",
     ])
     assert result.exit_code == 0, result.output
     shown = json.loads(CliRunner().invoke(app, ["show", method, "--db", str(db), "--json"]).output)

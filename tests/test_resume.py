@@ -1,10 +1,20 @@
-"""Resume: kill a real run (SIGKILL) at every named fail point, resume it, and get exactly the rows
-and the final adapter of an uninterrupted run; plus locking, Ctrl-C/SIGTERM, torn checkpoints and
-the no-op resume of a finished run. Runs are real `loop` processes on the tiny model."""
+"""Resume: kill a run (SIGKILL) at every named fail point, resume it, and get exactly the rows and
+the final checkpoints of an uninterrupted run; plus locking, Ctrl-C/SIGTERM, torn checkpoints and
+the no-op resume of a finished run.
+
+The subject is loop's bookkeeping, so the runs are on the doubles: the `adder` scripted backend
+(tiny_model.ADDER_PLUGIN: right for some prompts, wrong in several ways for others, its answers
+depending on the stage's seed and the round's checkpoint) and the `noop` update method. Each run
+is a real process that is really SIGKILLed: a forked child of the test process that runs
+`loop.cli.main()` exactly as `python -m loop.cli` does, without an interpreter's start-up. One
+test runs the real `python -m loop.cli` (a fresh interpreter, another hash seed) to show that a
+forked run stores what a started one does."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import io
 import json
 import os
 import random
@@ -13,41 +23,176 @@ import sqlite3
 import subprocess
 import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from loop.failpoints import POINTS
-from tiny_model import tiny_task_yaml
+from tiny_model import SCRIPTED_SETTINGS, tiny_task_yaml, write_adder_plugin
 
-pytestmark = pytest.mark.slow  # real `loop` processes: ~20 s each
+pytestmark = pytest.mark.slow  # every test starts `loop` processes
 
 TASK = tiny_task_yaml(critics=["verifier_feedback", "taxonomy"])
-SETTINGS = [
+RUN_SETTINGS = [
     "--set", "refine.depth=2", "--set", "refine.budget=10", "--set", "select.replay_share=0.5",
     "--rounds", "2", "--set", "select.prompts_per_round=12", "--set", "generate.n=2",
     "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=5",
-    "--set", "generate.batch_size=8", "--set", "evaluate.problems=20",
+    "--set", "generate.batch_size=8", "--set", "evaluate.problems=12",
     "--set", "evaluate.max_new_tokens=5", "--set", "evaluate.batch_size=8",
-    "--set", "train.learning_rate=1e-3", "--set", "train.batch_size=4",
-    "--set", "train.lora.r=4", "--set", "train.lora.alpha=8", "--set", "train.max_length=32",
 ]
+SETTINGS = [*SCRIPTED_SETTINGS, *RUN_SETTINGS]
+# What every `loop` process of these tests sees: the first-party math plugin (the task's
+# verifier), no hub; the `adder` backend comes from a plugins folder (LOOP_PLUGINS_DIR).
+BASE_ENV = {"LOOP_LOAD_PLUGINS": "math", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def loop_cli(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+def _warm_up() -> None:
+    """Import what a `loop` process imports and run the math verifier once, here in the parent:
+    every forked child then starts as a warm `loop` would, in milliseconds."""
+    import loop.cli
+    import loop.rounds
+    import loop.runs
+    import loop.store  # noqa: F401
+    from loop_math.verifier import MathVerifier
+    from loop.schema import Attempt, Task
+
+    loop.cli.build_app
+    task = Task(source="s", split="train", prompt=[{"role": "user", "content": "1+1="}],
+                reference="2")
+    MathVerifier().verify(task, Attempt(id="a", run_id="r", round_index=0, task_id=task.id,
+                                        purpose="eval", sample_index=0, messages=[],
+                                        completion="2"))
+
+
+_warm_up()
+
+
+def loop_env(plugins: Path, extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k != "LOOP_FAILPOINT" and not (k.startswith("LOOP_") and "__" in k)}
+    env.update(BASE_ENV, LOOP_PLUGINS_DIR=str(plugins), **(extra or {}))
+    return env
+
+
+@dataclass
+class Done:
+    """How a `loop` process ended, as subprocess.CompletedProcess says it (-9: SIGKILL)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Child:
+    """`loop ARGS` in a forked child of this process: `loop.cli.main()` as `python -m loop.cli`
+    runs it, with its own stdout/stderr files and environment. A fail point's SIGKILL kills the
+    child, exactly as it kills a started `loop`."""
+
+    def __init__(self, args: list[str], env: dict, folder: Path, sigint_ignored: bool = False):
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = f"{time.monotonic_ns()}"
+        self.out, self.err = folder / f"out-{stamp}.txt", folder / f"err-{stamp}.txt"
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child(args, env, sigint_ignored)
+
+    def _child(self, args: list[str], env: dict, sigint_ignored: bool) -> None:
+        # Whatever the test process had (its SQLite connections among it) is never collected,
+        # so never closed, here: only what the child makes is its own.
+        gc.freeze()
+        code = 1
+        try:
+            for fd, path in ((1, self.out), (2, self.err)):
+                opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(opened, fd)
+                os.close(opened)
+            sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+            sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+            sys.stdin = open(os.devnull)
+            os.environ.clear()
+            os.environ.update(env)
+            # As a shell starts a background job (`loop run ... &`): SIGINT ignored.
+            signal.signal(signal.SIGINT,
+                          signal.SIG_IGN if sigint_ignored else signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            import loop.cli.common
+            import loop.failpoints
+
+            loop.cli.common._PM = None  # a fresh process builds its plugin manager
+            loop.failpoints._counts.clear()
+            sys.argv = ["loop", *args]
+            from loop.cli import main
+
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 120) -> Done:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"loop process {self.pid} ran past {timeout} s")
+            time.sleep(0.01)
+        return Done(self.returncode, self.out.read_text(), self.err.read_text())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+        if sig == signal.SIGKILL:
+            self.wait()
+
+
+def loop_fork(args: list[str], env: dict, folder: Path, timeout: float = 120) -> Done:
+    return Child(args, env, folder / "logs").wait(timeout)
+
+
+def loop_cli(args: list[str], env_extra: dict | None = None,
+             **kwargs) -> subprocess.CompletedProcess:
+    """`python -m loop.cli ARGS`: a real, freshly started `loop` process."""
     env = {k: v for k, v in os.environ.items() if k != "LOOP_FAILPOINT"}
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "loop.cli", *args], env=env, capture_output=True,
                           text=True, timeout=600, **kwargs)
 
 
-def start_run(folder: Path, model: Path, name: str, failpoint: str | None = None,
-              extra: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_args(folder: Path, name: str, extra: list[str] | None = None) -> list[str]:
     task = folder / "task.yaml"
     task.write_text(TASK)
-    env = {"LOOP_FAILPOINT": failpoint} if failpoint else {}
-    return loop_cli(["run", str(task), "--model", str(model), "--name", name,
-                     "--db", str(folder / "loop.db"), *SETTINGS, *(extra or [])], env)
+    return ["run", str(task), "--name", name, "--db", str(folder / "loop.db"), *SETTINGS,
+            *(extra or [])]
+
+
+def start_run(folder: Path, name: str, failpoint: str | None = None,
+              extra: list[str] | None = None, env: dict | None = None) -> Done:
+    plugins = write_adder_plugin(folder / "plugins")
+    extra_env = {**({"LOOP_FAILPOINT": failpoint} if failpoint else {}), **(env or {})}
+    return loop_fork(run_args(folder, name, extra), loop_env(plugins, extra_env), folder)
+
+
+def resume(folder: Path, name: str, env: dict | None = None) -> Done:
+    return loop_fork(["resume", name, "--db", str(folder / "loop.db")],
+                     loop_env(folder / "plugins", env), folder)
 
 
 def snapshot(db: Path) -> dict:
@@ -56,8 +201,8 @@ def snapshot(db: Path) -> dict:
     conn = sqlite3.connect(db)
     key = "a.round_idx, a.task_id, a.purpose, a.sample_index, a.depth"
     attempts = conn.execute(
-        f"select {key}, a.completion, a.token_ids_json, a.finish_reason from attempts a "
-        f"order by {key}").fetchall()
+        f"select {key}, a.completion, a.token_ids_json, a.finish_reason, a.seed, "
+        f"a.messages_json from attempts a order by {key}").fetchall()
     ids = conn.execute("select count(*), count(distinct id) from attempts").fetchone()
     verdicts = conn.execute(
         f"select {key}, v.verifier, v.passed, v.score, v.mistake, v.feedback, v.error_kind "
@@ -99,66 +244,95 @@ def assert_consistent(folder: Path) -> None:
     assert conn.execute("pragma foreign_key_check").fetchall() == []
     run_dir = Path(conn.execute("select run_dir from runs").fetchone()[0])
     assert not list(run_dir.glob(".tmp-*"))
+    conn.close()
 
 
 @pytest.fixture(scope="module")
-def reference(weak_adder_dir, tmp_path_factory):
+def reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
-    result = start_run(folder, weak_adder_dir, "ref")
+    result = start_run(folder, "ref")
     assert result.returncode == 0, result.stderr
     return snapshot(folder / "loop.db")
 
 
-def test_reference_run_is_deterministic(reference, weak_adder_dir, tmp_path):
-    """The premise of the chaos test: two uninterrupted runs store the same rows and adapter."""
-    assert start_run(tmp_path, weak_adder_dir, "again").returncode == 0
-    assert snapshot(tmp_path / "loop.db") == reference
-    assert reference["counts"]["updates"] == 2 and reference["status"] == [("finished",)]
+def test_reference_run_is_deterministic_and_complete(reference, tmp_path):
+    """The premise of the chaos test: an uninterrupted run, here started as a real `python -m
+    loop.cli` (a fresh interpreter with another hash seed), stores the same rows and checkpoints
+    as the forked one; and the rows are what the config asks for."""
+    plugins = write_adder_plugin(tmp_path / "plugins")
+    started = loop_cli(run_args(tmp_path, "again"),
+                       {**loop_env(plugins), "PYTHONHASHSEED": "12345"})
+    assert started.returncode == 0, started.stderr
+    ref = reference
+    assert snapshot(tmp_path / "loop.db") == ref
+    assert ref["status"] == [("finished",)] and ref["stages"] == [(i, "done") for i in range(3)]
+    counts = ref["counts"]
+    train = [a for a in ref["attempts"] if a[2] == "train"]
+    first = [a for a in train if a[4] == 0]
+    repairs = [a for a in train if a[4] > 0]
+    assert len(first) == 2 * 12 * 2  # rounds × prompts × n
+    assert 0 < len([a for a in repairs if a[4] == 1]) and len(repairs) <= 2 * 10  # the budget
+    assert len([a for a in ref["attempts"] if a[2] == "eval"]) == 3 * 12
+    assert counts["verdicts"] == counts["attempts"]  # one verifier
+    assert counts["rewards"] == len(train)  # one reward function, train answers only
+    failed = [v for v in ref["verdicts"] if v[2] == "train" and not v[6]]
+    critiqued = {c[:5] for c in ref["critiques"] if c[5] == "taxonomy"}
+    assert critiqued == {v[:5] for v in failed}  # every failure classified once
+    assert counts["updates"] == 2 and counts["evaluations"] == 3 and counts["mistakes"] > 0
+    assert all(len(u[2]) == 64 for u in ref["updates"])
 
 
 CASES = list(POINTS) + ["generate.in_batch:3", "verify.in_batch:20", "train.after_rename:2",
-                        "evaluate.before_commit:3", "round.start:3"]
+                        "evaluate.before_commit:3", "round.start:3", "refine.in_batch:5",
+                        "mistakes.after_commit:2"]
 
 
 @pytest.mark.parametrize("point", CASES)
-def test_kill_at_fail_point_then_resume_loses_and_duplicates_nothing(point, reference,
-                                                                     weak_adder_dir, tmp_path):
-    killed = start_run(tmp_path, weak_adder_dir, "chaos", failpoint=point)
+def test_kill_at_fail_point_then_resume_loses_and_duplicates_nothing(point, reference, tmp_path):
+    killed = start_run(tmp_path, "chaos", failpoint=point)
     assert killed.returncode == -signal.SIGKILL, (point, killed.returncode, killed.stderr[-2000:])
     db = str(tmp_path / "loop.db")
     status = sqlite3.connect(db).execute("select status from runs").fetchone()[0]
     assert status == "running"  # a killed process cannot say anything
-    resumed = loop_cli(["resume", "chaos", "--db", db])
+    resumed = resume(tmp_path, "chaos")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "which is gone: taking over" in resumed.stdout
     assert snapshot(tmp_path / "loop.db") == reference
     assert_consistent(tmp_path)
     # The run's created-to-finished span now holds the time it lay dead: `loop show` knows.
-    shown = json.loads(loop_cli(["show", "chaos", "--db", db, "--json"]).stdout)
-    assert shown["run"]["resumes"] == 1
-    assert shown["time"]["outside_rounds_seconds"] == 0.0
+    shown = CliRunner().invoke(app(), ["show", "chaos", "--db", db, "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.output)
+    assert data["run"]["resumes"] == 1
+    assert data["time"]["outside_rounds_seconds"] == 0.0
 
 
-def test_resume_of_finished_run_is_a_noop(weak_adder_dir, tmp_path):
-    assert start_run(tmp_path, weak_adder_dir, "done").returncode == 0
+def app():
+    from loop.cli import app as cli_app
+
+    return cli_app
+
+
+def test_resume_of_finished_run_is_a_noop(tmp_path):
+    assert start_run(tmp_path, "done").returncode == 0
     before = hashlib.sha256((tmp_path / "loop.db").read_bytes()).hexdigest()
-    result = loop_cli(["resume", "done", "--db", str(tmp_path / "loop.db")])
+    result = resume(tmp_path, "done")
     assert result.returncode == 0 and "already complete; nothing to do" in result.stdout
     assert hashlib.sha256((tmp_path / "loop.db").read_bytes()).hexdigest() == before
 
 
-def test_torn_checkpoint_is_not_loaded_but_retrained(reference, weak_adder_dir, tmp_path):
-    killed = start_run(tmp_path, weak_adder_dir, "torn", failpoint="evaluate.before_commit:3")
+def test_torn_checkpoint_is_not_loaded_but_retrained(reference, tmp_path):
+    killed = start_run(tmp_path, "torn", failpoint="evaluate.before_commit:3")
     assert killed.returncode == -signal.SIGKILL
     conn = sqlite3.connect(tmp_path / "loop.db")
     adapter = Path(conn.execute("select adapter_path from updates where round_idx = 1")
                    .fetchone()[0])
     conn.close()
-    weights = adapter / "adapter_model.safetensors"
+    weights = adapter / "update.json"  # what the noop update method writes
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # torn write
-    resumed = loop_cli(["resume", "torn", "--db", str(tmp_path / "loop.db")])
+    resumed = resume(tmp_path, "torn")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (f"checkpoint {adapter}: adapter_model.safetensors does not match its manifest: "
+    assert (f"checkpoint {adapter}: update.json does not match its manifest: "
             "not loading it; retraining round 1") in " ".join(resumed.stdout.split())
     assert snapshot(tmp_path / "loop.db") == reference
     assert_consistent(tmp_path)
@@ -176,103 +350,94 @@ def round_started(round_index):
 '''
 
 
-def _start_held_run(tmp_path, model, name):
-    plugins = tmp_path / "hold"
-    plugins.mkdir()
+def _start_held_run(tmp_path: Path, name: str) -> Child:
+    """A run that waits at the start of round 1, started with SIGINT ignored, as a shell starts a
+    background job (`loop run ... &`): loop must still stop on Ctrl-C / `kill -INT`."""
+    plugins = write_adder_plugin(tmp_path / "plugins")
     (plugins / "hold.py").write_text(HOLD)
-    task = tmp_path / "task.yaml"
-    task.write_text(TASK)
     hold = tmp_path / "held"
-    env = {k: v for k, v in os.environ.items() if k != "LOOP_FAILPOINT"}
-    env["HOLD_FILE"] = str(hold)
-    # Started with SIGINT ignored, as a shell starts a background job (`loop run ... &`): loop
-    # must still stop on Ctrl-C / `kill -INT`.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loop.cli", "run", str(task), "--model", str(model), "--name", name,
-         "--db", str(tmp_path / "loop.db"), "--plugins-dir", str(plugins), *SETTINGS],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    child = Child(run_args(tmp_path, name), loop_env(plugins, {"HOLD_FILE": str(hold)}),
+                  tmp_path / "logs", sigint_ignored=True)
     deadline = time.time() + 120
     while not hold.exists():
-        assert proc.poll() is None, proc.communicate()
+        assert child.poll() is None, child.wait()
         assert time.time() < deadline
-        time.sleep(0.2)
-    return proc, plugins
+        time.sleep(0.05)
+    return child
 
 
-def test_second_process_on_a_live_run_fails_fast_naming_the_pid(weak_adder_dir, tmp_path):
-    proc, plugins = _start_held_run(tmp_path, weak_adder_dir, "live")
+def test_second_process_on_a_live_run_fails_fast_naming_the_pid(tmp_path):
+    proc = _start_held_run(tmp_path, "live")
     try:
         before = hashlib.sha256((tmp_path / "loop.db").read_bytes()).hexdigest()
         started = time.perf_counter()
-        second = loop_cli(["resume", "live", "--db", str(tmp_path / "loop.db")])
+        second = resume(tmp_path, "live")
         elapsed = time.perf_counter() - started
         assert second.returncode == 1
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"run live is locked by pid {proc.pid}" in lines[0]
-        assert elapsed < 10  # the lock check itself answers at once; most of this is start-up
+        assert elapsed < 10  # the lock is checked before plugins load or anything is written
         assert hashlib.sha256((tmp_path / "loop.db").read_bytes()).hexdigest() == before
     finally:
         proc.kill()
-        proc.wait()
     # Once it is dead (kill -9 leaves the run "running"), resume takes over and finishes it.
-    resumed = loop_cli(["resume", "live", "--db", str(tmp_path / "loop.db")])
+    resumed = resume(tmp_path, "live")
     assert resumed.returncode == 0, resumed.stderr
     assert f"left running by pid {proc.pid}, which is gone" in " ".join(resumed.stdout.split())
     assert snapshot(tmp_path / "loop.db")["status"] == [("finished",)]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupt_marks_run_interrupted_and_resume_finishes(sig, reference, weak_adder_dir,
-                                                             tmp_path):
-    proc, _ = _start_held_run(tmp_path, weak_adder_dir, "stopped")
-    proc.send_signal(sig)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+def test_interrupt_marks_run_interrupted_and_resume_finishes(sig, reference, tmp_path):
+    proc = _start_held_run(tmp_path, "stopped")
+    proc.kill(sig)
+    assert proc.wait(timeout=60).returncode == 130
     conn = sqlite3.connect(tmp_path / "loop.db")
     assert conn.execute("select status from runs").fetchone()[0] == "interrupted"
     conn.close()
-    resumed = loop_cli(["resume", "stopped", "--db", str(tmp_path / "loop.db")])
+    resumed = resume(tmp_path, "stopped")
     assert resumed.returncode == 0, resumed.stderr
     assert "(was interrupted)" in resumed.stdout
     assert snapshot(tmp_path / "loop.db") == reference
 
 
-def test_soak_runs_killed_at_random_instants(reference, weak_adder_dir, tmp_path):
+def test_soak_runs_killed_at_random_instants(reference, tmp_path):
     """Runs killed 1-5 times from outside at random instants, resumed after each kill, end with
     exactly the uninterrupted run's rows. LOOP_SOAK_RUNS sets how many: 10 in the normal suite,
-    50 in `make soak`."""
+    50 in `make soak`; LOOP_SOAK_SEED picks the instants."""
     rng = random.Random(int(os.environ.get("LOOP_SOAK_SEED", "0")))
     runs = int(os.environ.get("LOOP_SOAK_RUNS", "10"))
-    task = tmp_path / "task.yaml"
-    task.write_text(TASK)
-    env = {k: v for k, v in os.environ.items() if k != "LOOP_FAILPOINT"}
+    # How long an uninterrupted run takes here and now (warm, as the soak runs are): the kills
+    # land at instants spread over it.
+    started = time.perf_counter()
+    assert start_run(tmp_path / "timed", "timed").returncode == 0
+    span = time.perf_counter() - started
+    assert snapshot(tmp_path / "timed" / "loop.db") == reference
     kills = []
     for i in range(runs):
         folder = tmp_path / f"soak-{i}"
-        folder.mkdir()
-        db = str(folder / "loop.db")
-        args = ["run", str(task), "--model", str(weak_adder_dir), "--name", "soak", "--db", db,
-                *SETTINGS]
+        plugins = write_adder_plugin(folder / "plugins")
+        db = folder / "loop.db"
+        args = run_args(folder, "soak")
         killed = 0
         for _ in range(rng.randint(1, 5)):
-            proc = subprocess.Popen([sys.executable, "-m", "loop.cli", *args], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:  # an uninterrupted tiny run takes ~10 s, start-up included
-                proc.wait(timeout=rng.uniform(1.0, 10.0))
-            except subprocess.TimeoutExpired:
+            proc = Child(args, loop_env(plugins), folder / "logs")
+            deadline = time.monotonic() + rng.uniform(0.0, 0.9 * span)
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if proc.poll() is None:
                 proc.kill()
-                proc.wait()
                 killed += 1
-            if Path(db).exists() and sqlite3.connect(db).execute(
-                    "select count(*) from runs").fetchone()[0]:
-                args = ["resume", "soak", "--db", db]
+            if db.exists() and sqlite3.connect(db).execute(
+                    "select count(*) from sqlite_master where name = 'runs'").fetchone()[0] and \
+                    sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0]:
+                args = ["resume", "soak", "--db", str(db)]
             if proc.returncode == 0:
                 break
         kills.append(killed)
-        final = loop_cli(["resume", "soak", "--db", db] if args[0] == "resume" else args)
+        final = loop_fork(args, loop_env(plugins), folder)
         assert final.returncode == 0, (i, final.stderr[-2000:])
-        assert snapshot(folder / "loop.db") == reference, i
+        assert snapshot(db) == reference, i
         assert_consistent(folder)
     print(f"soak: {runs} runs, {sum(kills)} SIGKILLs (per run: min {min(kills)}, max {max(kills)}, "
           f"{sum(k > 0 for k in kills)} runs killed at least once), every run identical to the "

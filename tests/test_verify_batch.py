@@ -17,6 +17,7 @@ from loop.resolve import Chosen
 from loop.schema import Attempt, Task, Verdict
 from loop.rounds import VERIFY_CHUNK
 from loop.guarded import safe_verify_batch
+from tiny_model import scripted_run, tiny_task_yaml
 
 TASK = Task(source="s", split="train", prompt=[{"role": "user", "content": "1+1="}], reference="2")
 
@@ -105,22 +106,18 @@ def register_verifiers(register):
 '''
 
 
-def test_a_verifier_that_cannot_start_stops_the_run_before_it_exists(tmp_path, tiny_task_file,
-                                                                     tiny_model_dir):
-    plugins = tmp_path / "p"
+def test_a_verifier_that_cannot_start_stops_the_run_before_it_exists(tmp_path):
+    plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "sandboxed.py").write_text(BROKEN_SANDBOX)
-    db = tmp_path / "s" / "loop.db"
-    result = CliRunner().invoke(app, [
-        "run", str(tiny_task_file), "--model", str(tiny_model_dir), "--db", str(db),
-        "--plugins-dir", str(plugins), "--set", "task.verifiers=[sandboxed]"])
+    result, conn = scripted_run(tmp_path, "--set", "task.verifiers=[sandboxed]")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: verifier error: sandboxed (plugin file:sandboxed.py): no network namespace: "
         "unshare is missing"]
-    assert not db.exists() or sqlite3.connect(db).execute(
+    assert conn is None or conn.execute(
         "select count(*) from sqlite_master where name = 'runs'").fetchone()[0] == 0 or \
-        sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0] == 0
+        conn.execute("select count(*) from runs").fetchone()[0] == 0
 
 
 BROKEN_UNTIL_FIXED = '''
@@ -145,43 +142,60 @@ def register_verifiers(register):
 '''
 
 
-@pytest.mark.slow
-def test_infra_verdicts_are_checked_again_on_resume(tmp_path, weak_adder_dir):
-    """A run killed right after verification failed for infrastructure reasons: on resume,
-    once the sandbox works again, those answers are verified again, never rewarded 0."""
-    from test_resume import loop_cli
-    from tiny_model import tiny_task_yaml
+class Crash(BaseException):
+    """Stands in for the SIGKILL of a fail point in this process: no `except Exception` sees it,
+    so the run stays `running` and the open transaction is rolled back, as a kill leaves them
+    (tests/test_resume.py kills real processes at every fail point)."""
 
-    plugins = tmp_path / "p"
+
+def test_infra_verdicts_are_checked_again_on_resume(tmp_path, monkeypatch):
+    """A run that dies right after verification failed for infrastructure reasons: on resume,
+    once the sandbox works again, exactly those answers are verified again, never rewarded 0."""
+    import loop.rounds
+
+    plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "sometimes.py").write_text(BROKEN_UNTIL_FIXED)
-    task = tmp_path / "task.yaml"
-    task.write_text(tiny_task_yaml().replace("verifiers: [math]", "verifiers: [sometimes]"))
     broken = tmp_path / "broken"
     broken.touch()
-    db = tmp_path / "loop.db"
-    env = {"SANDBOX_BROKEN": str(broken), "LOOP_PLUGINS_DIR": str(plugins)}
-    args = ["run", str(task), "--model", str(weak_adder_dir), "--name", "r", "--db", str(db),
-            "--rounds", "1", "--set", "select.prompts_per_round=8", "--set", "generate.n=2",
-            "--set", "generate.max_new_tokens=5", "--set", "evaluate.problems=10",
-            "--set", "evaluate.max_new_tokens=5", "--set", "train.max_length=32"]
-    killed = loop_cli(args, {**env, "LOOP_FAILPOINT": "verify.after_commit"})
-    assert killed.returncode == -9, killed.stderr
-    conn = sqlite3.connect(db)
+    monkeypatch.setenv("SANDBOX_BROKEN", str(broken))
+    task = tiny_task_yaml().replace("verifiers: [math]", "verifiers: [sometimes]")
+
+    def die_after_verify(name):
+        if name == "verify.after_commit":
+            raise Crash(name)
+
+    monkeypatch.setattr(loop.rounds, "failpoint", die_after_verify)
+    with pytest.raises(Crash):
+        scripted_run(tmp_path, "--rounds", "1", "--set", "select.prompts_per_round=8",
+                     "--set", "generate.n=2", "--set", "generate.max_new_tokens=5",
+                     "--set", "evaluate.problems=4", "--set", "evaluate.max_new_tokens=5",
+                     task_text=task)
+    monkeypatch.undo()  # the fail point is inert again
+    monkeypatch.setenv("SANDBOX_BROKEN", str(broken))
+    conn = sqlite3.connect(tmp_path / "loop.db")
+    assert conn.execute("select status from runs").fetchone()[0] == "running"
     query = ("select v.error_kind, count(*) from verdicts v join attempts a on a.id = "
              "v.attempt_id where a.round_idx = 1 and a.purpose = 'train' group by 1")
     assert dict(conn.execute(query).fetchall()) == {"infra": 16}
     broken.unlink()  # the sandbox is fixed
-    resumed = loop_cli(["resume", "r", "--db", str(db)], env)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resumed, _ = scripted_run(tmp_path, command="resume")
+    assert resumed.exit_code == 0, resumed.output
     assert "round 1: checking 16 answers again whose verification failed for infrastructure " \
-        "reasons" in resumed.stdout + resumed.stderr
-    kinds = dict(conn.execute(query).fetchall())
-    assert "infra" not in kinds and sum(kinds.values()) >= 16
-    zero_for_infra = conn.execute(
-        "select count(*) from rewards r join verdicts v on v.attempt_id = r.attempt_id "
-        "where v.error_kind = 'infra'").fetchone()[0]
-    assert zero_for_infra == 0
+        "reasons" in " ".join(resumed.output.split())
+    rows = conn.execute(
+        "select a.completion, t.reference, v.passed, v.error_kind, r.value from attempts a "
+        "join tasks t on t.id = a.task_id join verdicts v on v.attempt_id = a.id "
+        "join rewards r on r.attempt_id = a.id where a.round_idx = 1 and a.purpose = 'train'"
+        ).fetchall()
+    assert len(rows) == 16  # one verdict and one reward per answer: nothing doubled
+    for completion, reference, ok, kind, reward in rows:
+        right = completion.strip() == reference
+        assert (bool(ok), kind, reward) == (right, None if right else "model", float(right))
+    assert conn.execute("select status from runs").fetchone()[0] == "finished"
+    # round 0's held-out verdicts are not train answers: they keep their infra rows, no reward
+    assert conn.execute("select count(*) from rewards r join verdicts v on v.attempt_id = "
+                        "r.attempt_id where v.error_kind = 'infra'").fetchone()[0] == 0
 
 
 def test_loop_verify_runs_any_tasks_verifiers_on_an_answer(tmp_path, tiny_task_file):

@@ -131,3 +131,86 @@ def tiny_task_yaml(train_size: int = 200, eval_size: int = 40, critics: list[str
     if critics:
         text += f"critics: [{', '.join(critics)}]\n"
     return text
+
+
+# ----- scripted doubles for bookkeeping tests (no model: loop.testing) ------------------------
+
+ADDER_PLUGIN = '''
+"""A scripted backend for 2-digit addition ("12+35=" -> "47"): right for some prompts, wrong in
+several ways for others. Which answer a sample gets depends on the question, the turn, the sample
+index, the stage's seed and temperature, and the content of the round's checkpoint, so a resume
+that used another seed or model would store other rows."""
+import hashlib
+import re
+from pathlib import Path
+
+import loop
+from loop.testing import ScriptedBackend, ScriptedSession
+
+
+class Adder(ScriptedBackend):
+    name = "adder"
+
+    def open(self, model, options=None):
+        tag = Path(model.adapter, "update.json").read_text() if model.adapter else "base"
+        session = ScriptedSession(lambda prompt, k, sampling: answer(prompt, k, sampling, tag),
+                                  model)
+        self.sessions.append(session)
+        return session
+
+
+def answer(prompt, k, sampling, tag):
+    question = next(m["content"] for m in prompt if m["role"] == "user")
+    a, b = map(int, re.match(r"\\s*(\\d+)\\s*\\+\\s*(\\d+)", question).groups())
+    turn = sum(m["role"] == "assistant" for m in prompt)
+    key = f"{question}|{turn}|{k}|{sampling.seed}|{sampling.temperature}|{tag}"
+    pick = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 6
+    return [str(a + b), str(a + b), str(a + b + 1), str(a * b), "none", "1234567890"][pick]
+
+
+@loop.hookimpl
+def register_backends(register):
+    register(Adder())
+'''
+
+
+def write_adder_plugin(folder: Path) -> Path:
+    """Write the `adder` scripted backend (ADDER_PLUGIN) as a loose plugin file into `folder`
+    (for --plugins-dir / LOOP_PLUGINS_DIR) and return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adder.py").write_text(ADDER_PLUGIN)
+    return folder
+
+
+# `loop run` settings that put a run on the doubles: the adder backend, the noop update method.
+SCRIPTED_SETTINGS = ["--model", "scripted-adder", "--set", "backend.name=adder",
+                     "--method", "noop"]
+
+
+def scripted_run(folder: Path, *args: str, task_text: str | None = None, name: str = "r",
+                 plugins: Path | None = None, command: str = "run"):
+    """`loop run` in this process (typer's CliRunner) on the doubles: the `adder` backend
+    (written into `plugins`, default folder/plugins) and the `noop` update method, with the tiny
+    adder's task file (or `task_text`) and the store folder/loop.db. Returns (the CLI result,
+    a sqlite3 connection to the store with sqlite3.Row rows). `command="resume"` resumes run
+    `name` instead (args are then extra CLI arguments)."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from loop.cli import app
+
+    plugins = write_adder_plugin(plugins or folder / "plugins")
+    db = folder / "loop.db"
+    if command == "resume":
+        cli = ["resume", name, "--db", str(db), "--plugins-dir", str(plugins), *args]
+    else:
+        task = folder / "task.yaml"
+        task.write_text(task_text if task_text is not None else tiny_task_yaml())
+        cli = ["run", str(task), "--name", name, "--db", str(db), "--plugins-dir", str(plugins),
+               *SCRIPTED_SETTINGS, *args]
+    result = CliRunner().invoke(app, cli)
+    conn = sqlite3.connect(db) if db.exists() else None
+    if conn is not None:
+        conn.row_factory = sqlite3.Row
+    return result, conn
