@@ -59,7 +59,8 @@ class SandboxUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-program limits (reliability.md §A defaults)."""
+    """Per-program limits; the defaults fit a test-sized program and stay far below what would
+    hurt the host."""
 
     wall_s: float = 5.0
     cpu_s: int = 5

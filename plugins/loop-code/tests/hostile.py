@@ -1,4 +1,4 @@
-"""The hostile-program corpus of reliability.md §A1 (bounded versions: a failing sandbox cannot
+"""The hostile-program corpus: what model-written code may do to its host (bounded versions: a failing sandbox cannot
 take the machine down). Each program is a whole answer; the task's test is
 `assert solve() == 42`, and several programs define a `solve` that would pass if the harness
 could be fooled. `{port}`, `{dns_port}`, `{canaries}` are filled in by the test."""

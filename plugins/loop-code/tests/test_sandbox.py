@@ -1,4 +1,4 @@
-"""The sandbox holds against the hostile corpus (reliability.md §A1/§A2) and judges benign code
+"""The sandbox holds against the hostile corpus (tests/hostile.py) and judges benign code
 the same alone or among hostile neighbours. Runs for real: needs root (as CI and containers)."""
 
 from __future__ import annotations

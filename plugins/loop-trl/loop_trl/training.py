@@ -130,7 +130,7 @@ def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls
             seed=context.seed,
             data_seed=context.seed,
             use_cpu=not torch.cuda.is_available(),
-            bf16=False,  # fp32: on CPU bf16 changes the default model's answers (offline-stack.md)
+            bf16=False,  # fp32: on CPU bf16 changes the default model's answers (measured)
             **{k: v for k, v in optional.items() if k in fields},
         )
         settings.update(config_kwargs or {})  # the method's own settings win

