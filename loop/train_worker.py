@@ -431,8 +431,8 @@ def rebuild_context(request: dict[str, Any], rank: int):
         context = update_context(
             store, config, request["run_id"], request["round_index"], options=updater.options,
             output_dir=output_dir, reward_names=request["reward_names"],
-            model_path=request.get("model_path") or "",
-            progress=_progress_printer() if rank == 0 else _no_progress)
+            model_path=request.get("model_path") or "", adapter_in=request["adapter_in"],
+            seed=request["seed"], progress=_progress_printer() if rank == 0 else _no_progress)
     finally:
         store.db.conn.close()
     return context, updater

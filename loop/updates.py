@@ -105,16 +105,22 @@ def load_samples(store: "Store", run_id: str, idx: int, reward_names: list[str])
     return samples
 
 
+_FROM_STORE: Any = object()
+
+
 def update_context(store: "Store", config: "LoopConfig", run_id: str, idx: int, *,
                    options: Any, output_dir: Path, reward_names: list[str],
                    model_path: str = "", progress: StageProgress = no_progress,
-                   samples: list[Sample] | None = None) -> UpdateContext:
-    """The UpdateContext of round `idx`'s train stage, from the store. `samples` may be given
-    when the caller has already read them (a launched worker reads them on its own)."""
-    if samples is None:
-        samples = load_samples(store, run_id, idx, reward_names)
+                   adapter_in: str | None = _FROM_STORE, seed: int | None = None
+                   ) -> UpdateContext:
+    """The UpdateContext of round `idx`'s train stage, from the store: its samples, the round's
+    input checkpoint and the stage's seed. A launched worker passes the `adapter_in` and `seed`
+    its parent's context had, so both sides train the same update."""
+    if adapter_in is _FROM_STORE:
+        adapter_in = store.get_round(run_id, idx)["model_in"]
     return UpdateContext(
-        run_id=run_id, round_index=idx, samples=samples, base_model=config.model,
-        adapter_in=store.get_round(run_id, idx)["model_in"], output_dir=Path(output_dir),
-        config=config, options=options, seed=derive_seed(config.seed, idx, "train"),
+        run_id=run_id, round_index=idx, samples=load_samples(store, run_id, idx, reward_names),
+        base_model=config.model, adapter_in=adapter_in, output_dir=Path(output_dir),
+        config=config, options=options,
+        seed=derive_seed(config.seed, idx, "train") if seed is None else seed,
         progress=progress, reward_names=list(reward_names), model_path=model_path)

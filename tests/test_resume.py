@@ -49,6 +49,7 @@ SETTINGS = [*SCRIPTED_SETTINGS, *RUN_SETTINGS]
 BASE_ENV = {"LOOP_LOAD_PLUGINS": "math", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+@pytest.fixture(scope="module", autouse=True)
 def _warm_up() -> None:
     """Import what a `loop` process imports and run the math verifier once, here in the parent:
     every forked child then starts as a warm `loop` would, in milliseconds."""
@@ -66,8 +67,6 @@ def _warm_up() -> None:
                                         purpose="eval", sample_index=0, messages=[],
                                         completion="2"))
 
-
-_warm_up()
 
 
 def loop_env(plugins: Path, extra: dict | None = None) -> dict:
