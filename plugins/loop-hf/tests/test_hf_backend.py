@@ -81,6 +81,7 @@ def test_progress_reports_tokens_and_prompts(session):
     assert seen["tokens"] == sum(g.completion_tokens for group in gens for g in group)
 
 
+@pytest.mark.slow  # trains and loads an adapter
 def test_adapter_is_applied(weak_adder_dir, tmp_path):
     """base + adapter generates differently from the base alone (adapter with non-zero B)."""
     from peft import LoraConfig, get_peft_model

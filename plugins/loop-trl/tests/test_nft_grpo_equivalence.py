@@ -56,6 +56,7 @@ def _groups():
     return build_groups(_samples(ANSWERS), 4, ["binary"]).groups
 
 
+@pytest.mark.slow  # two trainers' gradients on the tiny model
 @pytest.mark.parametrize("weighting,equal", [("one_minus_rate", True), ("none", False)])
 def test_nft_gradient_equals_grpo_gradient_on_policy(tmp_path, tiny_model_dir, weighting, equal):
     import torch

@@ -55,6 +55,7 @@ def test_empty_dataset_is_refused(tmp_path, tiny_model_dir):
         SFTUpdater().update(ctx)
 
 
+@pytest.mark.slow  # trains the tiny model
 def test_lora_update_changes_weights_and_continues(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
@@ -78,6 +79,7 @@ def test_lora_update_changes_weights_and_continues(tmp_path, tiny_model_dir):
     assert any((again[k] - weights[k]).abs().sum() > 0 for k in weights)
 
 
+@pytest.mark.slow  # trains the tiny model
 def test_full_finetuning_writes_a_model(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -116,6 +118,7 @@ def test_report_to_reaches_the_trainer_config(tmp_path, tiny_model_dir):
     assert seen == [[], ["tensorboard"]]
 
 
+@pytest.mark.slow  # trains the tiny model
 def test_padding_free_batches_train_the_same_loss_as_padded_ones(tmp_path, tiny_model_dir):
     """`options: {padding_free: true}` flattens a batch into one sequence; the examples must stay
     apart (position ids): the losses of every step equal those of padded batches. If attention
