@@ -1,5 +1,5 @@
 """Built-in components that need nothing heavy; written exactly as a third-party plugin would be:
-the `exact_match` verifier, the critics of loop.critics, and the test doubles of loop.testing
+the `exact_match` verifier, the critics of loop.critics, and the test doubles of loop.doubles
 (the `scripted` backend and the `noop` update method)."""
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ def register_critics(register):
 
 @loop.hookimpl
 def register_backends(register):
-    from loop.testing import ScriptedBackend
+    from loop.doubles import ScriptedBackend
 
     register(ScriptedBackend())
 
 
 @loop.hookimpl
 def register_updaters(register):
-    from loop.testing import NoopUpdater
+    from loop.doubles import NoopUpdater
 
     register(NoopUpdater())
