@@ -1,4 +1,5 @@
-"""Numbered schema migrations of the core store, applied on every open (sqlite-utils Migrations).
+"""Numbered schema migrations of the core store, applied on every open (sqlite-utils Migrations;
+all pending ones in one transaction: `apply_migrations`).
 
 Rules (from llm): never edit an applied migration, add a new one; guard column additions; keep
 backfills inside the migration's transaction. store/README.md documents every table and column.
@@ -6,12 +7,69 @@ backfills inside the migration's transaction. store/README.md documents every ta
 
 from __future__ import annotations
 
+from typing import Callable
+
 from sqlite_utils import Database, Migrations
+
+from loop.failpoints import failpoint
 
 migrations = Migrations("loop")
 
 
-@migrations()
+def migration(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Register `fn` as the next core migration (its name is the function's). The crash tests'
+    fail point `migration.<name>` is passed after its body ran, before its bookkeeping row is
+    written (see `apply_migrations`)."""
+
+    def apply(db: Database) -> None:
+        fn(db)
+        failpoint(f"migration.{fn.__name__}")
+
+    apply.__name__, apply.__doc__ = fn.__name__, fn.__doc__
+    migrations(name=fn.__name__)(apply)
+    return fn
+
+
+def migration_names() -> list[str]:
+    """Every core migration's name, in the order they apply."""
+    return [m.name for m in migrations._migrations]
+
+
+def unknown_migrations(db: Database) -> list[str]:
+    """Core migrations the store records that this loop does not have: a newer loop wrote it."""
+    if not db["_sqlite_migrations"].exists():
+        return []
+    known = set(migration_names())
+    return [m.name for m in migrations.applied(db) if m.name not in known]
+
+
+def apply_migrations(db: Database) -> list[str]:
+    """Apply the pending core migrations; returns their names.
+
+    All of them in one `BEGIN IMMEDIATE` transaction, each with its bookkeeping row (sqlite-utils
+    runs each as a savepoint of it): a process killed while migrating leaves the store as it
+    was, and the next open applies them all again. The write lock is taken before the pending
+    ones are listed, so two processes opening a new store at once migrate it once: the second
+    waits (the busy timeout), then finds nothing to do. A store with nothing pending is only
+    read."""
+    if not migrations.pending(db):
+        return []
+    if db.conn.in_transaction:
+        pending = [m.name for m in migrations.pending(db)]
+        migrations.apply(db)
+        return pending
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        pending = [m.name for m in migrations.pending(db)]
+        migrations.apply(db)
+        db.conn.commit()
+    except BaseException:
+        db.conn.rollback()
+        raise
+    return pending
+
+
+@migration
 def m001_create_core_tables(db: Database) -> None:
     db["runs"].create(
         {
@@ -181,7 +239,7 @@ def m001_create_core_tables(db: Database) -> None:
     db["evaluations"].create_index(["run_id", "round_idx", "split"], unique=True)
 
 
-@migrations()
+@migration
 def m002_create_views(db: Database) -> None:
     db.create_view(
         "accuracy_per_round",
@@ -208,7 +266,7 @@ def m002_create_views(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m003_add_completion_raw(db: Database) -> None:
     # Text that is not valid UTF-8 (lone surrogates, e.g. from a JSON "\udcff" escape) cannot be
     # stored as TEXT: `completion` then holds a readable copy with U+FFFD and `completion_raw`
@@ -217,7 +275,7 @@ def m003_add_completion_raw(db: Database) -> None:
         db["attempts"].add_column("completion_raw", bytes)
 
 
-@migrations()
+@migration
 def m004_create_critiques(db: Database) -> None:
     # One row per critic's explanation of a failed attempt (the refine stage); full-text search
     # over the texts for `loop mistakes -q` and Datasette.
@@ -245,7 +303,7 @@ _CACHED = ("r.stage = 'done' and r.summary_json is not null "
 _TRAIN_OF_ROUND = "a.run_id = r.run_id and a.round_idx = r.idx and a.purpose = 'train'"
 
 
-@migrations()
+@migration
 def m005_read_side_indexes_and_views(db: Database) -> None:
     # `loop logs` lists a run's attempts newest round first: this index hands them over in that
     # order (so `-n 10` reads 10 rows, not the run), and serves every lookup by (run, round,
@@ -365,7 +423,7 @@ def m005_read_side_indexes_and_views(db: Database) -> None:
         """)
 
 
-@migrations()
+@migration
 def m006_text_search_and_held_out_index(db: Database) -> None:
     # `loop logs -q` and `loop mistakes -q`: substring search over answers, verifier feedback
     # and the mistake log. Trigram full-text indexes find the few rows that contain a rare text
@@ -419,7 +477,7 @@ def _trigram_index(db: Database, table: str, columns: list[str]) -> None:
     db.execute(f"insert into {fts}({fts}) values ('rebuild')")  # rows stored before m006
 
 
-@migrations()
+@migration
 def m007_run_resumes(db: Database) -> None:
     # How often `loop resume` continued the run: a resumed run's created-to-finished span holds
     # the time it lay dead, so `loop show` does not count that span as the run's own time.
@@ -435,7 +493,7 @@ def m007_run_resumes(db: Database) -> None:
 LAZY_SEARCH = (("attempts", ("completion",)), ("verdicts", ("feedback",)))
 
 
-@migrations()
+@migration
 def m008_search_index_off_the_write_path(db: Database) -> None:
     db.execute("create table if not exists search_index (fts text primary key, "
                "indexed_rowid integer not null default 0, stale integer not null default 0)")
@@ -453,7 +511,7 @@ def m008_search_index_off_the_write_path(db: Database) -> None:
                    f"{table} when old.rowid <= {indexed} begin {mark} end")
 
 
-@migrations()
+@migration
 def m009_binary_logprobs(db: Database) -> None:
     # Log-probabilities as little-endian float32 (what the model computed, bit for bit) instead
     # of JSON text: formatting ~60 floats was most of the time of writing an answer, and the

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
+import os
+import sqlite3
 import sys
+import time
 from array import array
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sqlite_utils import Database
 
-from loop.migrations import migrations
+from loop.migrations import apply_migrations, unknown_migrations
 from loop.schema import Attempt, Critique, Task, Verdict, stable_id
 
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -33,6 +37,34 @@ ATTEMPT_COLUMNS = ("id", "run_id", "round_idx", "task_id", "purpose", "sample_in
 
 class StoreError(Exception):
     """A lookup that found nothing (or too much); the message is for the user."""
+
+
+class StoreUnusable(StoreError):
+    """The store cannot be used as it is: corrupt or truncated, written by a newer loop, read-only,
+    out of space, locked for too long. The message is one line saying what is wrong and what to
+    do; nothing was written. `code` is the CLI's exit status."""
+
+    code = 2
+
+
+class DiskFull(StoreUnusable):
+    """A write that failed for lack of space (ENOSPC, EDQUOT, SQLITE_FULL). `what` names what
+    could not be written: the store file, or a checkpoint folder."""
+
+    code = 1
+
+    def __init__(self, what: str):
+        super().__init__(f"no space left on the device to write {what}")
+        self.what = what
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+# How long a write waits for another process's write transaction (SQLite's busy handler), and
+# how long `Store.transaction` keeps trying to begin one after that: several `loop run`s, `loop
+# show` caching its counts and Datasette share one store.
+BUSY_TIMEOUT_MS = 30_000
+LOCK_WAIT_S = 300.0
 
 
 def utcnow() -> str:
@@ -94,24 +126,162 @@ def _text_and_raw(text: str) -> tuple[str, bytes | None]:
 
 
 def open_db(path: str | Path | None = None, pm: Any = None, memory: bool = False) -> Database:
-    """Open (creating if needed) and migrate a store. Always go through here, never Database()."""
+    """Open (creating if needed) and migrate a store. Always go through here, never Database().
+
+    A store that cannot be used as it is (see `check_store_file`; a migration this loop does not
+    know; SQLite finding it corrupt, read-only or out of space) is a StoreUnusable with one line
+    for the user, raised before anything is written."""
     if memory:
         db = Database(memory=True)
+        db.execute("pragma foreign_keys = on")
+        apply_migrations(db)
     else:
         path = Path(path)  # type: ignore[arg-type]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = Database(path)
-        db.enable_wal()
-        # WAL + NORMAL: a commit is not fsynced until the next checkpoint. A killed process loses
-        # nothing (the WAL is in the OS's hands); a power cut may lose the last commits, never
-        # consistency, and `loop resume` redoes those stages. FULL cost an fsync per stage.
-        db.execute("pragma synchronous = normal")
-    db.execute("pragma foreign_keys = on")
-    db.execute("pragma busy_timeout = 5000")
-    migrations.apply(db)
+        check_store_file(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnusable(f"cannot create the store's folder {path.parent} "
+                                f"({exc.strerror}): pass --db with a writable location") from None
+        try:
+            db = Database(path)
+            # First: every later statement (WAL switch, migrations) waits for other writers.
+            db.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.enable_wal()
+            # WAL + NORMAL: a commit is not fsynced until the next checkpoint. A killed process
+            # loses nothing (the WAL is in the OS's hands); a power cut may lose the last commits,
+            # never consistency, and `loop resume` redoes those stages. FULL cost an fsync per
+            # stage.
+            db.execute("pragma synchronous = normal")
+            db.execute("pragma foreign_keys = on")
+            db.execute("select count(*) from sqlite_master").fetchone()  # reads the schema
+            newer = unknown_migrations(db)
+            if newer:
+                raise StoreUnusable(
+                    f"the store {path} was written by a newer loop (its migration {newer[0]} is "
+                    f"unknown to loop {_loop_version()}): upgrade loop to use it, or pass --db "
+                    "for another store")
+            apply_migrations(db)
+        except sqlite3.DatabaseError as exc:
+            raise unusable(exc, path) from None
     if pm is not None:
         pm.hook.prepare_db(db=db)
     return db
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store_file(path: Path) -> None:
+    """Raise StoreUnusable for a store file that SQLite must not open (or write): not a regular
+    file, not readable, read-only (the file, or its folder, where SQLite keeps the -wal and -shm
+    files), not a SQLite database, or shorter than its header says (truncated). Reads only the
+    first 100 bytes: cheap on every open."""
+    if not path.exists():
+        if path.parent.exists() and not _writable(path.parent):
+            raise StoreUnusable(f"cannot create the store {path}: its folder {path.parent} is "
+                                "read-only (pass --db with a writable location)")
+        return
+    if not path.is_file():
+        raise StoreUnusable(f"the store {path} is not a file: pass --db with a store file")
+    if not os.access(path, os.R_OK):
+        raise StoreUnusable(f"cannot read the store {path} (permission denied): make it readable "
+                            f"(chmod u+r {path})")
+    if not _writable(path):
+        raise StoreUnusable(f"the store {path} is read-only: make it writable (chmod u+w "
+                            f"{path}) or work on a writable copy (cp {path} COPY; --db COPY)")
+    if not _writable(path.parent):
+        raise StoreUnusable(f"the store's folder {path.parent} is read-only (SQLite keeps the "
+                            "store's -wal and -shm files beside it): make it writable, or work "
+                            "on a copy in a writable folder (--db COPY)")
+    size = path.stat().st_size
+    if size == 0:
+        return  # an empty file is an empty store to SQLite (a `touch`ed --db)
+    with open(path, "rb") as fh:
+        header = fh.read(100)
+    restore = "restore it from a backup, or pass --db for another store"
+    if not header.startswith(SQLITE_HEADER):
+        raise StoreUnusable(f"the store {path} is not a SQLite database (corrupt, or another "
+                            f"kind of file): {restore}")
+    if len(header) < 100:
+        raise StoreUnusable(f"the store {path} is truncated ({size} bytes): {restore}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The header's page count is valid when its version-valid-for number matches the change
+    # counter. With a -wal holding frames the file may lag its header (a checkpoint in progress
+    # when a process died): SQLite completes it, so only a store without one is judged here.
+    wal = path.with_name(path.name + "-wal")
+    settled = not wal.exists() or wal.stat().st_size == 0
+    if settled and header[24:28] == header[92:96] and size < pages * page_size:
+        raise StoreUnusable(f"the store {path} is truncated ({size} of {pages * page_size} "
+                            f"bytes): {restore}")
+
+
+def _writable(path: Path) -> bool:
+    """Writable by this process, and not marked read-only: root may write anything, but a file
+    (or folder) without write permission bits was made read-only on purpose."""
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+
+
+def _loop_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("loop")
+    except importlib.metadata.PackageNotFoundError:
+        return "(unknown version)"
+
+
+def sqlite_error_name(exc: BaseException) -> str:
+    return getattr(exc, "sqlite_errorname", "") or ""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A SQLite or OS error that says the disk (or the quota) is full."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return sqlite_error_name(exc).startswith("SQLITE_FULL") or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+
+
+def unusable(exc: sqlite3.DatabaseError, path: Path | str) -> StoreUnusable:
+    """The one-line StoreUnusable for what SQLite said about the store at `path`; an error that
+    is not about the store file itself is re-raised."""
+    name = sqlite_error_name(exc)
+    restore = "restore it from a backup, or pass --db for another store"
+    if is_disk_full(exc):
+        return DiskFull(f"the store {path}")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return StoreUnusable(f"the store {path} is corrupt ({exc}): {restore}")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
+        return StoreUnusable(f"cannot write the store {path} ({exc}): make it and its folder "
+                             "writable, or pass --db with a writable location")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StoreUnusable(f"the store {path} stayed locked by another process ({exc}): try "
+                             "again when its write is done")
+    if name.startswith("SQLITE_IOERR"):
+        return StoreUnusable(f"cannot read or write the store {path} ({exc}): check the disk "
+                             "(space, quota, errors), then try again")
+    raise exc
+
+
+def begin_immediate(db: Database, path: str | Path = "") -> None:
+    """`BEGIN IMMEDIATE`: take the write lock now. SQLite's busy handler waits BUSY_TIMEOUT_MS for
+    another process's write to end; past that, try again until LOCK_WAIT_S, then a StoreUnusable
+    (another writer holding the store that long is stuck, not busy)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            db.conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = sqlite_error_name(exc).startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+            if busy and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            if busy or is_disk_full(exc):
+                raise unusable(exc, path) from exc
+            raise
 
 
 class Store:
@@ -122,7 +292,15 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path, pm: Any = None) -> "Store":
+        """The store at `path`, migrated; StoreUnusable (one line for the user) when it cannot
+        be used as it is."""
         return cls(open_db(path, pm))
+
+    @property
+    def path(self) -> str:
+        """The store's file ("" for an in-memory store)."""
+        row = self.db.execute("pragma database_list").fetchone()
+        return row[2] if row else ""
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -135,13 +313,15 @@ class Store:
             with self.db.atomic():
                 yield
             return
-        self.db.conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(self.db, self.path)
         try:
             yield
-        except BaseException:
+            self.db.conn.commit()
+        except BaseException as exc:
             self.db.conn.rollback()
+            if is_disk_full(exc):  # rolled back: what was committed before stays
+                raise DiskFull(f"the store {self.path}") from exc
             raise
-        self.db.conn.commit()
 
     def integrity_problems(self) -> list[str]:
         """`PRAGMA integrity_check` and `foreign_key_check` findings; empty when healthy."""

@@ -46,12 +46,18 @@ def plugin_manager(plugins_dir: Path | None = None):
 
 
 def open_store(db: Path | None, must_exist: bool = True, pm=None):
-    from loop.store import Store
+    """The store every command opens; one that cannot be used as it is (corrupt, truncated,
+    written by a newer loop, read-only, out of space: loop.store.StoreUnusable) is one line on
+    stderr and exit status 2, with nothing written."""
+    from loop.store import Store, StoreUnusable
 
     path = db_path(db)
     if must_exist and not path.exists():
         fail(f"no store at {path} (run `loop run TASK` first, or pass --db)")
-    return Store.open(path, pm)
+    try:
+        return Store.open(path, pm)
+    except StoreUnusable as exc:
+        fail(str(exc), code=exc.code)
 
 
 def print_json(data) -> None:
