@@ -13,9 +13,11 @@ runs this way: it goes through a sandboxed subprocess (the code-task plugin).
 from __future__ import annotations
 
 import inspect
+import math
+import os
 import threading
 import time
-import math
+import traceback as tb
 from typing import Any, Callable, Protocol
 
 from loop import interfaces
@@ -23,13 +25,52 @@ from loop.plugin_manager import short_repr, trace, tracing
 from loop.schema import Attempt, Critique, Task, Verdict
 
 
-class PluginFailure(Exception):
-    """A plugin call that raised, exited or timed out; `reason` is one line."""
+TRACEBACK_CHARS = 4000  # a verdict's details["traceback"] keeps at most this much (the end)
 
-    def __init__(self, reason: str, timed_out: bool = False):
+
+class PluginFailure(Exception):
+    """A plugin call that raised, exited or timed out; `reason` is one line. For an exception,
+    `traceback` is its formatted traceback (at most TRACEBACK_CHARS, the innermost part) and
+    `where` the `file:line in function` of the innermost frame of plugin code (else None)."""
+
+    def __init__(self, reason: str, timed_out: bool = False, traceback: str | None = None,
+                 where: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
+        self.traceback = traceback
+        self.where = where
+
+    def details(self) -> dict[str, str]:
+        """What an error verdict keeps in its `details`: `where` and `traceback`, when known."""
+        return {k: v for k, v in (("where", self.where), ("traceback", self.traceback)) if v}
+
+
+_STDLIB = tuple({os.path.dirname(os.__file__), os.path.dirname(threading.__file__)})
+_THIS_FILE = os.path.abspath(__file__)
+
+
+def _plugin_frame(exc: BaseException) -> str | None:
+    """`file:line in function` of the innermost traceback frame outside this module and the
+    standard library: where the plugin's own code was when it raised (the innermost frame, for
+    an exception raised inside a library the plugin called, is the library's)."""
+    frames = [f for f in tb.extract_tb(exc.__traceback__)
+              if os.path.abspath(f.filename) != _THIS_FILE]
+    own = [f for f in frames if not os.path.abspath(f.filename).startswith(_STDLIB)
+           or "site-packages" in f.filename]
+    frame = (own or frames or [None])[-1]
+    return None if frame is None else f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The exception's traceback from the plugin's frames on (this module's call frames left
+    out), at most TRACEBACK_CHARS: the innermost part, where it raised."""
+    trace_back = exc.__traceback__
+    while trace_back is not None and trace_back.tb_next is not None and \
+            os.path.abspath(trace_back.tb_frame.f_code.co_filename) == _THIS_FILE:
+        trace_back = trace_back.tb_next
+    text = "".join(tb.format_exception(type(exc), exc, trace_back))
+    return text if len(text) <= TRACEBACK_CHARS else "...\n" + text[-TRACEBACK_CHARS:]
 
 
 def call_plugin(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **kwargs: Any) -> Any:
@@ -43,8 +84,9 @@ def call_plugin(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **k
     try:
         value = _call(fn, timeout_s, *args, **kwargs)
     except PluginFailure as exc:
+        at = f" (at {exc.where})" if exc.where else ""
         trace(f"call {describe_callable(fn)} {time.perf_counter() - started:.3f}s "
-              f"failed: {exc.reason}")
+              f"failed: {exc.reason}{at}")
         raise
     trace(f"call {describe_callable(fn)} {time.perf_counter() - started:.3f}s -> "
           f"{short_repr(value)}")
@@ -89,7 +131,8 @@ def _call(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **kwargs:
         if isinstance(exc, KeyboardInterrupt):
             raise exc
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise PluginFailure(f"raised {type(exc).__name__}" + (f": {text}" if text else ""))
+        raise PluginFailure(f"raised {type(exc).__name__}" + (f": {text}" if text else ""),
+                            traceback=_format_traceback(exc), where=_plugin_frame(exc))
     return outcome.get("value")
 
 
@@ -136,7 +179,8 @@ def safe_verify_batch(chosen: Any, items: list[tuple[Task, Attempt]],
     except (PluginFailure, TypeError) as exc:
         reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
         kind = "timeout" if isinstance(exc, PluginFailure) and exc.timed_out else "infra"
-        return [_error_verdict(chosen, attempt, reason, kind) for _, attempt in items]
+        details = exc.details() if isinstance(exc, PluginFailure) else {}
+        return [_error_verdict(chosen, attempt, reason, kind, details) for _, attempt in items]
     return [v if isinstance(v, Verdict) else _error_verdict(
         chosen, attempt, f"returned {type(v).__name__}, not a Verdict")
         for v, (_, attempt) in zip(verdicts, items)]
@@ -155,11 +199,14 @@ def safe_verify(chosen: Any, task: Task, attempt: Attempt,
         return verdict
     except PluginFailure as exc:
         return _error_verdict(chosen, attempt, exc.reason,
-                              "timeout" if exc.timed_out else "infra")
+                              "timeout" if exc.timed_out else "infra", exc.details())
 
 
-def _error_verdict(chosen: Any, attempt: Attempt, reason: str, kind: str = "infra") -> Verdict:
-    return Verdict(passed=False, score=0.0, error_kind=kind,
+def _error_verdict(chosen: Any, attempt: Attempt, reason: str, kind: str = "infra",
+                   details: dict[str, str] | None = None) -> Verdict:
+    """The one-line feedback names the verifier, its plugin, the attempt and the reason;
+    `details` keep `where` (file:line of the plugin's frame) and `traceback` for an exception."""
+    return Verdict(passed=False, score=0.0, error_kind=kind, details=dict(details or {}),
                    feedback=f"verifier {chosen.name!r} (plugin {chosen.plugin}) on attempt "
                             f"{attempt.id}: {reason}")
 
@@ -191,10 +238,16 @@ def reward_arguments(attempts: list[Attempt], tasks: dict[str, Task],
 
 def call_reward(chosen: Any, attempts: list[Attempt], tasks: dict[str, Task],
                 verdicts: dict[str, dict[str, Verdict]], timeout_s: float | None,
-                warn: Callable[[str], None]) -> list[float | None]:
+                warn: Callable[[str], None],
+                failures: list[str] | None = None) -> list[float | None]:
     """Call a reward function with TRL's contract. A failure (exception, exit, timeout, a list of
     the wrong length) gives None for every item; a non-number or non-finite value gives None for
-    that item. Each problem is reported through `warn` in one line naming the reward."""
+    that item. Each problem is reported through `warn` in one line naming the reward.
+
+    `failures`, if given, gets one reason per value the function failed to give (every item's
+    for a failed call, one per non-number): the reward stage counts them as the reward's errors,
+    apart from the None values the function returned itself (not applicable, e.g. on an infra
+    verdict), which are no error."""
     name, plugin = chosen.name, chosen.plugin
     try:
         values = call_plugin(chosen.component,
@@ -206,8 +259,11 @@ def call_reward(chosen: Any, attempts: list[Attempt], tasks: dict[str, Task],
                                 "completions")
     except (PluginFailure, TypeError) as exc:
         reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
-        warn(f"reward {name!r} (plugin {plugin}) failed: {reason}; its rewards for this round "
-             "are NULL")
+        at = f" (at {exc.where})" if isinstance(exc, PluginFailure) and exc.where else ""
+        warn(f"reward {name!r} (plugin {plugin}) failed: {reason}{at}; its rewards for this "
+             "round are NULL")
+        if failures is not None:
+            failures += [reason] * len(attempts)
         return [None] * len(attempts)
     out: list[float | None] = []
     for attempt, value in zip(attempts, values):
@@ -215,6 +271,8 @@ def call_reward(chosen: Any, attempts: list[Attempt], tasks: dict[str, Task],
         if number is None and value is not None:
             warn(f"reward {name!r} (plugin {plugin}) on attempt {attempt.id}: {value!r} is not "
                  "a finite number; stored NULL")
+            if failures is not None:
+                failures.append(f"{value!r} is not a finite number")
         out.append(number)
     return out
 

@@ -175,7 +175,8 @@ def _decorate(store: Store, rows: list[dict]) -> list[dict[str, Any]]:
             "completion_tokens": r["completion_tokens"],
             "passed": bool(by_verifier) and all(v.passed for v in by_verifier.values()),
             "verdicts": {name: {"passed": v.passed, "score": v.score, "error_kind": v.error_kind,
-                                "mistake": v.mistake, "feedback": v.feedback}
+                                "mistake": v.mistake, "feedback": v.feedback,
+                                "details": v.details}
                          for name, v in by_verifier.items()},
             "rewards": rewards.get(r["id"], {}),
             "critiques": [c.model_dump() for c in critiques.get(r["id"], [])],
@@ -270,3 +271,29 @@ def _mistake_candidates(store: Store, run_id: str, query: str) -> list[int] | No
             "(select value from json_each(?)) limit ?",
             [run_id, json.dumps(sorted(tasks)), TEXT_CANDIDATES + 1]))
     return sorted(found) if len(found) <= TEXT_CANDIDATES else None
+
+
+def verifier_and_reward_stats(store: Store, run_id: str,
+                              rounds: list[int]) -> dict[int, dict[str, dict]]:
+    """Per round of `rounds`: `verifiers` (per verifier, of the round's train answers and of its
+    held-out answers: how many it judged and how many it passed) and `rewards` (per reward
+    function: how many values it has, how many are NULL, and the mean of the others), for
+    `loop show` to tell which check failed when several judge a task."""
+    out: dict[int, dict[str, dict]] = {idx: {"verifiers": {}, "rewards": {}} for idx in rounds}
+    if not rounds:
+        return out
+    wanted = json.dumps(sorted(rounds))
+    for idx, purpose, verifier, n, passed in store.db.execute(
+            "select a.round_idx, a.purpose, v.verifier, count(*), sum(v.passed) "
+            "from attempts a join verdicts v on v.attempt_id = a.id "
+            "where a.run_id = ? and a.round_idx in (select value from json_each(?)) "
+            "group by 1, 2, 3 order by 1, 3, 2", [run_id, wanted]):
+        one = out[idx]["verifiers"].setdefault(verifier, {})
+        one[purpose] = {"n": n, "passed": passed or 0}
+    for idx, name, n, nulls, mean in store.db.execute(
+            "select a.round_idx, w.reward_fn, count(*), sum(w.value is null), avg(w.value) "
+            "from attempts a join rewards w on w.attempt_id = a.id "
+            "where a.run_id = ? and a.round_idx in (select value from json_each(?)) "
+            "group by 1, 2 order by 1, 2", [run_id, wanted]):
+        out[idx]["rewards"][name] = {"n": n, "null": nulls or 0, "mean": mean}
+    return out

@@ -281,15 +281,24 @@ class RoundEngine:
         tasks = self.store.get_tasks({a.task_id for a in attempts})
         verdicts = self.store.verdicts(a.id for a in attempts)
         rows: list[tuple[str, str, float | None]] = []
+        failures: dict[str, list[str]] = {}
         with self.reporter.stage(idx, "reward", len(self.components.rewards)) as progress:
             for chosen in self.components.rewards:
+                failed: list[str] = []
                 values = call_reward(chosen, attempts, tasks, verdicts,
-                                     self.config.verify.timeout_s, self.reporter.warn)
+                                     self.config.verify.timeout_s, self.reporter.warn, failed)
                 rows += [(a.id, chosen.name, v) for a, v in zip(attempts, values)]
+                if failed:
+                    failures[chosen.name] = failed
                 progress(items=1)
         with self._landing(idx, "reward", started) as stats:
             self.store.insert_rewards(rows)
             stats["count"] = len(rows)
+            # the values each reward function failed to give (loop show's reward errors), apart
+            # from the NULLs it returned itself (not applicable: e.g. on an infra verdict)
+            stats["failures"] = {name: len(reasons) for name, reasons in failures.items()}
+            if failures:
+                stats["failure_reasons"] = {name: reasons[0] for name, reasons in failures.items()}
 
     def stage_mistakes(self, idx: int) -> None:
         """Fold the round's failures into the mistake log, one row per (task, kind).

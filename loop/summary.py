@@ -16,14 +16,15 @@ from loop.timing import round_time, run_time
 
 def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = None,
                   evaluations: dict | None = None, errors: dict | None = None,
-                  updates: dict | None = None) -> dict:
+                  updates: dict | None = None, checks: dict | None = None) -> dict:
     """One round as `loop show --json` prints it."""
     row = store.get_round(run_id, idx)
-    if row is not None and (counts is None or errors is None):
-        train, found = round_counts(store, [row])
+    if row is not None and (counts is None or errors is None or checks is None):
+        train, found, judged = round_counts(store, [row])
         counts = train if counts is None else counts
         errors = found if errors is None else errors
-    counts, errors = counts or {}, errors or {}
+        checks = judged if checks is None else checks
+    counts, errors, checks = counts or {}, errors or {}, checks or {}
     evaluations = store.evaluations(run_id) if evaluations is None else evaluations
     if updates is None:
         updates = {u["round_idx"]: u for u in store.updates(run_id)}
@@ -39,6 +40,7 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
         for s in TIMED_STAGES
         if s in stages and stages[s].get("tokens") and stages[s].get("seconds")
     }
+    judged = checks.get(idx, {"verifiers": {}, "rewards": {}})
     return {
         "index": idx,
         "stage": row["stage"] if row else "",
@@ -52,42 +54,84 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
         "eval": {"n": ev["n"] if ev else 0, "pass_at_1": ev["pass_at_1"] if ev else None,
                  "truncated_share": ev["truncated_share"] if ev else None,
                  "mean_completion_tokens": ev["mean_completion_tokens"] if ev else None},
+        "verifiers": _verifier_rates(judged["verifiers"]),
+        "rewards": {name: {"mean": None if r["mean"] is None else round(r["mean"], 6),
+                           "n": r["n"], "null": r["null"]}
+                    for name, r in judged["rewards"].items()},
         "timings": timings,
         "time": round_time(stages),
         "tokens_per_s": tokens_per_s,
-        "errors": errors.get(idx, dict(NO_ERRORS)),
+        "errors": plugin_errors(errors.get(idx, {}), stages),
         "update": None if update is None else {
             "method": update["method"], "dataset_size": update["dataset_size"],
             "metrics": json.loads(update["metrics_json"] or "{}")},
     }
 
 
-NO_ERRORS = {"verifier": 0, "reward": 0}
+def _verifier_rates(verifiers: dict) -> dict:
+    """Per verifier: how many train and held-out answers it judged and the share it passed."""
+    out = {}
+    for name, by_purpose in verifiers.items():
+        one = {}
+        for purpose in ("train", "eval"):
+            got = by_purpose.get(purpose, {"n": 0, "passed": 0})
+            one[f"{purpose}_n"] = got["n"]
+            one[f"{purpose}_pass_rate"] = got["passed"] / got["n"] if got["n"] else None
+        out[name] = one
+    return out
 
 
-def round_counts(store: Store, rows: list[dict]) -> tuple[dict[int, dict], dict[int, dict]]:
-    """(train counts, plugin errors) per round, for `rows` of one run's rounds: a finished
-    round's from its cache when it was counted since it finished; the others counted
-    (`Store.round_train_counts`, `Store.error_counts`) and cached if finished."""
+def plugin_errors(counted: dict, stages: dict) -> dict:
+    """A round's plugin errors: `verifier`, the verdicts that are plugin failures (infra or
+    timeout); `reward`, the values reward functions failed to give (the call raised, timed out,
+    returned a list of the wrong length, or a value that is not a finite number: the reward
+    stage's `failures`), with `reward_by_function`; `null_rewards`, every NULL reward, most of
+    them the "not applicable" the contract asks for on an infra verdict, which is no error."""
+    failures = stages.get("reward", {}).get("failures") or {}
+    return {"verifier": counted.get("verifier", 0), "reward": sum(failures.values()),
+            "reward_by_function": dict(failures),
+            "null_rewards": counted.get("null_rewards", 0)}
+
+
+NO_ERRORS = {"verifier": 0, "null_rewards": 0}
+
+
+def round_counts(store: Store, rows: list[dict]) -> tuple[dict[int, dict], dict[int, dict],
+                                                          dict[int, dict]]:
+    """(train counts, plugin error rows, per-verifier and per-reward figures) per round, for
+    `rows` of one run's rounds: a finished round's from its cache when it was counted since it
+    finished; the others counted (`Store.round_train_counts`, `Store.error_counts`,
+    `loop.queries.verifier_and_reward_stats`) and cached if finished."""
+    from loop.queries import verifier_and_reward_stats
+
     train: dict[int, dict] = {}
     errors: dict[int, dict] = {}
+    checks: dict[int, dict] = {}
     uncounted = []
     for row in rows:
         cached = _cached(row)
         if cached is None:
             uncounted.append(row)
         else:
-            train[row["idx"]], errors[row["idx"]] = cached["train"], cached["errors"]
+            idx = row["idx"]
+            train[idx], errors[idx], checks[idx] = (cached["train"], cached["errors"],
+                                                    cached["checks"])
     if uncounted:
-        run_errors = store.error_counts(uncounted[0]["run_id"])
+        run_id = uncounted[0]["run_id"]
+        run_errors = store.error_counts(run_id)
+        judged = verifier_and_reward_stats(store, run_id, [row["idx"] for row in uncounted])
         for row in uncounted:
             idx = row["idx"]
             train[idx] = store.round_train_counts(row["run_id"], idx)
-            errors[idx] = run_errors.get(idx, dict(NO_ERRORS))
+            found = run_errors.get(idx, {})
+            errors[idx] = {"verifier": found.get("verifier", 0),
+                           "null_rewards": found.get("reward", 0)}
+            checks[idx] = judged[idx]
             if _finished(row):
                 store.cache_round_summary(row["run_id"], idx, row["finished"],
-                                          {"train": train[idx], "errors": errors[idx]})
-    return train, errors
+                                          {"train": train[idx], "errors": errors[idx],
+                                           "checks": checks[idx]})
+    return train, errors, checks
 
 
 def _finished(row: dict) -> bool:
@@ -95,20 +139,24 @@ def _finished(row: dict) -> bool:
 
 
 def _cached(row: dict) -> dict | None:
+    """The round's cached counts, if it is finished and they were counted since (by this
+    version: a cache without the per-verifier `checks` is counted again)."""
     if not _finished(row) or not row.get("summary_json"):
         return None
     cached = json.loads(row["summary_json"])
-    valid = cached.get("finished") == row["finished"] and {"train", "errors"} <= set(cached)
+    valid = (cached.get("finished") == row["finished"]
+             and {"train", "errors", "checks"} <= set(cached)
+             and "null_rewards" in cached["errors"])
     return cached if valid else None
 
 
 def run_summary(store: Store, run: dict) -> dict:
     rows = store.rounds(run["id"])
-    counts, errors = round_counts(store, rows)
+    counts, errors, checks = round_counts(store, rows)
     evaluations = store.evaluations(run["id"])
     updates = {u["round_idx"]: u for u in store.updates(run["id"])}
-    rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations, errors, updates)
-              for r in rows]
+    rounds = [round_summary(store, run["id"], r["idx"], counts, evaluations, errors, updates,
+                            checks) for r in rows]
     return {
         "run": {"id": run["id"], "name": run["name"], "status": run["status"],
                 "task": run["task"], "model": run["model"], "created": run["created"],

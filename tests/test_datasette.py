@@ -176,7 +176,9 @@ def test_finished_rounds_are_counted_once_then_read_from_the_cache(store, made):
         assert r["train"]["solved_prompts"] == expected["solved_prompts"]
         assert r["train"]["passed"] == expected["passed"]
         assert r["train"]["truncated_share"] == expected["truncated"] / expected["attempts"]
-    assert shown["rounds"][2]["errors"] == {"verifier": 1, "reward": 1}
+    # one infra verdict, whose reward is the NULL the contract asks for: no reward error
+    assert shown["rounds"][2]["errors"] == {"verifier": 1, "reward": 0, "reward_by_function": {},
+                                            "null_rewards": 1}
 
     # The cache is what is read: doctor it, and both readers show the doctored figure ...
     row = store.get_round("run-a", 1)

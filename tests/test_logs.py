@@ -69,7 +69,8 @@ def test_logs_default_to_the_latest_run_and_show_verdicts(db):
     rows = _json("logs", "--db", db)
     assert [r["completion"] for r in rows] == ["five"]  # run-b is the latest
     assert rows[0]["verdicts"]["math"] == {"passed": False, "score": 0.0, "error_kind": None,
-                                           "mistake": "wrong_answer", "feedback": "no number"}
+                                           "mistake": "wrong_answer", "feedback": "no number",
+                                           "details": {}}
 
 
 def test_logs_filters(db):

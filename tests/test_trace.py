@@ -154,7 +154,8 @@ def test_component_calls_are_traced_one_line_each(monkeypatch, capsys):
     assert lines[0].startswith("call verifier 'judge_me'.verify ")
     assert lines[0].endswith("s -> Verdict(passed=True, score=1.0)")
     assert lines[1].startswith("call verifier 'broken'.verify_batch ")
-    assert lines[1].endswith("s failed: raised RuntimeError: no sandbox")
+    assert lines[1].endswith(f"s failed: raised RuntimeError: no sandbox (at {__file__}:"
+                             f"{Broken.verify_batch.__code__.co_firstlineno + 1} in verify_batch)")
     assert lines[2].startswith(f"call {__name__}.test_component_calls_are_traced_one_line_each."
                                "<locals>.shaped ")
     assert lines[2].endswith("s -> 4 items [0.5, 0.5, 0.5, ...]")

@@ -98,8 +98,8 @@ def round_line(summary: dict) -> str:
                      f"(cut off {_pct(ev['truncated_share'])});")
     errors = summary.get("errors", {})
     if errors.get("verifier") or errors.get("reward"):
-        parts.append(f"[red]plugin errors: {errors['verifier']} verdicts, {errors['reward']} "
-                     "rewards (see verdicts.feedback)[/red];")
+        parts.append(f"[red]plugin errors: {errors['verifier']} verdicts (see `loop logs`), "
+                     f"{errors['reward']} rewards a reward function failed to give[/red];")
     parts.append(f"{sum(summary['timings'].values()):.0f} s")
     return " ".join(parts)
 
@@ -111,14 +111,16 @@ def rounds_table(data: dict) -> Table:
                   box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="solved: train prompts with a verified answer (repairs included) · "
                           "repaired: repairs that passed / repairs · pass@1: greedy, held-out "
-                          "split · cut: answers stopped by the token limit")
+                          "split · cut: answers stopped by the token limit · errors: plugin "
+                          "failures (verdicts + rewards; `loop show` breaks them down)")
     refined = any(r["train"].get("repairs") for r in data["rounds"])
     columns = ["round", "solved", "passed", *(["repaired"] if refined else []), "cut", "pass@1",
-               "eval cut", "eval len", "tok/s", "train s", "total s"]
+               "eval cut", "eval len", "errors", "tok/s", "train s", "total s"]
     for column in columns:
         table.add_column(column, justify="right")
     for r in data["rounds"]:
         train, ev = r["train"], r["eval"]
+        errors = r.get("errors", {})
         solve = _pct(train["solved_prompts"] / train["prompts"]) if train["prompts"] else "–"
         passed = _pct(train["passed"] / train["attempts"]) if train["attempts"] else "–"
         repaired = [f"{train['repaired']}/{train['repairs']}" if train.get("repairs") else "–"]
@@ -128,11 +130,50 @@ def rounds_table(data: dict) -> Table:
             f"{ev['pass_at_1']:.3f}" if ev["pass_at_1"] is not None else "–",
             _pct(ev["truncated_share"]),
             f"{ev['mean_completion_tokens']:.1f}" if ev["mean_completion_tokens"] else "–",
+            str(errors.get("verifier", 0) + errors.get("reward", 0)),
             f"{r['tokens_per_s'].get('generate', r['tokens_per_s'].get('evaluate', 0)):.0f}",
             f"{r['timings'].get('train', 0):.0f}",
             f"{sum(r['timings'].values()):.0f}",
         )
     return table
+
+
+def checks_table(data: dict) -> Table:
+    """`loop show`'s per-round checks: each verifier's pass rate (train answers; held-out in a
+    round without them, round 0), each reward function's mean, and the plugin errors: verdicts
+    that are plugin failures, reward values a function failed to give, and NULL rewards."""
+    rounds = data["rounds"]
+    verifiers = list(dict.fromkeys(n for r in rounds for n in r.get("verifiers", {})))
+    rewards = list(dict.fromkeys(n for r in rounds for n in r.get("rewards", {})))
+    table = Table(title="checks per round", box=box.SIMPLE_HEAD, pad_edge=False, caption=(
+        "✓ NAME: share of the round's train answers that verifier passed (round 0: held-out) · "
+        "mean NAME: the reward's mean, NULLs left out · verdict errors: infra/timeout verdicts "
+        "(`loop logs --failed` shows where) · reward errors: values a reward function failed "
+        "to give (raised, wrong length, not a number) · NULL rewards: all of them, including "
+        "the \"not applicable\" a reward gives on an infra verdict, which is no error"))
+    for column in ["round", *[f"✓ {v}" for v in verifiers], *[f"mean {n}" for n in rewards],
+                   "verdict errors", "reward errors", "NULL rewards"]:
+        table.add_column(column, justify="right")
+    for r in rounds:
+        errors = r.get("errors", {})
+        by_function = errors.get("reward_by_function") or {}
+        failed = ", ".join(f"{n} {c}" for n, c in by_function.items()) or "0"
+        table.add_row(str(r["index"]),
+                      *[_verifier_cell(r.get("verifiers", {}).get(v)) for v in verifiers],
+                      *[_mean_cell(r.get("rewards", {}).get(n)) for n in rewards],
+                      str(errors.get("verifier", 0)), failed, str(errors.get("null_rewards", 0)))
+    return table
+
+
+def _verifier_cell(rates: dict | None) -> str:
+    if not rates:
+        return "–"
+    rate = rates["train_pass_rate"] if rates["train_n"] else rates["eval_pass_rate"]
+    return _pct(rate)
+
+
+def _mean_cell(reward: dict | None) -> str:
+    return "–" if not reward or reward["mean"] is None else f"{reward['mean']:.3f}"
 
 
 def time_table(data: dict) -> Table:

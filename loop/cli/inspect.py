@@ -41,7 +41,7 @@ def show(
     db: Optional[Path] = DB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Per-round results of one run: train solve rate, held-out pass@1, timings, tokens/s."""
+    """Per-round results of one run: train solve rate, held-out pass@1, each verifier's pass rate and each reward's mean, plugin errors, timings, tokens/s."""
     from loop.store import StoreError
     from loop.summary import run_summary
 
@@ -53,10 +53,11 @@ def show(
     if as_json:
         print_json(data)
         return
-    from loop.cli.display import rounds_table, time_table
+    from loop.cli.display import checks_table, rounds_table, time_table
 
     console.print(rounds_table(data))
     if data["rounds"]:
+        console.print(checks_table(data))
         console.print(time_table(data))
     if data["run"]["error"]:
         console.print(f"[red]error:[/red] {data['run']['error']}", highlight=False)

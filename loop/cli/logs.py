@@ -83,6 +83,9 @@ def _details(row: dict) -> list[str]:
         what = v["mistake"] or v["error_kind"] or ""
         feedback = f": {escape(v['feedback'])}" if v["feedback"] else ""
         lines.append(f"[dim]{escape(name)}:[/dim] score {v['score']:.2f} {escape(what)}{feedback}")
+        where = (v.get("details") or {}).get("where")
+        if where:  # a verifier that raised: where its code was (--json has the traceback)
+            lines.append(f"  [dim]raised at[/dim] {escape(str(where))}")
     for critique in row.get("critiques", []):
         lines.append(f"[dim]critique ({escape(critique['critic'])}, {escape(critique['kind'])}):"
                      f"[/dim] {escape(critique['text'])}")
