@@ -6,16 +6,21 @@ folder, renaming the folder into place and fsyncing the parent. Only then does t
 `updates` row naming it, so the database never points at a checkpoint that is not complete. A
 folder whose manifest does not verify is never loaded. Leftover temporary folders (`.tmp-*`) are
 removed at the next start.
+
+A write that fails for lack of space (ENOSPC, EDQUOT), the updater's own or the manifest's, is a
+`loop.store.DiskFull` naming the checkpoint folder (`checkpoint_space`): the half-written folder
+stays a `.tmp-*` folder, which the next start deletes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MANIFEST = "MANIFEST.json"
 TMP_PREFIX = ".tmp-"
@@ -23,6 +28,20 @@ TMP_PREFIX = ".tmp-"
 
 class CheckpointError(Exception):
     """A checkpoint that is missing or does not match its manifest; the message names it."""
+
+
+@contextlib.contextmanager
+def checkpoint_space(folder: Path) -> Iterator[None]:
+    """Writes into checkpoint `folder`: one that fails for lack of space is a DiskFull naming
+    it."""
+    from loop.store import NO_SPACE, DiskFull
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise DiskFull(f"the checkpoint folder {folder}") from exc
+        raise
 
 
 def _sha256(path: Path) -> str:
@@ -70,8 +89,9 @@ def checkpoint_hash(folder: Path) -> str:
 
 def publish(tmp: Path, final: Path) -> str:
     """Make `tmp` the checkpoint at `final` atomically; return its hash."""
-    write_manifest(tmp)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    with checkpoint_space(tmp):
+        write_manifest(tmp)
+        final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # a checkpoint from a try that died before its row was committed
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -28,7 +28,7 @@ from loop.plugin_manager import PluginError, build_registry, get_plugin_manager
 from loop.resolve import Components, resolve_components
 from loop.runlock import RunLock, RunLocked
 from loop.schema import TaskSet
-from loop.store import Store, StoreError
+from loop.store import DiskFull, Store, StoreError, StoreUnusable, is_disk_full
 
 # Distributions whose versions each run records (runs.versions_json).
 VERSIONED = ("loop", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
@@ -141,19 +141,28 @@ def prepare(plan: Plan, status: Callable[[str], Any] | None = None) -> str:
 def start_run(plan: Plan, db: Path) -> Run:
     """Create the run: its row (config, seed, versions, git commit), its folder and its lock."""
     config = plan.config
-    store = Store.open(db, plan.pm)
-    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-    name = config.name or default_name(store, config.task.source)
-    run_dir = Path(db).parent / "runs" / run_id
-    lock = RunLock(run_dir).acquire(name)  # a fresh folder: nobody else can hold it
     try:
-        store.create_run(run_id=run_id, name=name, task=config.task.source, model=config.model,
-                         config=config.model_dump(mode="json"), seed=config.seed,
-                         rounds_planned=config.rounds, versions=versions(), git_sha=git_sha(),
-                         run_dir=str(run_dir))
+        store = Store.open(db, plan.pm)
+    except StoreUnusable as exc:
+        raise RunError(str(exc), code=exc.code) from None
+    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    run_dir = Path(db).parent / "runs" / run_id
+    facts = dict(versions=versions(), git_sha=git_sha())
+    lock = None
+    try:
+        # The default name and the row in one write transaction: two runs starting at once in
+        # one store never pick the same name.
+        with store.transaction():
+            name = config.name or default_name(store, config.task.source)
+            lock = RunLock(run_dir).acquire(name)  # a fresh folder: nobody else can hold it
+            store.create_run(run_id=run_id, name=name, task=config.task.source,
+                             model=config.model, config=config.model_dump(mode="json"),
+                             seed=config.seed, rounds_planned=config.rounds,
+                             run_dir=str(run_dir), **facts)
     except StoreError as exc:
-        lock.release()
-        raise RunError(str(exc)) from None
+        if lock is not None:
+            lock.release()
+        raise RunError(str(exc), code=getattr(exc, "code", 2)) from None
     return Run(plan, store, run_id, name, run_dir, lock)
 
 
@@ -225,7 +234,9 @@ def engine_for(run: Run, reporter: Any = None) -> Any:
 def drive(run: Run, reporter: Any = None, resuming: bool = False) -> None:
     """Run (or continue) the rounds and record how the run ended: `finished`; `interrupted` on
     Ctrl-C/SIGTERM (re-raised as KeyboardInterrupt); `failed` with the error on any other
-    exception (re-raised). The lock is released in every case."""
+    exception (re-raised), except a full disk: a RunError naming what could not be written and
+    how to continue (when even the status cannot be written, the run stays `running`, which
+    resume takes over). The lock is released in every case."""
     from loop.failpoints import failpoint
 
     engine = engine_for(run, reporter)
@@ -237,16 +248,48 @@ def drive(run: Run, reporter: Any = None, resuming: bool = False) -> None:
                 for message in engine.recover():
                     engine.reporter.warn(message)
             engine.run()
+            failpoint("run.before_finish")
+            run.store.set_run_status(run.run_id, "finished")
         except KeyboardInterrupt:
-            run.store.set_run_status(run.run_id, "interrupted")
+            _mark(run, "interrupted")
             raise
         except Exception as exc:
-            run.store.set_run_status(run.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            full = disk_full(exc, run)
+            _mark(run, "failed", f"{type(exc).__name__}: {exc}")
+            if full is not None:
+                raise RunError(f"run {run.name} stopped: {full}: free space there, then "
+                               f"`loop resume {run.name}` (nothing committed is lost)",
+                               code=1) from exc
             raise
-        failpoint("run.before_finish")
-        run.store.set_run_status(run.run_id, "finished")
     finally:
         run.lock.release()
+
+
+def _mark(run: Run, status: str, error: str | None = None) -> None:
+    """Record how the run ended. On a full disk that write may fail too: the run then stays
+    `running`, which `loop resume` takes over as it does a killed run's."""
+    try:
+        run.store.set_run_status(run.run_id, status, error=error)
+    except Exception as exc:
+        if disk_full(exc, run) is None:
+            raise
+
+
+def disk_full(exc: BaseException, run: Run) -> DiskFull | None:
+    """The DiskFull that `exc` is or was caused by (a store write: SQLITE_FULL; a file: ENOSPC or
+    EDQUOT), naming what could not be written; None when it is not about space."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull):
+            return exc
+        if is_disk_full(exc):
+            if isinstance(exc, OSError):
+                return DiskFull(str(exc.filename) if exc.filename else
+                                f"a file in the run folder {run.run_dir}")
+            return DiskFull(f"the store {run.store.path}")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def default_name(store: Store, task: str) -> str:

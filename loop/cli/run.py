@@ -131,6 +131,9 @@ def drive(run, resuming: bool = False) -> None:
         except KeyboardInterrupt:
             reporter.warn("interrupted")
             raise typer.Exit(130)
+        except runs.RunError as exc:  # e.g. a full disk: what to do is in the line
+            reporter.progress.stop()
+            fail(str(exc), code=exc.code)
         except Exception as exc:
             if os.environ.get("LOOP_DEBUG"):
                 raise
