@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
-from loop.checkpoints import CheckpointError, publish, remove_temporary, scratch_path
+from loop.checkpoints import (CheckpointError, checkpoint_space, publish, remove_temporary,
+                              scratch_path)
 from loop.checkpoints import verify as verify_checkpoint
 from loop.config import LoopConfig
 from loop.failpoints import failpoint
@@ -348,10 +349,11 @@ class RoundEngine:
                                      reward_names=[r.name for r in self.components.rewards],
                                      model_path=self.model_path, progress=progress)
             try:
-                result: UpdateResult | None = (
-                    self._launched_update(context)
-                    if self.config.train.launcher.name == "accelerate"
-                    else updater.component.update(context))
+                with checkpoint_space(tmp_dir):  # no space: a DiskFull naming the folder
+                    result: UpdateResult | None = (
+                        self._launched_update(context)
+                        if self.config.train.launcher.name == "accelerate"
+                        else updater.component.update(context))
             except loop.updates.EmptyDataset as exc:
                 self.reporter.warn(f"round {idx}: no update ({exc}); the model stays as it was")
                 result = None
