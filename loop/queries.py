@@ -3,7 +3,8 @@ JSON-ready dicts (the CLI's `--json` prints exactly these).
 
 `attempt_logs` lists attempts with their task prompt, verdicts and rewards, newest round first;
 `mistake_rows` lists a run's mistake log. Text search (`query`) is a case-insensitive substring
-match over the answer, the prompt and the verifiers' feedback (mistakes: feedback, kind, prompt,
+match over the answer, the prompt, the verifiers' feedback and mistake kinds, and the critiques'
+kinds (mistakes: feedback, kind, prompt,
 plus full-text search over the critiques of the task's attempts).
 """
 
@@ -40,10 +41,11 @@ def _last_user_message(prompt_json: str) -> str:
 def attempt_logs(store: Store, run_id: str, *, query: str | None = None,
                  round_idx: int | None = None, passed: bool | None = None,
                  task_id: str | None = None, limit: int | None = 10,
-                 with_chains: bool = False) -> list[dict[str, Any]]:
+                 with_chains: bool = False, mistake: str | None = None) -> list[dict[str, Any]]:
     """A run's attempts, newest round first, then task and sample order.
 
-    `passed` filters on the attempt's overall verdict (every verifier passed). With
+    `passed` filters on the attempt's overall verdict (every verifier passed). `mistake`: only
+    attempts a verifier gave that mistake kind or a critic classified as it. With
     `with_chains`, the attempts that repair a listed attempt (its refinement chain, any depth)
     are added to the result even if they fall outside the filters, so a tree can be drawn.
     """
@@ -66,8 +68,15 @@ def attempt_logs(store: Store, run_id: str, *, query: str | None = None,
     if query:
         where.append("(a.completion like ? escape '\\' or t.prompt_json like ? escape '\\' or "
                      "exists (select 1 from verdicts q where q.attempt_id = a.id and "
-                     "q.feedback like ? escape '\\'))")
-        params += [_like(query)] * 3
+                     "(q.feedback like ? escape '\\' or q.mistake like ? escape '\\')) or "
+                     "exists (select 1 from critiques c where c.attempt_id = a.id and "
+                     "c.kind like ? escape '\\'))")
+        params += [_like(query)] * 5
+    if mistake:
+        where.append("(exists (select 1 from verdicts m where m.attempt_id = a.id and "
+                     "m.mistake = ?) or exists (select 1 from critiques k where "
+                     "k.attempt_id = a.id and k.kind = ?))")
+        params += [mistake, mistake]
     if passed is not None:
         # an attempt passed when it has verdicts and none of them failed
         where.append("exists (select 1 from verdicts v where v.attempt_id = a.id)")
@@ -90,8 +99,8 @@ def _text_candidates(store: Store, query: str) -> list[int] | None:
     the exact filter to check. None when the text is shorter than a trigram, or when more than
     TEXT_CANDIDATES attempts may match: a text that common turns up soon when the run is read
     newest first, while a rare one would make that read go through the whole run."""
-    if len(query) < 3:
-        return None
+    if len(query) < 3 or _names_a_mistake_kind(store, query):
+        return None  # a kind is shared by many answers: reading in display order finds them soon
     refresh_search_index(store.db)  # index what was written since the last round ended
     answers = _trigram_rowids(store, "attempts_fts", query)
     feedback = _trigram_rowids(store, "verdicts_fts", query)
@@ -112,6 +121,14 @@ def _text_candidates(store: Store, query: str) -> list[int] | None:
             "select rowid from attempts where task_id in (select value from json_each(?)) "
             "limit ?", [json.dumps(tasks), TEXT_CANDIDATES + 1]))
     return sorted(found) if len(found) <= TEXT_CANDIDATES else None
+
+
+def _names_a_mistake_kind(store: Store, query: str) -> bool:
+    """Whether `query` is part of a mistake kind in the mistake log or of a critique's kind (a
+    few rows per kind: the log keeps one per task and kind)."""
+    return any(store.db.execute(
+        f"select 1 from {table} where kind like ? escape '\\' limit 1", [_like(query)]
+    ).fetchone() for table in ("mistakes", "critiques"))
 
 
 def _trigram_rowids(store: Store, fts: str, text: str) -> set[int] | None:
@@ -184,15 +201,10 @@ def _decorate(store: Store, rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def mistake_rows(store: Store, run_id: str, *, open_only: bool = False, recurring: bool = False,
-                 kind: str | None = None, query: str | None = None,
-                 limit: int | None = None) -> list[dict[str, Any]]:
-    """A run's mistake log: one row per (task, kind), most frequent first; the first `limit`
-    rows (None or 0: all of them).
-
-    `open_only`: not resolved yet (no later attempt on the task passed). `recurring`: seen in
-    more than one round.
-    """
+def _mistake_filter(store: Store, run_id: str, *, open_only: bool, recurring: bool,
+                    kind: str | None, query: str | None,
+                    limit: int | None) -> tuple[list[str], list[Any]]:
+    """The where clauses and parameters of `mistake_rows`' filters."""
     where, params = ["m.run_id = ?"], [run_id]
     if open_only:
         where.append("m.resolved_round is null")
@@ -226,6 +238,20 @@ def mistake_rows(store: Store, run_id: str, *, open_only: bool = False, recurrin
                      "m.task_id in (select id from tasks where prompt_json like ? escape '\\') "
                      f"or {critiqued})")
         params += [_like(query)] * 3 + critique_params
+    return where, params
+
+
+def mistake_rows(store: Store, run_id: str, *, open_only: bool = False, recurring: bool = False,
+                 kind: str | None = None, query: str | None = None,
+                 limit: int | None = None) -> list[dict[str, Any]]:
+    """A run's mistake log: one row per (task, kind), most frequent first; the first `limit`
+    rows (None or 0: all of them).
+
+    `open_only`: not resolved yet (no later attempt on the task passed). `recurring`: seen in
+    more than one round.
+    """
+    where, params = _mistake_filter(store, run_id, open_only=open_only, recurring=recurring,
+                                    kind=kind, query=query, limit=limit)
     columns = ("task_id", "kind", "first_round", "last_round", "occurrences", "first_attempt_id",
                "resolved_round", "last_feedback")
     sql = (f"select {', '.join('m.' + c for c in columns)}, t.prompt_json, t.reference "
@@ -239,6 +265,19 @@ def mistake_rows(store: Store, run_id: str, *, open_only: bool = False, recurrin
         out.append({"task_id": found["task_id"], "prompt": _last_user_message(row[-2]),
                     "reference": row[-1], **{c: found[c] for c in columns[1:]}})
     return out
+
+
+def mistake_count(store: Store, run_id: str, *, open_only: bool = False,
+                  recurring: bool = False, kind: str | None = None,
+                  query: str | None = None) -> dict[str, int]:
+    """How many rows `mistake_rows` gives with these filters and no limit (`rows`), and how many
+    of them are open: what a `-n` header counts against."""
+    where, params = _mistake_filter(store, run_id, open_only=open_only, recurring=recurring,
+                                    kind=kind, query=query, limit=None)
+    rows, still_open = store.db.execute(
+        "select count(*), coalesce(sum(m.resolved_round is null), 0) from mistakes m "
+        f"where {' and '.join(where)}", params).fetchone()
+    return {"rows": rows, "open": still_open}
 
 
 def _mistake_candidates(store: Store, run_id: str, query: str) -> list[int] | None:

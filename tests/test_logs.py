@@ -124,6 +124,32 @@ def test_mistakes_open_recurring_resolved(db):
     assert "2 mistakes, 1 open" in table and "1–2" in table
 
 
+def test_logs_search_and_filter_by_mistake_kind(db):
+    wrong = _json("logs", "first", "--db", db, "-q", "wrong_ans", "-n", "0")
+    assert sorted(r["completion"] for r in wrong) == ["2+3 = 6", "4*4 = 12", "4*4 = 8"]
+    critiqued = _json("logs", "first", "--db", db, "-q", "wrong_operation", "-n", "0")
+    assert [r["completion"] for r in critiqued] == ["4*4 = 8"]  # a critique's kind
+    assert sorted(r["completion"] for r in _json("logs", "first", "--db", db, "--mistake",
+                                                  "wrong_answer", "-n", "0")) == \
+        ["2+3 = 6", "4*4 = 12", "4*4 = 8"]
+    assert [r["completion"] for r in _json("logs", "first", "--db", db, "--mistake",
+                                           "wrong_operation")] == ["4*4 = 8"]
+    assert _json("logs", "first", "--db", db, "--mistake", "format") == []
+
+
+def test_mistakes_header_counts_the_filtered_set_and_the_shown_rows(db):
+    def title(*args):
+        result = CliRunner().invoke(app, ["mistakes", "first", "--db", db, *args])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    assert "the 1 most frequent (1 open) of 2 mistakes, 1 open" in title("-n", "1")
+    assert "the 1 most frequent of 1 open mistake" not in title("--open", "-n", "1")
+    assert "1 open mistake " in title("--open", "-n", "1") + " "
+    assert "2 mistakes of kind wrong_answer, 1 open" in title("--kind", "wrong_answer", "-n", "3")
+    assert "0 mistakes of kind format, 0 open" in title("--kind", "format")
+
+
 def test_unknown_run_and_conflicting_flags_are_one_line_errors(db):
     result = CliRunner().invoke(app, ["logs", "nope", "--db", db])
     assert result.exit_code == 1 and "no run 'nope'" in result.output

@@ -113,16 +113,19 @@ def _contains(text: str | None, query: str) -> bool:
 
 def _reference_logs(store, run_id: str, query: str) -> list[str]:
     """`loop logs -q`'s contract, read plainly: the run's attempts in display order whose answer,
-    prompt JSON or a verdict's feedback contains the text."""
+    prompt JSON, a verdict's feedback or mistake kind, or a critique's kind contains the text."""
     rows = store.db.execute(
         "select a.id, a.completion, t.prompt_json, (select json_group_array(v.feedback) from "
-        "verdicts v where v.attempt_id = a.id) from attempts a join tasks t on t.id = a.task_id "
-        "where a.run_id = ? order by a.round_idx desc, a.purpose desc, a.task_id, a.depth, "
-        "a.sample_index, a.id", [run_id]).fetchall()
+        "verdicts v where v.attempt_id = a.id), (select json_group_array(v.mistake) from "
+        "verdicts v where v.attempt_id = a.id and v.mistake is not null), (select "
+        "json_group_array(c.kind) from critiques c where c.attempt_id = a.id) from attempts a "
+        "join tasks t on t.id = a.task_id where a.run_id = ? order by a.round_idx desc, "
+        "a.purpose desc, a.task_id, a.depth, a.sample_index, a.id", [run_id]).fetchall()
     import json
 
     return [r[0] for r in rows if _contains(r[1], query) or _contains(r[2], query)
-            or any(_contains(f, query) for f in json.loads(r[3]))]
+            or any(_contains(f, query) for f in json.loads(r[3]) + json.loads(r[4])
+                   + json.loads(r[5]))]
 
 
 def _reference_mistakes(store, run_id: str, query: str) -> list[tuple[str, str]]:

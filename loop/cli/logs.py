@@ -34,7 +34,11 @@ def _run_id(store, run: str | None) -> str:
 def logs(
     run: Optional[str] = RUN_ARGUMENT,
     query: Optional[str] = typer.Option(None, "-q", "--query",
-                                        help="text in the answer, prompt or verifier feedback"),
+                                        help="text in the answer, prompt, verifier feedback or "
+                                        "mistake kind"),
+    mistake: Optional[str] = typer.Option(None, "--mistake", help="only answers with this "
+                                          "mistake kind (a verifier's, or a classifying "
+                                          "critic's, as in `loop mistakes`)"),
     round_idx: Optional[int] = typer.Option(None, "--round", help="only this round"),
     failed: bool = typer.Option(False, "--failed", help="only answers that failed verification"),
     passed: bool = typer.Option(False, "--passed", help="only answers that passed"),
@@ -52,7 +56,7 @@ def logs(
     store = open_store(db)
     rows = attempt_logs(store, _run_id(store, run), query=query, round_idx=round_idx,
                         passed=True if passed else (False if failed else None), task_id=task,
-                        limit=count or None, with_chains=tree)
+                        limit=count or None, with_chains=tree, mistake=mistake)
     if as_json:
         print_json(rows)
         return
@@ -137,19 +141,18 @@ def mistakes(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """The run's mistake log: one row per (task, kind), with the rounds it was seen and resolved."""
-    from loop.queries import mistake_rows
+    from loop.queries import mistake_count, mistake_rows
 
     store = open_store(db)
-    rows = mistake_rows(store, _run_id(store, run), open_only=open_only, recurring=recurring,
-                        kind=kind, query=query, limit=count or None)
+    run_id = _run_id(store, run)
+    filters = dict(open_only=open_only, recurring=recurring, kind=kind, query=query)
+    rows = mistake_rows(store, run_id, limit=count or None, **filters)
     if as_json:
         print_json(rows)
         return
     from rich.table import Table
 
-    open_count = sum(r["resolved_round"] is None for r in rows)
-    shown = f"the {len(rows)} most frequent" if count and len(rows) == count else f"{len(rows)}"
-    table = Table(title=f"{shown} mistakes, {open_count} open")
+    table = Table(title=_mistakes_title(rows, mistake_count(store, run_id, **filters), filters))
     for column in ("task", "prompt", "kind", "rounds", "seen", "resolved", "last feedback"):
         table.add_column(column, overflow="fold")
     for r in rows:
@@ -159,3 +162,20 @@ def mistakes(
         table.add_row(r["task_id"][:10], r["prompt"][:60], r["kind"], rounds,
                       str(r["occurrences"]), resolved, (r["last_feedback"] or "")[:80])
     console.print(table)
+
+
+def _mistakes_title(rows: list[dict], total: dict[str, int], filters: dict) -> str:
+    """What the table shows, counted honestly: `the 3 most frequent of 16 open mistakes of kind
+    wrong_answer` when -n cut the list, else `16 mistakes, 4 open`."""
+    what = " ".join(filter(None, ["recurring" if filters["recurring"] else "",
+                                  "open" if filters["open_only"] else ""]))
+    noun = f"{what} mistake{'' if total['rows'] == 1 else 's'}".strip()
+    which = "".join([f" of kind {filters['kind']}" if filters["kind"] else "",
+                     f" matching {filters['query']!r}" if filters["query"] else ""])
+    still_open = "" if filters["open_only"] else f", {total['open']} open"
+    if len(rows) < total["rows"]:
+        shown_open = "" if filters["open_only"] else \
+            f" ({sum(r['resolved_round'] is None for r in rows)} open)"
+        return (f"the {len(rows)} most frequent{shown_open} of {total['rows']} {noun}{which}"
+                f"{still_open}")
+    return f"{total['rows']} {noun}{which}{still_open}"
