@@ -30,6 +30,29 @@ def test_shipped_configs_exist():
     assert {p.name for p in CONFIGS} >= {"default.yaml", "tiny-cpu.yaml"}
 
 
+def test_the_default_job_is_loops_defaults():
+    """`loop run arithmetic` runs the README's measured job: configs/default.yaml changes
+    nothing, and the defaults are that job's settings."""
+    plain = build_config("arithmetic", None, environ={}, task_dirs=[REPO / "tasks"])
+    with_file = build_config("arithmetic", REPO / "configs" / "default.yaml", environ={},
+                             task_dirs=[REPO / "tasks"])
+    assert plain == with_file
+    assert (plain.seed, plain.rounds, plain.model, plain.backend.name) == \
+        (0, 3, "smollm2-135m-instruct", "hf")
+    assert plain.select.prompts_per_round == 128
+    g = plain.generate
+    assert (g.n, g.temperature, g.top_p, g.max_new_tokens, g.batch_size) == (4, 0.7, 1.0, 256, 128)
+    assert (plain.evaluate.max_new_tokens, plain.evaluate.batch_size) == (256, 100)
+    t = plain.train
+    assert (t.method, t.learning_rate, t.epochs, t.batch_size, t.max_length) == \
+        ("sft", 2e-4, 1, 8, 384)
+    assert (t.lora.enabled, t.lora.r, t.lora.alpha, t.lora.dropout, t.lora.target_modules) == \
+        (True, 16, 32, 0.0, "all-linear")
+    assert [v.name for v in plain.task.verifiers] == ["math"]
+    assert [r.name for r in plain.task.rewards] == ["binary"]
+    assert "loop run arithmetic --config configs/default.yaml" in (REPO / "Makefile").read_text()
+
+
 def test_task_file_then_config_then_env_then_flags_then_set(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("rounds: 5\ntrain: {learning_rate: 0.001, epochs: 2}\nmodel: a\n")
