@@ -47,6 +47,22 @@ browse_commands.register(app)
 doctor_commands.register(app)
 
 
+def one_paragraph_help(typer_app: typer.Typer) -> None:
+    """Give each command whose help is its docstring that text with the docstring's line breaks
+    joined (blank lines still part paragraphs): Typer prints a docstring's hard line breaks, so a
+    sentence wrapped in the source would break mid-sentence in `loop --help`."""
+    import inspect
+
+    for info in typer_app.registered_commands:
+        doc = info.help if info.help is not None else getattr(info.callback, "__doc__", None)
+        if doc:
+            info.help = "\n\n".join(" ".join(part.split())
+                                     for part in inspect.cleandoc(doc).split("\n\n"))
+
+
+one_paragraph_help(app)
+
+
 def build_app() -> typer.Typer:
     """The app with every plugin's extra commands (register_commands hook) added."""
     from loop.cli.common import plugin_manager
@@ -56,6 +72,7 @@ def build_app() -> typer.Typer:
     except Exception:  # a broken plugin must not hide the built-in commands; `loop plugins` reports it
         return app
     pm.hook.register_commands(app=app)
+    one_paragraph_help(app)
     return app
 
 

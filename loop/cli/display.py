@@ -7,6 +7,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -46,12 +47,53 @@ class StageBar:
         self.progress.update(self.task_id, advance=prompts + items, rate=rate)
 
 
+class PlainStage:
+    """A stage's progress without a bar: counts what is done, prints one line when it ends."""
+
+    def __init__(self, console: Console, label: str, unit: str, total: int | None):
+        self.console, self.label, self.unit, self.total = console, label, unit, total
+        self.done = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> "PlainStage":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        seconds = time.perf_counter() - self.started
+        rate = f", {self.tokens / seconds:,.0f} tok/s" if self.tokens and seconds > 0 else ""
+        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
+        self.console.print(f"{self.label}: {count} {self.unit}{rate}, {seconds:.1f} s"
+                           .replace("  ", " "), highlight=False, soft_wrap=True)
+        return False
+
+    def __call__(self, *, prompts: int = 0, tokens: int = 0, items: int = 0,
+                 total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        self.done += prompts + items
+        self.tokens += tokens
+
+
+class _NoBars:
+    """What `RichReporter.progress` is without a terminal: nothing to start or stop."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 class RichReporter:
-    """Draws a bar per stage (counts, tokens/s, elapsed) and a line per finished round."""
+    """Draws a bar per stage (counts, tokens/s, elapsed) and a line per finished round. When the
+    console is not a terminal (a pipe, a CI log, a file), no bars: one plain line per finished
+    stage with its count and seconds, in the order things happened."""
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress = Progress(
+        self.bars = console.is_terminal
+        self.progress: Any = Progress(
             TextColumn("[bold]{task.description:<26}"),
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
@@ -60,7 +102,7 @@ class RichReporter:
             TimeElapsedColumn(),
             console=console,
             transient=False,
-        )
+        ) if self.bars else _NoBars()
 
     def __enter__(self) -> "RichReporter":
         self.progress.start()
@@ -70,17 +112,22 @@ class RichReporter:
         self.progress.stop()
         return False
 
-    def stage(self, round_idx: int, stage: str, total: int | None) -> StageBar:
+    def stage(self, round_idx: int, stage: str, total: int | None) -> StageBar | PlainStage:
         label = stage.replace("evaluate:verify", "verify held-out")
+        unit = UNITS.get(stage.split()[0], "")
+        if not self.bars:
+            return PlainStage(self.console, f"round {round_idx} · {label}", unit, total)
         task_id = self.progress.add_task(f"round {round_idx} · {label}", total=total,
-                                         unit=UNITS.get(stage.split()[0], ""), rate="")
+                                         unit=unit, rate="")
         return StageBar(self.progress, task_id)
 
     def round_done(self, summary: dict) -> None:
-        self.console.print(round_line(summary), highlight=False)
+        self.console.print(round_line(summary), highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        # soft_wrap: a long line (a path, an attempt id) is never broken in the middle
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+                           soft_wrap=True)
 
 
 def _pct(value: float | None) -> str:

@@ -64,7 +64,7 @@ def run(
     cfg = plan.config
     console.print(f"run [bold]{run.name}[/bold] ({run.run_id}): {cfg.task.source} on {cfg.model}, "
                   f"{cfg.rounds} rounds, method {cfg.train.method}; store {db_path(db)}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)  # soft_wrap: never break the path
     drive(run)
 
 
@@ -95,7 +95,7 @@ def resume(
                       highlight=False)
         return
     for note in opened.notes:
-        console.print(note, highlight=False)
+        console.print(note, highlight=False, soft_wrap=True)
     status = store.get_run(opened.run_id)["status"]
     console.print(f"resuming run [bold]{opened.name}[/bold] ({opened.run_id}) (was {status})",
                   highlight=False)
