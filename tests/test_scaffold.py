@@ -78,6 +78,44 @@ def test_each_kind_is_a_complete_distribution(kind, tmp_path, monkeypatch):
     assert registered == {(REGISTRY_KIND[kind], name)}
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_generated_tests_fail_on_a_name_clash(kind, tmp_path, monkeypatch):
+    """The clash test every kind's tests get: passes with the plugin alone among the installed
+    ones, fails (loop.PluginError naming both) when another plugin registers its name."""
+    import importlib.util
+
+    import loop.testing
+    from loop.plugin_manager import PluginError
+
+    name = f"clash-{kind}-x1"
+    assert new(kind, name, "--dir", str(tmp_path)).exit_code == 0
+    folder = tmp_path / f"loop-{name}"
+    plugin, _ = load_generated(folder, f"loop_clash_{kind}_x1", monkeypatch)
+    path = folder / "tests" / f"test_clash_{kind}_x1.py"
+    spec = importlib.util.spec_from_file_location(f"generated_test_{kind}", path)
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    clash_test = tests.test_it_loads_next_to_the_installed_plugins_without_a_name_clash
+
+    def installed(*others):
+        def plugin_manager(plugins_dir=None):
+            pm = get_plugin_manager(load_entrypoints=False)
+            pm.register(plugin, name=name)
+            for i, other in enumerate(others):
+                pm.register(other, name=f"other-{i}")
+            return pm
+        return plugin_manager
+
+    monkeypatch.setattr(loop.testing, "plugin_manager", installed())
+    clash_test()  # alone: passes
+    twin = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+        "twin", folder / f"loop_clash_{kind}_x1" / "__init__.py"))
+    twin.__spec__.loader.exec_module(twin)  # a second copy registering the same name
+    monkeypatch.setattr(loop.testing, "plugin_manager", installed(twin))
+    with pytest.raises(PluginError, match=name):
+        clash_test()
+
+
 def test_generated_verifier_judges_answers(tmp_path, monkeypatch):
     write_plugin("verifier", "judge-x2", tmp_path)
     _, registry = load_generated(tmp_path / "loop-judge-x2", "loop_judge_x2", monkeypatch)

@@ -139,12 +139,28 @@ def class_name(camel: str, suffix: str) -> str:
     return camel + suffix
 
 
+# Appended to every kind's tests: the plugin loads next to every installed plugin, as `loop run`
+# loads them, without a name clash (two plugins registering one name for one kind).
+CLASH_TEST = '''
+
+def test_it_loads_next_to_the_installed_plugins_without_a_name_clash():
+    """Every installed plugin's entry point (LOOP_LOAD_PLUGINS narrows them), as `loop run`
+    loads them: loop.testing.registry() raises loop.PluginError naming both plugins when
+    another one registers "$name" as $registry_kind too."""
+    import loop.testing
+
+    registry = loop.testing.registry()
+    assert registry.plugin_of("$registry_kind", "$name") == "$name"
+'''
+
+
 def render(kind: str, name: str) -> dict[str, str]:
     """The files of plugin NAME of KIND: relative path -> text."""
     names = Names.of(name)
     parts = template_module(kind)
     values = asdict(names)
     values["kind"] = kind
+    values["registry_kind"] = REGISTRY_KIND[kind]
     values["Class"] = class_name(names.Camel, getattr(parts, "CLASS_SUFFIX", ""))
     values["summary"] = Template(parts.SUMMARY).substitute(values)
     # TOML basic strings escape like JSON strings (quotes, backslashes)
@@ -156,7 +172,7 @@ def render(kind: str, name: str) -> dict[str, str]:
         "pyproject.toml": fill(PYPROJECT),
         "README.md": fill(README),
         f"{names.module}/__init__.py": fill(parts.MODULE),
-        f"tests/test_{names.ident}.py": fill(parts.TEST),
+        f"tests/test_{names.ident}.py": fill(parts.TEST) + fill(CLASH_TEST),
     }
 
 
