@@ -219,3 +219,25 @@ def test_verify_shows_where_a_verifier_raised(tmp_path, plugins):
                                     str(plugins), "--set", "task.verifiers=[fussy]"]).output
     assert re.search(r"fussy raised at .*threes\.py:\d+ in verify", text), text
     assert "FUSSY-BUG" in text
+
+
+def test_a_reward_that_ignores_verdicts_keeps_its_number_on_an_infra_verdict():
+    """docs/plugins.md: the None-on-infra rule binds rewards that go by the verdicts; the engine
+    stores what a reward returns and overrides nothing, and that is no reward error."""
+    from loop.guarded import call_reward
+    from loop.schema import Verdict
+
+    task = Task(source="s", split="train", prompt=[{"role": "user", "content": "q"}],
+                reference="1")
+    attempt = Attempt(id="a1", run_id="r", round_index=1, task_id=task.id, purpose="train",
+                      sample_index=0, messages=[], completion="a long answer")
+    broken = {"a1": {"v": Verdict(passed=False, error_kind="infra", feedback="no sandbox")}}
+    failures: list[str] = []
+    warnings: list[str] = []
+
+    def length_penalty(prompts, completions, **kwargs):
+        return [-0.5 for _ in completions]
+
+    assert call_reward(Chosen("length", length_penalty, None, "p"), [attempt], {task.id: task},
+                       broken, None, warnings.append, failures) == [-0.5]
+    assert failures == [] and warnings == []
