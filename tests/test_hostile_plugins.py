@@ -133,6 +133,7 @@ def test_round_survives_a_flaky_verifier_and_counts_its_errors(tmp_path):
     result, conn = scripted_run(
         tmp_path, "--rounds", "1", "--set", "task.verifiers=[exact_match, flaky]",
         "--set", "verify.timeout_s=0.5", "--set", "select.prompts_per_round=4",
+        "--set", "generate.temperature=1.0",  # the adder's answers at 1.0 hold both kinds
         "--set", "generate.n=2", "--set", "generate.max_new_tokens=5",
         "--set", "evaluate.problems=4", "--set", "evaluate.max_new_tokens=5", name="flaky")
     assert result.exit_code == 0, result.output

@@ -265,6 +265,9 @@ def test_verifier_exception_becomes_infra_verdict_naming_plugin():
     attempt = Attempt(id="a", run_id="r", round_index=1, task_id=task.id, purpose="train",
                       sample_index=0, messages=[], completion="1")
     verdict = safe_verify(Chosen("boom", Boom(), None, "myplugin"), task, attempt)
-    assert verdict == Verdict(passed=False, score=0.0, error_kind="infra",
-                              feedback="verifier 'boom' (plugin myplugin) on attempt a: raised "
-                                       "ZeroDivisionError: bad plugin")
+    assert verdict.model_copy(update={"details": {}}) == Verdict(
+        passed=False, score=0.0, error_kind="infra",
+        feedback="verifier 'boom' (plugin myplugin) on attempt a: raised ZeroDivisionError: bad "
+                 "plugin")
+    assert verdict.details["where"].endswith(" in verify")  # where it raised, and how
+    assert verdict.details["traceback"].rstrip().endswith("ZeroDivisionError: bad plugin")
