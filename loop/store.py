@@ -197,6 +197,11 @@ def check_store_file(path: Path) -> None:
     size = path.stat().st_size
     if size == 0:
         return  # an empty file is an empty store to SQLite (a `touch`ed --db)
+    if open_in_this_process(path):
+        # Closing any descriptor of a database file drops every POSIX lock this process holds
+        # on it, its SQLite connections' locks included: a store this process already has
+        # open was checked when it was first opened, and is not read again here.
+        return
     with open(path, "rb") as fh:
         header = fh.read(100)
     restore = "restore it from a backup, or pass --db for another store"
@@ -216,6 +221,26 @@ def check_store_file(path: Path) -> None:
     if settled and header[24:28] == header[92:96] and size < pages * page_size:
         raise StoreUnusable(f"the store {path} is truncated ({size} of {pages * page_size} "
                             f"bytes): {restore}")
+
+
+def open_in_this_process(path: Path) -> bool:
+    """Whether a descriptor of this process already refers to `path` (Linux: /proc/self/fd;
+    elsewhere assumed so, which only skips the header check)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return True
+    try:
+        target = path.stat()
+    except OSError:
+        return False
+    for fd in fds.iterdir():
+        try:
+            st = os.stat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
 
 
 def _writable(path: Path) -> bool:

@@ -165,3 +165,32 @@ def test_a_new_store_in_a_read_only_folder_is_one_line(tmp_path):
         assert list(folder.iterdir()) == []
     finally:
         folder.chmod(0o755)
+
+
+
+def test_the_header_check_never_reads_a_store_this_process_has_open(tmp_path, monkeypatch):
+    """Closing any descriptor of a database file drops the POSIX locks of every SQLite connection
+    of the process to it (seen as `disk I/O error` after an in-process `loop resume` in the
+    accelerate tests): the header check reads the file only when no connection has it."""
+    import sqlite_utils
+
+    from loop import store as store_module
+
+    path = tmp_path / "loop.db"
+    Store.open(path).db.conn.close()
+    assert not store_module.open_in_this_process(path)
+    first = sqlite_utils.Database(path)
+    assert first["runs"].count == 0
+    assert store_module.open_in_this_process(path)
+    reads = []
+    real_open = open
+
+    def spy(file, *args, **kwargs):
+        if Path(file) == path:
+            reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    Store.open(path)  # a second store on the same file, in this process
+    assert reads == []
+    first.conn.close()
