@@ -34,12 +34,12 @@ class CheckpointError(Exception):
 def checkpoint_space(folder: Path) -> Iterator[None]:
     """Writes into checkpoint `folder`: one that fails for lack of space is a DiskFull naming
     it."""
-    from loop.store import NO_SPACE, DiskFull
+    from loop.store import DiskFull, is_disk_full
 
     try:
         yield
     except OSError as exc:
-        if exc.errno in NO_SPACE:
+        if is_disk_full(exc):
             raise DiskFull(f"the checkpoint folder {folder}") from exc
         raise
 

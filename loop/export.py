@@ -30,7 +30,6 @@ from typing import Any
 from loop.config import ConfigError, LoopConfig
 from loop.interfaces import Updater
 from loop.plugin_manager import PluginError, Registry
-from loop.schema import Verdict
 from loop.store import Store
 from loop.updates import EmptyDataset, fold_verdicts, update_context
 

@@ -27,6 +27,8 @@ from loop.checkpoints import (CheckpointError, checkpoint_space, publish, remove
 from loop.checkpoints import verify as verify_checkpoint
 from loop.config import LoopConfig
 from loop.failpoints import failpoint
+# Through their modules, not by name: safe_verify_batch and EmptyDataset moved out of this module,
+# and `from loop.rounds import ...` must keep reaching its __getattr__ (a DeprecationWarning).
 import loop.guarded
 import loop.updates
 from loop.guarded import call_critic, call_reward, notify
