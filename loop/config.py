@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -105,6 +106,34 @@ class EvaluateConfig(Section):
     max_new_tokens: int = Field(default=256, ge=1, le=1_000_000, description=(
         "same limit as sampling: round 0 is not cut short"))
     batch_size: int = Field(default=100, ge=1, le=100_000)
+    samples: int = Field(default=0, ge=0, le=10_000, description=(
+        "sampled answers per held-out problem for pass@k, next to the greedy pass@1 (0: off; "
+        "costs that many times the greedy pass's generation)"))
+    temperature: float | None = Field(default=None, ge=0.0, le=10.0, description=(
+        "temperature of the sampled answers (default: generate.temperature)"))
+    pass_k: list[int] | None = Field(default=None, description=(
+        "the k of pass@k, each 1..samples (default: 1 and samples)"))
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> "EvaluateConfig":
+        if self.pass_k is not None:
+            if not self.pass_k:
+                raise PydanticCustomError("pass_k",
+                                          "pass_k is empty; leave it out for [1, samples]")
+            bad = [k for k in self.pass_k if not 1 <= k <= self.samples]
+            if bad:
+                # PydanticCustomError: the message as it is, without pydantic's "Value error, "
+                raise PydanticCustomError("pass_k", "pass_k {k} is not within 1..samples "
+                                          "({n}): pass@k needs k <= the samples drawn",
+                                          {"k": bad[0], "n": self.samples})
+        return self
+
+    @property
+    def ks(self) -> list[int]:
+        """The k of pass@k, sorted and distinct: pass_k, or 1 and samples; [] when off."""
+        if not self.samples:
+            return []
+        return sorted(set(self.pass_k if self.pass_k is not None else [1, self.samples]))
 
 
 class VerifyConfig(Section):

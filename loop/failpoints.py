@@ -32,6 +32,7 @@ POINTS = (
     "train.after_rename",  # checkpoint in place, `updates` row not yet committed
     "train.after_commit",
     "evaluate.in_batch",
+    "evaluate-samples.in_batch",  # inside the sampled held-out pass (evaluate.samples > 0)
     "evaluate.before_commit",
     "evaluate.after_commit",
     "round.before_done",

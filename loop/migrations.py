@@ -517,3 +517,39 @@ def m009_binary_logprobs(db: Database) -> None:
     # of JSON text: formatting ~60 floats was most of the time of writing an answer, and the
     # blob is a quarter of the size. Rows written before keep their logprobs_json.
     db["attempts"].add_column("logprobs_f32", bytes)
+
+
+@migration
+def m010_eval_pass_at_k(db: Database) -> None:
+    # Sampled held-out evaluation (evaluate.samples): per evaluation row, the samples drawn per
+    # problem, their temperature and {k: pass@k} (unbiased estimator, loop.pass_at_k). NULL when
+    # the round drew none. The sampled answers are `eval` attempts with sample_index >= 1 (the
+    # greedy answer is sample 0), so the greedy figures stay what they were.
+    columns = db["evaluations"].columns_dict
+    for name, kind in (("samples", int), ("sample_temperature", float), ("pass_at_k_json", str)):
+        if name not in columns:
+            db["evaluations"].add_column(name, kind)
+    # `regressions` compares the greedy answers of consecutive rounds only: a sampled answer that
+    # fails is no regression. Its partial index holds only greedy held-out answers, so the view
+    # still judges them from the index (see m006) and sampled answers cost it nothing.
+    db.execute("drop view if exists regressions")
+    db.execute("drop index if exists idx_attempts_held_out")
+    db.execute("create index if not exists idx_attempts_held_out_greedy on attempts "
+               "(run_id, task_id, round_idx, depth, id) where purpose = 'eval' "
+               "and sample_index = 0")
+    db.create_view("regressions", f"""
+        select k.run_id, k.task_id, k.round_idx as solved_round, n.round_idx as failed_round,
+          json_extract(t.prompt_json, '$[#-1].content') as prompt, t.reference,
+          k.id as solved_attempt_id, k.completion as solved_completion,
+          n.id as failed_attempt_id, n.completion as failed_completion,
+          (select group_concat(v.feedback, char(10)) from verdicts v
+             where v.attempt_id = n.id and v.feedback <> '') as failed_feedback
+        from attempts k indexed by idx_attempts_held_out_greedy
+        join attempts n indexed by idx_attempts_held_out_greedy on n.run_id = k.run_id
+          and n.task_id = k.task_id and n.round_idx = k.round_idx + 1 and n.purpose = 'eval'
+          and n.sample_index = 0 and n.depth = 0
+        join tasks t on t.id = k.task_id
+        where k.purpose = 'eval' and k.sample_index = 0 and k.depth = 0
+          and {_ATTEMPT_PASSED.format(a='k')} and not {_ATTEMPT_PASSED.format(a='n')}
+        """)
+

@@ -315,7 +315,8 @@ def _mistake_candidates(store: Store, run_id: str, query: str) -> list[int] | No
 def verifier_and_reward_stats(store: Store, run_id: str,
                               rounds: list[int]) -> dict[int, dict[str, dict]]:
     """Per round of `rounds`: `verifiers` (per verifier, of the round's train answers and of its
-    held-out answers: how many it judged and how many it passed) and `rewards` (per reward
+    greedy held-out answers (not the sampled ones of evaluate.samples): how many it judged and
+    how many it passed) and `rewards` (per reward
     function: how many values it has, how many are NULL, and the mean of the others), for
     `loop show` to tell which check failed when several judge a task."""
     out: dict[int, dict[str, dict]] = {idx: {"verifiers": {}, "rewards": {}} for idx in rounds}
@@ -326,6 +327,7 @@ def verifier_and_reward_stats(store: Store, run_id: str,
             "select a.round_idx, a.purpose, v.verifier, count(*), sum(v.passed) "
             "from attempts a join verdicts v on v.attempt_id = a.id "
             "where a.run_id = ? and a.round_idx in (select value from json_each(?)) "
+            "and (a.purpose = 'train' or a.sample_index = 0) "
             "group by 1, 2, 3 order by 1, 3, 2", [run_id, wanted]):
         one = out[idx]["verifiers"].setdefault(verifier, {})
         one[purpose] = {"n": n, "passed": passed or 0}

@@ -1,7 +1,8 @@
 """Run reports: PNG plots and one self-contained HTML page, read from the store.
 
-`loop report RUN` draws five panels per run: held-out pass@1 and train solve rate per round, the
-reward distribution per round, mistake kinds opened and resolved per round, the repair rate per
+`loop report RUN` draws five panels per run: held-out pass@1 (and the sampled pass@k where
+`evaluate.samples` drew answers) and train solve rate per round, the reward distribution per
+round, mistake kinds opened and resolved per round, the repair rate per
 round and tokens/s per stage. The per-round numbers are `loop.summary`'s (what `loop show --json`
 prints), so the page and the terminal never disagree; only the two distributions the summary does
 not carry are read here: reward values (`rewards` table) and the mistake log's openings and
@@ -117,6 +118,11 @@ def solve_rate(r: dict) -> float | None:
     return r["train"]["solved_prompts"] / r["train"]["prompts"] if r["train"]["prompts"] else None
 
 
+def sampled_ks(rounds: list[dict]) -> list[str]:
+    """The k of the sampled pass@k any round has, in numeric order (as stored: "1", "8")."""
+    return sorted({k for r in rounds for k in (r["eval"].get("pass_at_k") or {})}, key=int)
+
+
 def repair_rate(r: dict) -> float | None:
     """Repairs (attempts with depth > 0) that passed, over repairs."""
     return r["train"]["repaired"] / r["train"]["repairs"] if r["train"]["repairs"] else None
@@ -198,6 +204,10 @@ def _plot_pass_rate(ax, data: ReportData) -> bool:
         return False
     if evaluated:
         ax.plot(*zip(*evaluated), marker="o", label="held-out pass@1 (greedy)")
+    for k in sampled_ks(data.rounds):
+        points = [(r["index"], r["eval"]["pass_at_k"][k]) for r in data.rounds
+                  if k in (r["eval"].get("pass_at_k") or {})]
+        ax.plot(*zip(*points), marker="^", linestyle=":", label=f"held-out pass@{k} (sampled)")
     if trained:
         ax.plot(*zip(*trained), marker="s", linestyle="--", label="train solve rate")
     ax.set_ylim(-0.02, 1.02)
@@ -360,8 +370,11 @@ def _table(header: list[str], rows: list[list[str]], text_columns: int = 0) -> s
 def _tables(data: ReportData) -> dict[str, str]:
     """The per-round numbers under each plot (an "empty" note where there are none)."""
     r0 = {r["index"]: r["eval"]["pass_at_1"] for r in data.rounds}
+    ks = sampled_ks(data.rounds)
     pass_rows = [[str(r["index"]), _fmt(r["eval"]["n"] or None),
                   _fmt(r["eval"]["pass_at_1"], "pass"), _fmt(r["eval"]["truncated_share"], "pct"),
+                  *[_fmt((r["eval"].get("pass_at_k") or {}).get(k), "pass") for k in ks],
+                  *([_fmt(r["eval"].get("samples") or None)] if ks else []),
                   _fmt(r["train"]["prompts"] or None),
                   _fmt(r["train"]["solved_prompts"] if r["train"]["prompts"] else None),
                   _fmt(solve_rate(r), "pct"),
@@ -369,9 +382,10 @@ def _tables(data: ReportData) -> dict[str, str]:
                   _fmt(r["train"]["passed"] if r["train"]["attempts"] else None),
                   _fmt(r["train"]["truncated_share"], "pct")] for r in data.rounds]
     gain = gain_vs_round_0(r0)
+    sampled = [*[f"pass@{k} (sampled)" for k in ks], *(["samples"] if ks else [])]
     tables = {"pass_rate": _table(
-        ["round", "held-out n", "pass@1", "eval cut", "train prompts", "solved", "solve rate",
-         "attempts", "passed", "cut"], pass_rows)
+        ["round", "held-out n", "pass@1", "eval cut", *sampled, "train prompts", "solved",
+         "solve rate", "attempts", "passed", "cut"], pass_rows)
         + f"<p>gain in held-out pass@1 vs round 0: <b>{_fmt(gain, 'signed')}</b></p>"}
 
     reward_rows = []
@@ -408,7 +422,8 @@ def _tables(data: ReportData) -> dict[str, str]:
     tables["throughput"] = _table(["round", *(f"{s} tok/s" for s in stages), "seconds"],
                                   speed_rows)
 
-    has_data = {"pass_rate": any(row[2] != "–" or row[6] != "–" for row in pass_rows),
+    has_data = {"pass_rate": any(row[2] != "–" or row[6 + len(sampled)] != "–"
+                                 for row in pass_rows),
                 "rewards": bool(reward_rows), "mistakes": bool(mistake_rows),
                 "repairs": bool(repair_rows), "throughput": bool(stages)}
     return {stem: tables[stem] if has_data[stem] else
@@ -450,7 +465,9 @@ def render_html(data: ReportData, pngs: dict[str, bytes]) -> str:
             f"<h2>Rounds</h2>{_rounds_overview(data)}{''.join(sections)}"
             f"<footer><p>numbers as <code>loop show {name} --json</code> prints them; "
             "solve rate: training prompts with a verified answer (repairs included); pass@1: "
-            "greedy, held-out split; repair rate: repairs (depth &gt; 0) that passed.</p>"
+            "greedy, held-out split; pass@k (sampled): the unbiased estimate from "
+            "evaluate.samples answers per held-out problem; repair rate: repairs (depth &gt; 0) "
+            "that passed.</p>"
             "</footer></body></html>\n")
 
 
@@ -458,16 +475,21 @@ def render_html(data: ReportData, pngs: dict[str, bytes]) -> str:
 
 
 def comparison(store: Store, runs: list[dict]) -> list[dict]:
-    """Per run: name, id, status, {round: held-out pass@1} (None where not evaluated) and the gain
-    of its last evaluated round over round 0."""
+    """Per run: name, id, status, {round: held-out pass@1} (None where not evaluated), the gain
+    of its last evaluated round over round 0, and `pass_at_k`: {round: {"samples",
+    "sample_temperature", "pass_at_k": {"k": value}}} for the rounds with a sampled evaluation."""
+    from loop.summary import sampled_eval
+
     out = []
     for run in runs:
         evaluations = store.evaluations(run["id"])
         indices = sorted({r["idx"] for r in store.rounds(run["id"])} | set(evaluations))
         pass_at_1 = {i: evaluations[i]["pass_at_1"] if i in evaluations else None
                      for i in indices}
+        sampled = {i: sampled_eval(evaluations.get(i)) for i in indices}
         out.append({"id": run["id"], "name": run["name"], "status": run["status"],
-                    "pass_at_1": pass_at_1, "gain_vs_round_0": gain_vs_round_0(pass_at_1)})
+                    "pass_at_1": pass_at_1, "gain_vs_round_0": gain_vs_round_0(pass_at_1),
+                    "pass_at_k": {i: v for i, v in sampled.items() if v["pass_at_k"]}})
     return out
 
 

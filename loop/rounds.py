@@ -377,17 +377,24 @@ class RoundEngine:
                          tokens=int(metrics.get("train_tokens", 0)), **reported_timing(metrics))
 
     def stage_evaluate(self, idx: int) -> None:
-        """Greedy pass@1 on the held-out split with the round's final model."""
+        """Greedy pass@1 on the held-out split with the round's final model; with
+        `evaluate.samples` n > 0 also n sampled answers per problem and pass@k for each k of
+        `evaluate.pass_k` (the unbiased estimator, loop.pass_at_k). Sampled answers are `eval`
+        attempts numbered from sample_index 1 (the greedy answer is 0), so they never enter
+        pass@1, and like every held-out answer they are never trained on or selected. Both
+        passes land in the stage's one commit, each with its own derived seed, so a redone
+        stage stores the same rows."""
         eval_tasks = self.tasks.eval[: self.config.evaluate.problems or None]
+        by_id = {t.id: t for t in eval_tasks}
         self.store.upsert_tasks(eval_tasks)
         ev = self.config.evaluate
+        model = self._model_after(idx)
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=ev.max_new_tokens,
                             seed=derive_seed(self.config.seed, idx, "evaluate"))
         attempts, stats = self._sample(idx, eval_tasks, sampling, "eval", "evaluate",
-                                       ev.batch_size, self._model_after(idx))
+                                       ev.batch_size, model)
         started = time.perf_counter()
-        rows = self._verify(idx, attempts, "evaluate", tasks={t.id: t for t in eval_tasks},
-                            show=False)
+        rows = self._verify(idx, attempts, "evaluate", tasks=by_id, show=False)
         stats["verify_seconds"] = time.perf_counter() - started
         verdicts: dict[str, dict[str, Verdict]] = {}
         for attempt_id, name, verdict, _ in rows:
@@ -396,11 +403,54 @@ class RoundEngine:
         truncated = sum(a.finish_reason == "length" for a in attempts)
         mean_tokens = sum(a.completion_tokens for a in attempts) / max(1, len(attempts))
         stats["seconds"] += time.perf_counter() - started
+        sampled: list[Attempt] = []
+        sampled_rows: list[VerdictRow] = []
+        pass_k: dict[int, float] = {}
+        temperature = (self.config.generate.temperature if ev.temperature is None
+                       else ev.temperature)
+        if ev.samples:
+            from loop.pass_at_k import mean_pass_at_k
+
+            gen = self.config.generate
+            sampling = Sampling(n=ev.samples, temperature=temperature, top_p=gen.top_p,
+                                max_new_tokens=ev.max_new_tokens,
+                                seed=derive_seed(self.config.seed, idx, "evaluate-samples"))
+            drawn, more = self._sample(idx, eval_tasks, sampling, "eval", "evaluate-samples",
+                                       ev.batch_size, model)
+            # _sample numbers a task's answers from 0, the greedy answer's number (and id)
+            sampled = [a.model_copy(update={
+                "sample_index": a.sample_index + 1,
+                "id": Attempt.make_id(self.run_id, idx, a.task_id, "eval", a.sample_index + 1)})
+                for a in drawn]
+            started = time.perf_counter()
+            sampled_rows = self._verify(idx, sampled, "evaluate-samples", tasks=by_id,
+                                        show=False)
+            sampled_verdicts: dict[str, dict[str, Verdict]] = {}
+            for attempt_id, name, verdict, _ in sampled_rows:
+                sampled_verdicts.setdefault(attempt_id, {})[name] = verdict
+            counts = {t.id: [0, 0] for t in eval_tasks}  # task -> [samples, passed]
+            for a in sampled:
+                counts[a.task_id][0] += 1
+                counts[a.task_id][1] += passed(sampled_verdicts.get(a.id, {}))
+            pass_k = {k: mean_pass_at_k([(n, c) for n, c in counts.values()], k)
+                      for k in ev.ks}
+            verify_seconds = time.perf_counter() - started
+            more["seconds"] += verify_seconds
+            stats["samples"] = {"count": more["count"], "tokens": more["tokens"],
+                                "truncated": more["truncated"], "seconds": more["seconds"]}
+            # the stage's totals cover both passes (loop show's time and tokens/s)
+            stats["verify_seconds"] += verify_seconds
+            for key in ("seconds", "tokens", "model_seconds", "load_seconds"):
+                if key in more or key in stats:
+                    stats[key] = stats.get(key, 0) + more.get(key, 0)
         with self._landing(idx, "evaluate") as landing:
-            self.store.insert_attempts(attempts)
-            self.store.insert_verdicts(rows)
+            self.store.insert_attempts([*attempts, *sampled])
+            self.store.insert_verdicts([*rows, *sampled_rows])
             self.store.record_evaluation(self.run_id, idx, "eval", len(attempts), solved,
                                          truncated, mean_tokens, stats["seconds"])
+            if ev.samples:
+                self.store.record_pass_at_k(self.run_id, idx, "eval", ev.samples, temperature,
+                                            pass_k)
             landing.update(stats)
 
     # The stage path: run_round calls these by name, in loop.stage_order's order.

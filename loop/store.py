@@ -676,6 +676,16 @@ class Store:
             replace=True,
         )
 
+    def record_pass_at_k(self, run_id: str, round_idx: int, split: str, samples: int,
+                         temperature: float, pass_at_k: dict[int, float]) -> None:
+        """Add the sampled evaluation to round `round_idx`'s evaluation row (record_evaluation
+        writes that row first, in the same transaction): `samples` answers per problem at
+        `temperature`, and {k: pass@k}."""
+        self.db["evaluations"].update(
+            stable_id(run_id, "eval", round_idx, split),
+            {"samples": samples, "sample_temperature": temperature,
+             "pass_at_k_json": _json({str(k): v for k, v in sorted(pass_at_k.items())})})
+
     def evaluations(self, run_id: str) -> dict[int, dict]:
         return {r["round_idx"]: r for r in
                 self.db["evaluations"].rows_where("run_id = ? and split = 'eval'", [run_id])}

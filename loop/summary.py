@@ -53,7 +53,8 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
                                       if train["attempts"] else None)},
         "eval": {"n": ev["n"] if ev else 0, "pass_at_1": ev["pass_at_1"] if ev else None,
                  "truncated_share": ev["truncated_share"] if ev else None,
-                 "mean_completion_tokens": ev["mean_completion_tokens"] if ev else None},
+                 "mean_completion_tokens": ev["mean_completion_tokens"] if ev else None,
+                 **sampled_eval(ev)},
         "verifiers": _verifier_rates(judged["verifiers"]),
         "rewards": {name: {"mean": None if r["mean"] is None else round(r["mean"], 6),
                            "n": r["n"], "null": r["null"]}
@@ -66,6 +67,16 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
             "method": update["method"], "dataset_size": update["dataset_size"],
             "metrics": json.loads(update["metrics_json"] or "{}")},
     }
+
+
+def sampled_eval(ev: dict | None) -> dict:
+    """A round's sampled held-out evaluation (`evaluate.samples`): `samples` per problem (0:
+    none drawn), their `sample_temperature`, and `pass_at_k`, {"k": pass@k} (None: none)."""
+    drawn = ev.get("pass_at_k_json") if ev else None
+    if not drawn:
+        return {"samples": 0, "sample_temperature": None, "pass_at_k": None}
+    return {"samples": ev["samples"], "sample_temperature": ev["sample_temperature"],
+            "pass_at_k": json.loads(drawn)}
 
 
 def _verifier_rates(verifiers: dict) -> dict:

@@ -35,7 +35,8 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("point", ["refine.in_batch:3", "mistakes.before_commit",
-                                   "train.after_rename:2", "verify.in_batch:10"])
+                                   "train.after_rename:2", "verify.in_batch:10",
+                                   "evaluate-samples.in_batch:5", "evaluate.before_commit:2"])
 def test_crash_inside_a_stage_then_resume_gives_the_uninterrupted_rows(point, reference,
                                                                         tmp_path, monkeypatch):
     monkeypatch.setenv("LOOP_LOAD_PLUGINS", "math")

@@ -42,6 +42,8 @@ RUN_SETTINGS = [
     "--set", "generate.temperature=1.0", "--set", "generate.max_new_tokens=5",
     "--set", "generate.batch_size=8", "--set", "evaluate.problems=12",
     "--set", "evaluate.max_new_tokens=5", "--set", "evaluate.batch_size=8",
+    # the sampled held-out pass too (pass@k): its answers and figures must survive every kill
+    "--set", "evaluate.samples=2",
 ]
 SETTINGS = [*SCRIPTED_SETTINGS, *RUN_SETTINGS]
 # What every `loop` process of these tests sees: the first-party math plugin (the task's
@@ -218,8 +220,8 @@ def snapshot(db: Path) -> dict:
         f"on a.id = c.attempt_id order by {key}, c.critic").fetchall()
     updates = conn.execute("select round_idx, dataset_size, adapter_sha256 from updates "
                            "order by round_idx").fetchall()
-    evaluations = conn.execute("select round_idx, n, passed from evaluations "
-                               "order by round_idx").fetchall()
+    evaluations = conn.execute("select round_idx, n, passed, samples, sample_temperature, "
+                               "pass_at_k_json from evaluations order by round_idx").fetchall()
     status = conn.execute("select status from runs").fetchall()
     stages = conn.execute("select idx, stage from rounds order by idx").fetchall()
     counts = {t: conn.execute(f"select count(*) from {t}").fetchone()[0]
@@ -271,7 +273,10 @@ def test_reference_run_is_deterministic_and_complete(reference, tmp_path):
     repairs = [a for a in train if a[4] > 0]
     assert len(first) == 2 * 12 * 2  # rounds × prompts × n
     assert 0 < len([a for a in repairs if a[4] == 1]) and len(repairs) <= 2 * 10  # the budget
-    assert len([a for a in ref["attempts"] if a[2] == "eval"]) == 3 * 12
+    held_out = [a for a in ref["attempts"] if a[2] == "eval"]
+    assert len(held_out) == 3 * 12 * (1 + 2)  # rounds × problems × (greedy + samples)
+    assert len([a for a in held_out if a[3] == 0]) == 3 * 12
+    assert all(e[3] == 2 and json.loads(e[5]).keys() == {"1", "2"} for e in ref["evaluations"])
     assert counts["verdicts"] == counts["attempts"]  # one verifier
     assert counts["rewards"] == len(train)  # one reward function, train answers only
     failed = [v for v in ref["verdicts"] if v[2] == "train" and not v[6]]
@@ -282,7 +287,8 @@ def test_reference_run_is_deterministic_and_complete(reference, tmp_path):
 
 
 CASES = list(POINTS) + ["generate.in_batch:3", "verify.in_batch:20", "train.after_rename:2",
-                        "evaluate.before_commit:3", "round.start:3", "refine.in_batch:5",
+                        "evaluate.before_commit:3", "evaluate-samples.in_batch:20",
+                        "round.start:3", "refine.in_batch:5",
                         "mistakes.after_commit:2"]
 
 

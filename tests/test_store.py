@@ -39,7 +39,8 @@ EXPECTED_COLUMNS = {
                 "seconds": float, "created": str},
     "evaluations": {"id": str, "run_id": str, "round_idx": int, "split": str, "n": int,
                     "passed": int, "pass_at_1": float, "truncated_share": float,
-                    "mean_completion_tokens": float, "seconds": float, "created": str},
+                    "mean_completion_tokens": float, "seconds": float, "created": str,
+                    "samples": int, "sample_temperature": float, "pass_at_k_json": str},
     "critiques": {"id": str, "attempt_id": str, "critic": str, "kind": str, "text": str,
                   "created": str},
     "search_index": {"fts": str, "indexed_rowid": int, "stale": int},
@@ -76,7 +77,8 @@ def test_migrate_is_idempotent(tmp_path):
     assert applied == ["m001_create_core_tables", "m002_create_views", "m003_add_completion_raw",
                        "m004_create_critiques", "m005_read_side_indexes_and_views",
                        "m006_text_search_and_held_out_index", "m007_run_resumes",
-                       "m008_search_index_off_the_write_path", "m009_binary_logprobs"]
+                       "m008_search_index_off_the_write_path", "m009_binary_logprobs",
+                       "m010_eval_pass_at_k"]
     assert db.journal_mode == "wal"
 
 

@@ -18,7 +18,11 @@ from rich.progress import (
 from rich.table import Table
 
 UNITS = {"generate": "prompts", "evaluate": "prompts", "verify": "attempts", "refine": "repairs",
-         "evaluate:verify": "attempts", "train": "steps", "reward": "functions"}
+         "evaluate:verify": "attempts", "evaluate-samples": "prompts",
+         "evaluate-samples:verify": "attempts", "train": "steps", "reward": "functions"}
+# The evaluate stage's inner steps, as the user reads them.
+LABELS = {"evaluate:verify": "verify held-out", "evaluate-samples": "sample held-out",
+          "evaluate-samples:verify": "verify held-out samples"}
 
 
 class StageBar:
@@ -113,7 +117,7 @@ class RichReporter:
         return False
 
     def stage(self, round_idx: int, stage: str, total: int | None) -> StageBar | PlainStage:
-        label = stage.replace("evaluate:verify", "verify held-out")
+        label = LABELS.get(stage, stage)
         unit = UNITS.get(stage.split()[0], "")
         if not self.bars:
             return PlainStage(self.console, f"round {round_idx} · {label}", unit, total)
@@ -143,6 +147,9 @@ def round_line(summary: dict) -> str:
     if ev["n"]:
         parts.append(f"held-out pass@1 [bold]{ev['pass_at_1']:.3f}[/bold] on {ev['n']} "
                      f"(cut off {_pct(ev['truncated_share'])});")
+    if ev.get("pass_at_k"):
+        figures = ", ".join(f"pass@{k} {v:.3f}" for k, v in ev["pass_at_k"].items())
+        parts.append(f"sampled ({ev['samples']} at T={ev['sample_temperature']:g}): {figures};")
     errors = summary.get("errors", {})
     if errors.get("verifier") or errors.get("reward"):
         parts.append(f"[red]plugin errors: {errors['verifier']} verdicts (see `loop logs`), "
@@ -161,7 +168,12 @@ def rounds_table(data: dict) -> Table:
                           "split · cut: answers stopped by the token limit · errors: plugin "
                           "failures (verdicts + rewards; `loop show` breaks them down)")
     refined = any(r["train"].get("repairs") for r in data["rounds"])
+    ks, samples = sampled_columns(data["rounds"])
+    if ks:
+        table.caption += (" · pass@k n=N: unbiased estimate from N sampled answers per "
+                          "held-out problem (evaluate.samples)")
     columns = ["round", "solved", "passed", *(["repaired"] if refined else []), "cut", "pass@1",
+               *[f"pass@{k}\nn={samples}" for k in ks],
                "eval cut", "eval len", "errors", "tok/s", "train s", "total s"]
     for column in columns:
         table.add_column(column, justify="right")
@@ -175,6 +187,7 @@ def rounds_table(data: dict) -> Table:
             str(r["index"]), solve, passed, *(repaired if refined else []),
             _pct(train["truncated_share"]),
             f"{ev['pass_at_1']:.3f}" if ev["pass_at_1"] is not None else "–",
+            *[_pass_cell((ev.get("pass_at_k") or {}).get(k)) for k in ks],
             _pct(ev["truncated_share"]),
             f"{ev['mean_completion_tokens']:.1f}" if ev["mean_completion_tokens"] else "–",
             str(errors.get("verifier", 0) + errors.get("reward", 0)),
@@ -183,6 +196,18 @@ def rounds_table(data: dict) -> Table:
             f"{sum(r['timings'].values()):.0f}",
         )
     return table
+
+
+def sampled_columns(rounds: list[dict]) -> tuple[list[str], str]:
+    """The k of every sampled pass@k the rounds have (as stored: "1", "8", ...; numeric order)
+    and the samples per problem ("8"; "4/8" when rounds differ)."""
+    ks = sorted({k for r in rounds for k in (r["eval"].get("pass_at_k") or {})}, key=int)
+    drawn = sorted({r["eval"]["samples"] for r in rounds if r["eval"].get("samples")})
+    return ks, "/".join(str(n) for n in drawn)
+
+
+def _pass_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def checks_table(data: dict) -> Table:

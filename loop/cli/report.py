@@ -1,4 +1,5 @@
-"""`loop report RUN` (plots and an HTML page) and `loop compare RUN RUN...` (pass@1 side by side).
+"""`loop report RUN` (plots and an HTML page) and `loop compare RUN RUN...` (pass@1 side by side,
+and the sampled pass@k where runs have it).
 
 Both only read the store. matplotlib is imported when a plot is drawn, never at import time.
 """
@@ -58,7 +59,8 @@ def compare(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Held-out pass@1 per round of several runs side by side, and each run's gain over its
-    round 0 (the last evaluated round minus round 0)."""
+    round 0 (the last evaluated round minus round 0); runs with a sampled evaluation
+    (evaluate.samples) also get their pass@k per round in a second table."""
     from loop.report import comparison
 
     if len(runs) < 2:
@@ -82,10 +84,14 @@ def compare(
             fail(f"cannot write {plot}: {exc.strerror or exc}")
     if as_json:
         print_json({"runs": [{**r, "pass_at_1": [{"round": i, "pass_at_1": v}
-                                                 for i, v in r["pass_at_1"].items()]}
+                                                 for i, v in r["pass_at_1"].items()],
+                              "pass_at_k": [{"round": i, **v}
+                                            for i, v in r["pass_at_k"].items()]}
                              for r in data], "plot": str(plot) if plot else None})
         return
     console.print(comparison_table(data))
+    if any(run["pass_at_k"] for run in data):
+        console.print(sampled_comparison_table(data))
     if plot is not None:
         console.print(f"wrote {plot}", highlight=False)
 
@@ -118,6 +124,31 @@ def comparison_table(data: list[dict]):
     table.add_section()
     table.add_row("gain vs 0", *("–" if run["gain_vs_round_0"] is None
                                  else f"{run['gain_vs_round_0']:+.3f}" for run in data))
+    return table
+
+
+def sampled_comparison_table(data: list[dict]):
+    """The sampled held-out pass@k (evaluate.samples): rows are rounds, a column per run and k."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="held-out pass@k per round (sampled)", box=box.SIMPLE_HEAD,
+                  caption="pass@k: unbiased estimate from n sampled answers per held-out "
+                          "problem at temperature T (evaluate.samples, evaluate.temperature)")
+    table.add_column("round", justify="right")
+    columns = []
+    for run in data:
+        ks = sorted({k for v in run["pass_at_k"].values() for k in v["pass_at_k"]}, key=int)
+        drawn = sorted({(v["samples"], v["sample_temperature"])
+                        for v in run["pass_at_k"].values()})
+        setting = ", ".join(f"n={n} T={t:g}" for n, t in drawn)
+        for k in ks:
+            table.add_column(f"{run['name']}\npass@{k} ({setting})", justify="right")
+            columns.append((run, k))
+    rounds = sorted({i for run in data for i in run["pass_at_k"]})
+    for idx in rounds:
+        table.add_row(str(idx), *(_cell(run["pass_at_k"].get(idx, {}).get("pass_at_k", {})
+                                        .get(k)) for run, k in columns))
     return table
 
 
