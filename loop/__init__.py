@@ -18,7 +18,9 @@ plugin may reuse all come from here, and a plugin never imports `loop.<submodule
 Test doubles for plugin tests are in `loop.testing`.
 """
 
+from loop.chat import ChatFormat, TokenizerChat
 from loop.checkpoints import scratch_dir
+from loop.environments import FactoryEnvironment, GymEnvironment
 from loop.guarded import PluginFailure, call_plugin, safe_verify, safe_verify_batch
 from loop.hookspecs import hookimpl
 from loop.interfaces import (
@@ -26,6 +28,8 @@ from loop.interfaces import (
     Component,
     Critic,
     CriticContext,
+    Environment,
+    Episode,
     GenerationSession,
     TaskSource,
     Updater,
@@ -44,12 +48,16 @@ from loop.schema import (
     ModelRef,
     Sample,
     Sampling,
+    Step,
     Task,
     TaskSet,
+    ToolCall,
+    Turn,
     UpdateResult,
     Verdict,
     stable_id,
 )
+from loop.tool_calls import format_tool_call, parse_tool_calls
 from loop.task_files import read_jsonl, split_tasks, unique_by
 from loop.updates import EmptyDataset, UpdateContext, fold_verdicts
 
@@ -58,10 +66,13 @@ __version__ = "0.1.0"
 __all__ = [
     # records
     "Attempt", "Critique", "Generation", "Message", "ModelRef", "Sample", "Sampling", "Task",
-    "TaskSet", "UpdateResult", "Verdict", "stable_id",
+    "TaskSet", "UpdateResult", "Verdict", "stable_id", "Step", "ToolCall", "Turn",
     # base classes
     "Backend", "Component", "Critic", "CriticContext", "GenerationSession", "TaskSource",
-    "Updater", "Verifier", "coerce_options",
+    "Updater", "Verifier", "coerce_options", "Environment", "Episode",
+    # episodes: environments from outside, token-exact chat formats, tool calls
+    "FactoryEnvironment", "GymEnvironment", "ChatFormat", "TokenizerChat", "parse_tool_calls",
+    "format_tool_call",
     # plugging in
     "hookimpl", "reward_verifier", "RewardVerifier", "trl_arguments", "Chosen",
     "get_plugin_manager", "build_registry", "PluginError",

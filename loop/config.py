@@ -46,6 +46,58 @@ class ComponentRef(Section):
         return {"name": value} if isinstance(value, str) else value
 
 
+class EnvironmentConfig(Section):
+    """The environment episodes run in: a registered one by `name`, a TRL `environment_factory`
+    class (`factory`), or a gym-style text environment (`gym`); exactly one of the three."""
+
+    name: str | None = Field(default=None, min_length=1,
+                             description="registered environment (e.g. calculator, python)")
+    factory: str | None = Field(default=None, min_length=3, description=(
+        "a TRL environment_factory class, as 'path/to/file.py:ClassName' or "
+        "'package.module:ClassName': reset(**row), public documented methods as tools, "
+        "optional get_reward()"))
+    gym: str | None = Field(default=None, min_length=3, description=(
+        "a gym-style text environment: 'path/to/file.py:make' or 'package.module:make', a "
+        "callable called with each task's fields (or a class) whose result has reset() -> "
+        "observation and step(text) -> (observation, reward, done, info)"))
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "the registered environment's options (or keyword arguments of the gym callable)"))
+    max_turns: int | None = Field(default=None, ge=1, le=1000, description=(
+        "model turns per episode (default: the environment's own, 8 unless it says)"))
+    max_tokens: int = Field(default=1024, ge=1, le=1_000_000, description=(
+        "token budget of an episode after its prompt, model and environment tokens together"))
+    tool_timeout_s: float = Field(default=10.0, gt=0.0, le=86_400.0, description=(
+        "seconds a tool call may take before it is answered with a timeout error"))
+    pass_threshold: float = Field(default=1.0, description=(
+        "an episode passes the `environment` verdict when its reward is at least this"))
+    verdict: bool | None = Field(default=None, description=(
+        "judge episodes by the environment's reward (the verdict `environment`); default: "
+        "when task.verifiers lists none"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "EnvironmentConfig":
+        given = [k for k in ("name", "factory", "gym") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of environment.name, environment.factory and "
+                             f"environment.gym (got {', '.join(given) or 'none'})")
+        if self.options and self.factory:
+            raise ValueError("environment.options do not apply to a factory class (TRL's "
+                             "contract: a constructor without arguments)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The environment's name in the store: its registered name, or the class/callable."""
+        if self.name:
+            return self.name
+        return (self.factory or self.gym or "").rsplit(":", 1)[-1]
+
+
 class TaskConfig(Section):
     source: str = Field(default="", description="registered task source (e.g. arithmetic, jsonl)")
     options: dict[str, Any] = Field(default_factory=dict, description="the source's options")
@@ -59,6 +111,9 @@ class TaskConfig(Section):
     hints: bool = Field(default=False, description=(
         "let critics see the reference answer; off, the reference is hidden from them and "
         "masked in the verdicts they read"))
+    environment: EnvironmentConfig | None = Field(default=None, description=(
+        "run each attempt as a multi-turn episode in this environment (tools, or a text "
+        "world); none: single answers"))
 
 
 class SelectConfig(Section):

@@ -10,7 +10,10 @@
   its prompt) gets `completions[k]`, the last one repeating; every one of a prompt's n samples
   gets the same text. Token ids are its own, one per character (the character's code point), so
   every stage and the store work on its answers; `max_new_tokens` cuts an answer (finish reason
-  `length`), as a real model's would be cut.
+  `length`), as a real model's would be cut. It runs episodes token-exactly too: its `chat`
+  (`CharChat`) renders conversations as ChatML text, one id per character, and
+  `generate_ids` reads the conversation back from the ids, so a scripted reply can depend on
+  the tool results the episode got so far.
 - `NoopUpdater`: an update method that trains nothing. It writes `update.json` (the counts of
   what it was given) into the output folder, so the train stage publishes and records a real
   checkpoint; registered as the update method `noop`.
@@ -26,6 +29,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loop.chat import ChatFormat
 from loop.interfaces import Backend, GenerationSession, Updater
 from loop.schema import Generation, Message, ModelRef, Sampling, UpdateResult
 from loop.updates import EmptyDataset, UpdateContext
@@ -45,6 +49,36 @@ def scripted_reply(completions: list[str], prompt: list[Message]) -> str:
     return completions[min(turn, len(completions) - 1)]
 
 
+class CharChat(ChatFormat):
+    """ChatML as text, one token id per character (its code point): the scripted backend's
+    chat format. Tools are never native (loop's fallback format in the system message)."""
+
+    START, END = "<|im_start|>", "<|im_end|>"
+
+    def _render(self, messages: list[Message]) -> str:
+        return "".join(f"{self.START}{m['role']}\n{m.get('content', '')}{self.END}\n"
+                       for m in messages)
+
+    def prompt_ids(self, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
+        return [ord(c) for c in self._render(messages) + f"{self.START}assistant\n"]
+
+    def continuation_ids(self, new_messages: list[Message],
+                         tools: list[dict] | None = None) -> list[int]:
+        # A scripted turn has no end-of-turn token of its own: the carrier closes it.
+        text = f"{self.END}\n" + self._render(new_messages) + f"{self.START}assistant\n"
+        return [ord(c) for c in text]
+
+    def messages(self, ids: list[int]) -> list[Message]:
+        """The conversation that `ids` (a prompt ending with the assistant header) spells."""
+        text = "".join(chr(i) for i in ids)
+        out = []
+        for part in text.split(self.START)[1:]:
+            role, _, content = part.partition("\n")
+            content = content.split(self.END)[0]
+            out.append({"role": role, "content": content})
+        return out[:-1] if out and out[-1] == {"role": "assistant", "content": ""} else out
+
+
 class ScriptedSession(GenerationSession):
     """A session of the scripted backend: see the module docstring. `respond(prompt, k,
     sampling)` gives the text of sample k of a prompt."""
@@ -55,6 +89,7 @@ class ScriptedSession(GenerationSession):
         self.load_seconds = 0.0
         self.model_seconds = 0.0
         self.calls: list[list[list[Message]]] = []  # every generate call's prompts, for tests
+        self.chat = CharChat()
 
     def generate(self, prompts: list[list[Message]], sampling: Sampling, progress: Any = None,
                  batch_size: int = 64) -> list[list[Generation]]:
@@ -70,6 +105,15 @@ class ScriptedSession(GenerationSession):
                 progress(prompts=1, tokens=sum(g.completion_tokens for g in samples))
         self.model_seconds += time.perf_counter() - started
         return out
+
+    def generate_ids(self, prompts: list[list[int]], sampling: Sampling, progress: Any = None,
+                     batch_size: int = 64) -> list[list[Generation]]:
+        """Token-id prompts (episodes): each is read back into its conversation and answered
+        as `generate` answers it; `prompt_tokens` is the number of ids."""
+        out = self.generate([self.chat.messages(ids) for ids in prompts], sampling,
+                            progress=progress, batch_size=batch_size)
+        return [[g.model_copy(update={"prompt_tokens": len(ids)}) for g in gens]
+                for ids, gens in zip(prompts, out)]
 
     @staticmethod
     def _generation(text: str, prompt_tokens: int, max_new_tokens: int) -> Generation:

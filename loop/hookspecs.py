@@ -50,6 +50,14 @@ def register_rewards(register):
 
 
 @hookspec
+def register_environments(register):
+    """Register environments for multi-turn episodes: `register(environment)`, a
+    `loop.Environment` whose `episode(task)` returns a fresh `loop.Episode` (tools, or a text
+    world that answers each model turn, and a reward). Chosen by the task config's
+    `environment:`."""
+
+
+@hookspec
 def register_updaters(register):
     """Register update methods: `register(updater)`, a `loop.Updater` with `update(context) ->
     UpdateResult(adapter_path, metrics)`; `context` is a `loop.UpdateContext`."""

@@ -7,7 +7,7 @@ validates its `options:` block in the config; each run gets a copy carrying `sel
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,6 +18,7 @@ from loop.schema import (
     Message,
     ModelRef,
     Sampling,
+    Step,
     Task,
     TaskSet,
     UpdateResult,
@@ -25,6 +26,7 @@ from loop.schema import (
 )
 
 if TYPE_CHECKING:
+    from loop.chat import ChatFormat
     from loop.updates import UpdateContext
 
 
@@ -94,13 +96,28 @@ class GenerationSession:
     set `load_seconds` (opening it: loading weights, merging an adapter, starting workers) and
     `model_seconds` (the part of `generate` calls spent in the model itself, tokenizing and
     detokenizing excluded); the engine records both with the stage, and counts what they leave
-    out as loop's own overhead."""
+    out as loop's own overhead.
+
+    Optional, for token-exact episodes (multi-turn, with an environment): `chat`, a
+    `loop.ChatFormat` that renders conversations to the model's token ids, and
+    `generate_ids(prompts, sampling, progress, batch_size)`, which continues token-id prompts.
+    A session without them (`chat` None) still runs episodes, turn by turn through `generate`
+    on the messages, but what it samples is re-rendered each turn, so it cannot be trained on
+    token-exactly (fine for a remote model that is only evaluated).
+    """
 
     load_seconds: float | None = None
     model_seconds: float | None = None
+    chat: "ChatFormat | None" = None
 
     def generate(self, prompts: list[list[Message]], sampling: Sampling,
                  progress: Any = None) -> list[list[Generation]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def generate_ids(self, prompts: list[list[int]], sampling: Sampling, progress: Any = None,
+                     batch_size: int = 64) -> list[list[Generation]]:  # pragma: no cover
+        """`sampling.n` continuations of each token-id prompt (the ids already end with the
+        assistant header). Required when `chat` is set."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -165,6 +182,57 @@ class Critic(Component):
     def critique_batch(self, items: list[tuple[Task, Attempt, dict[str, Verdict]]],
                        context: CriticContext) -> list[Critique | None]:
         return [self.critique(task, attempt, verdicts) for task, attempt, verdicts in items]
+
+
+class Episode:
+    """One episode's world: a fresh instance per episode (per sample), never shared.
+
+    The engine calls `reset()` first, then alternates model turns and the environment's answers
+    until the model answers without a tool call (a tool environment), `respond` says done (a
+    text environment), `max_turns` or the episode's token budget; then `reward()` once, then
+    `close()`. Everything here may raise or hang: a tool's failure becomes a `tool` message
+    saying what was wrong, a failure elsewhere ends the episode with an `infra` verdict.
+
+    - `reset() -> str | None`: a string is appended to the task's last user message.
+    - `tools() -> list[callable]`: the tools of this episode, functions (usually bound methods)
+      with a docstring whose `Args:` section describes each argument; their JSON schemas are
+      built from signature and docstring as transformers' `get_json_schema` builds them. An
+      episode with tools is a tool environment; without, a text environment.
+    - `respond(text) -> Step`: a text environment's answer to the model's turn (ignored when
+      `tools()` is not empty). Default: done after one turn.
+    - `reward() -> float | None`: the episode's reward (None: none), stored as a reward under the
+      environment's name and judged as a verdict at `environment.pass_threshold`.
+    """
+
+    def reset(self) -> str | None:
+        return None
+
+    def tools(self) -> list[Callable[..., Any]]:
+        return []
+
+    def respond(self, text: str) -> Step:
+        return Step(done=True)
+
+    def reward(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class Environment(Component):
+    """Makes episodes: `episode(task) -> Episode`, one fresh Episode per episode of a task.
+
+    Registered with `register_environments` and chosen by the task config's `environment:`.
+    `max_turns` is the default limit of model turns per episode (the config may lower or raise
+    it). A TRL `environment_factory` class or a gym-style text environment needs no subclass:
+    `loop.environments` wraps them (see docs/environments.md).
+    """
+
+    max_turns: ClassVar[int] = 8
+
+    def episode(self, task: Task) -> Episode:  # pragma: no cover - interface
+        raise NotImplementedError
 
 
 class Updater(Component):

@@ -553,3 +553,24 @@ def m010_eval_pass_at_k(db: Database) -> None:
           and {_ATTEMPT_PASSED.format(a='k')} and not {_ATTEMPT_PASSED.format(a='n')}
         """)
 
+
+@migration
+def m011_episode_turns(db: Database) -> None:
+    # Episodes (multi-turn answers in an environment): the episode on its attempt row, and every
+    # message after the prompt in `turns`, in order, with the ids that were sampled or that carry
+    # the environment's message (`trained` 1: the model's own tokens).
+    for column, kind in (("prompt_ids_json", str), ("environment", str), ("tools_json", str),
+                         ("env_reward", float), ("env_error", str), ("end_reason", str)):
+        db["attempts"].add_column(column, kind)
+    db.execute("""create table if not exists turns (
+        id text primary key, attempt_id text not null, idx integer not null,
+        role text not null, text text not null, token_ids_json text, logprobs_f32 blob,
+        trained integer not null, tool_calls_json text, name text, arguments_json text,
+        error text, seconds float, reward float, finish_reason text)""")
+    db.execute("create index if not exists idx_turns_attempt on turns (attempt_id, idx)")
+    db.create_view("episode_turns", """
+        select a.run_id, a.round_idx, a.purpose, a.task_id, a.sample_index, a.environment,
+          a.end_reason, a.env_reward, t.attempt_id, t.idx as turn, t.role, t.text,
+          t.tool_calls_json, t.name as tool, t.arguments_json, t.error, t.reward, t.seconds,
+          t.trained, json_array_length(t.token_ids_json) as tokens
+        from turns t join attempts a on a.id = t.attempt_id""", replace=True)

@@ -33,7 +33,7 @@ import pluggy
 from pydantic import BaseModel
 
 from loop import hookspecs
-from loop.interfaces import Backend, Critic, TaskSource, Updater, Verifier
+from loop.interfaces import Backend, Critic, Environment, TaskSource, Updater, Verifier
 
 ENTRY_POINT_GROUP = "loop"
 
@@ -45,12 +45,13 @@ KINDS: dict[str, str] = {
     "critics": "register_critics",
     "rewards": "register_rewards",
     "updaters": "register_updaters",
+    "environments": "register_environments",
 }
 
 
 # kind -> the base class its components must subclass (rewards: any callable, TRL's contract).
 BASES: dict[str, type] = {"tasks": TaskSource, "backends": Backend, "verifiers": Verifier,
-                          "critics": Critic, "updaters": Updater}
+                          "critics": Critic, "updaters": Updater, "environments": Environment}
 
 
 class PluginError(Exception):

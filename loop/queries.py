@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from loop.schema import Turn
 from loop.search_index import refresh as refresh_search_index
 from loop.store import Store
 
@@ -180,6 +181,7 @@ def _decorate(store: Store, rows: list[dict]) -> list[dict[str, Any]]:
     verdicts = store.verdicts(ids)
     rewards = store.rewards(ids)
     critiques = store.critiques(ids)
+    turns = store.turns(r["id"] for r in rows if r.get("environment") is not None)
     out = []
     for r in rows:
         by_verifier = verdicts.get(r["id"], {})
@@ -197,7 +199,28 @@ def _decorate(store: Store, rows: list[dict]) -> list[dict[str, Any]]:
                          for name, v in by_verifier.items()},
             "rewards": rewards.get(r["id"], {}),
             "critiques": [c.model_dump() for c in critiques.get(r["id"], [])],
+            "environment": r.get("environment"), "end_reason": r.get("end_reason"),
+            "turns": ([turn_json(t) for t in turns.get(r["id"], [])]
+                      if r.get("environment") is not None else
+                      [{"role": "assistant", "content": r["completion"], "tool_calls": []}]),
         })
+    return out
+
+
+def turn_json(turn: Turn) -> dict[str, Any]:
+    """A stored turn as `loop logs --json` gives it: `assistant` messages with their
+    `tool_calls` ([{"name", "arguments"}], empty when none), `tool` messages with `name`,
+    `content` and `error` (None when the call worked), `user` messages (a text environment's
+    observations); a per-turn `reward` where the environment gave one."""
+    if turn.role == "assistant":
+        out = {"role": "assistant", "content": turn.text,
+               "tool_calls": [c.model_dump() for c in turn.tool_calls]}
+    elif turn.role == "tool":
+        out = {"role": "tool", "name": turn.name, "content": turn.text, "error": turn.error}
+    else:
+        out = {"role": turn.role, "content": turn.text}
+    if turn.reward is not None:
+        out["reward"] = turn.reward
     return out
 
 

@@ -35,6 +35,7 @@ class Components:
     rewards: list[Chosen]
     updater: Chosen
     critics: list[Chosen] = field(default_factory=list)
+    environment: Chosen | None = None  # episodes; None: single answers
 
     @property
     def reward_fns(self) -> dict[str, Callable[..., list[float | None]]]:
@@ -73,20 +74,59 @@ def resolve_components(config: LoopConfig, registry: Registry) -> Components:
         raise ConfigError("config error: task.source: no task given (loop run TASK)")
     source = _choose(registry, "tasks", ComponentRef(name=config.task.source,
                                                      options=config.task.options), "task")
-    verifier_refs = config.task.verifiers or [
+    environment = resolve_environment(config, registry)
+    env_config = config.task.environment
+    # With an environment and no verifiers listed, its reward is the judge.
+    env_verdict = env_config is not None and (
+        env_config.verdict if env_config.verdict is not None else not config.task.verifiers)
+    verifier_refs = config.task.verifiers or ([] if env_verdict else [
         ComponentRef(name=name) for name in source.component.default_verifiers
-    ]
-    if not verifier_refs:
+    ])
+    if not verifier_refs and not env_verdict:
         raise ConfigError(f"config error: task.verifiers: task {config.task.source!r} names no "
                           "verifier and has no default")
     verifiers = [_choose(registry, "verifiers", ref, f"task.verifiers.{ref.name}")
                  for ref in verifier_refs]
     rewards = [_choose(registry, "rewards", ref, f"task.rewards.{ref.name}")
                for ref in config.task.rewards]
+    if environment is not None:
+        from loop.environments import EnvironmentVerifier, environment_reward
+
+        if env_verdict:
+            verifiers.append(Chosen("environment",
+                                    EnvironmentVerifier(env_config.pass_threshold), None, "loop"))
+        if environment.name not in {r.name for r in rewards}:
+            # TRL's convention: the environment's reward under its name
+            rewards.append(Chosen(environment.name, environment_reward(environment.name), None,
+                                  "loop"))
     backend = _choose(registry, "backends", config.backend, "backend")
     updater = _choose(registry, "updaters",
                       ComponentRef(name=config.train.method, options=config.train.options),
                       "train.method")
     critics = [_choose(registry, "critics", ref, f"task.critics.{ref.name}")
                for ref in config.task.critics]
-    return Components(source, backend, verifiers, rewards, updater, critics)
+    return Components(source, backend, verifiers, rewards, updater, critics, environment)
+
+
+def resolve_environment(config: LoopConfig, registry: Registry) -> Chosen | None:
+    """The task's environment: a registered one with validated options, or a TRL factory class
+    or gym-style callable loaded from its file or module (a one-line ConfigError if it cannot
+    be loaded)."""
+    ref = config.task.environment
+    if ref is None:
+        return None
+    if ref.name:
+        chosen = _choose(registry, "environments",
+                         ComponentRef(name=ref.name, options=ref.options), "task.environment")
+        return chosen
+    from loop.environments import FactoryEnvironment, GymEnvironment, load_object
+
+    try:
+        if ref.factory:
+            component = FactoryEnvironment(load_object(ref.factory, "environment.factory"))
+        else:
+            component = GymEnvironment(load_object(ref.gym, "environment.gym"), ref.options,
+                                       name=ref.label)
+    except ValueError as exc:
+        raise ConfigError(f"config error: task.{exc}") from None
+    return Chosen(component.name, component, None, "loop")

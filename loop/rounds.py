@@ -26,6 +26,7 @@ from loop.checkpoints import (CheckpointError, checkpoint_space, publish, remove
                               scratch_path)
 from loop.checkpoints import verify as verify_checkpoint
 from loop.config import LoopConfig
+from loop.episodes import EpisodeResult, EpisodeSettings, episode_stats, run_episodes
 from loop.failpoints import failpoint
 # Through their modules, not by name: safe_verify_batch and EmptyDataset moved out of this module,
 # and `from loop.rounds import ...` must keep reaching its __getattr__ (a DeprecationWarning).
@@ -536,24 +537,70 @@ class RoundEngine:
 
     def _sample(self, idx: int, tasks: list[Task], sampling: Sampling, purpose: str, stage: str,
                 batch_size: int, model: ModelRef) -> tuple[list[Attempt], dict]:
-        """`sampling.n` answers per task from `model`, as Attempts, and the stage's stats."""
+        """`sampling.n` answers per task from `model`, as Attempts, and the stage's stats. With
+        an environment, each answer is an episode (loop.episodes)."""
         started = time.perf_counter()
         with self.reporter.stage(idx, stage, len(tasks)) as progress:
             session = self._open(model)
             try:
-                generations = session.generate([t.prompt for t in tasks], sampling,
-                                               progress=self._advance(progress, stage),
-                                               batch_size=batch_size)
+                if self.components.environment is not None:
+                    episodes = run_episodes(session, self.components.environment.component,
+                                            tasks, sampling, self._episode_settings(),
+                                            batch_size=batch_size,
+                                            progress=self._advance(progress, stage), stage=stage)
+                else:
+                    generations = session.generate([t.prompt for t in tasks], sampling,
+                                                   progress=self._advance(progress, stage),
+                                                   batch_size=batch_size)
             finally:
                 session.close()
         seconds = time.perf_counter() - started
-        attempts = [self._attempt(idx, task.id, purpose, k, task.prompt, g, model, sampling.seed)
-                    for task, samples in zip(tasks, generations) for k, g in enumerate(samples)]
+        if self.components.environment is not None:
+            attempts = [self._episode_attempt(idx, task.id, purpose, k, e, model, sampling.seed)
+                        for task, samples in zip(tasks, episodes) for k, e in enumerate(samples)]
+        else:
+            attempts = [self._attempt(idx, task.id, purpose, k, task.prompt, g, model,
+                                      sampling.seed)
+                        for task, samples in zip(tasks, generations)
+                        for k, g in enumerate(samples)]
         stats = {"seconds": seconds, "count": len(attempts),
                  "tokens": sum(a.completion_tokens for a in attempts),
                  "truncated": sum(a.finish_reason == "length" for a in attempts),
                  **session_timing(session)}
+        if self.components.environment is not None:
+            stats["episodes"] = episode_stats(attempts)
         return attempts, stats
+
+    def _episode_settings(self) -> EpisodeSettings:
+        env = self.components.environment
+        ref = self.config.task.environment
+        return EpisodeSettings(max_turns=ref.max_turns or env.component.max_turns,
+                               max_tokens=ref.max_tokens, tool_timeout_s=ref.tool_timeout_s,
+                               environment=env.name)
+
+    def _episode_attempt(self, idx: int, task_id: str, purpose: str, sample_index: int,
+                         episode: EpisodeResult, model: ModelRef, seed: int) -> Attempt:
+        """The stored Attempt of one episode (see loop.schema.Attempt for what each field holds
+        for an episode)."""
+        model_turns = [t for t in episode.turns if t.role == "assistant"]
+        token_ids = [i for t in episode.turns for i in t.token_ids]
+        logprobs = None
+        if model_turns and all(t.logprobs is not None for t in model_turns):
+            logprobs = [lp for t in episode.turns
+                        for lp in (t.logprobs if t.trained else [0.0] * len(t.token_ids))]
+        cut = bool(model_turns) and model_turns[-1].finish_reason == "length"
+        return Attempt(
+            id=Attempt.make_id(self.run_id, idx, task_id, purpose, sample_index),
+            run_id=self.run_id, round_index=idx, task_id=task_id, purpose=purpose,
+            sample_index=sample_index, messages=episode.messages,
+            completion=episode.completion, token_ids=token_ids,
+            prompt_tokens=len(episode.prompt_ids),
+            completion_tokens=sum(len(t.token_ids) for t in model_turns),
+            finish_reason="length" if cut or episode.end_reason == "budget" else "stop",
+            logprobs=logprobs, model_ref=str(model), seed=seed, turns=episode.turns,
+            prompt_ids=episode.prompt_ids, environment=self.components.environment.name,
+            tools=episode.tools, env_reward=episode.env_reward, env_error=episode.env_error,
+            end_reason=episode.end_reason)
 
     def _verify(self, idx: int, attempts: list[Attempt], stage: str,
                 tasks: dict[str, Task] | None = None, show: bool = True) -> list[VerdictRow]:

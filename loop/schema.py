@@ -77,9 +77,66 @@ class Generation(Record):
         return len(self.token_ids)
 
 
+class ToolCall(Record):
+    """One tool call the model wrote: the tool's name and its arguments (a JSON object)."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class Turn(Record):
+    """One message of an episode after its prompt, as sampled and as trained.
+
+    `assistant` turns are the model's (`trained` True, `token_ids` exactly as sampled, with their
+    sampling `logprobs`, and the `tool_calls` parsed from `text`). `tool` turns are a tool's
+    result (`name`, `arguments`, `text` = the result or what was wrong, `error` None when the
+    call worked); `user` turns are a text environment's observation. The token ids of a `tool` or
+    `user` turn are the chat-template tokens that carry it (and the next assistant header), never
+    trained. `reward` is a per-turn reward where the environment gives one.
+    """
+
+    role: Literal["assistant", "tool", "user"]
+    text: str
+    token_ids: list[int] = Field(default_factory=list)
+    logprobs: list[float] | None = None
+    trained: bool = False
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    name: str | None = None
+    arguments: dict[str, Any] | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    reward: float | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Step(Record):
+    """A text environment's answer to one model turn: the `observation` the model reads next (a
+    `user` message; None: nothing to say), a per-turn `reward`, and `done` to end the episode."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    observation: str | None = None
+    reward: float | None = None
+    done: bool = False
+
+
+EndReason = Literal["answer", "done", "max_turns", "budget", "length"]
+
+
 class Attempt(Record):
     """One answer by the model to a task, as stored. `messages` is the full conversation the model
-    saw plus its answer; `parent_id` links a refinement to the attempt it repairs."""
+    saw plus its answer; `parent_id` links a refinement to the attempt it repairs.
+
+    An episode (a task with an environment) also has `turns`: every message after the prompt.
+    Then `messages` is the prompt (with the environment's reset text) followed by the turns,
+    `completion` is the last assistant turn's text (what verifiers judge), `prompt_ids` are the
+    prompt's token ids as the model saw them, `token_ids` every turn's ids in order (model and
+    environment tokens: the sequence trained on, masked by `loss_mask()`), `completion_tokens`
+    counts the model's tokens only, `tools` names the tools the episode offered, `env_reward` is
+    the environment's reward for the episode (None: it gives none), `env_error` says what went
+    wrong when the environment itself failed (then the episode is judged `infra`), and
+    `end_reason` says why it ended.
+    """
 
     id: str
     run_id: str
@@ -98,6 +155,24 @@ class Attempt(Record):
     logprobs: list[float] | None = None
     model_ref: str = ""
     seed: int = 0
+    turns: list[Turn] = Field(default_factory=list)
+    prompt_ids: list[int] = Field(default_factory=list)
+    environment: str | None = None
+    tools: list[str] = Field(default_factory=list)
+    env_reward: float | None = None
+    env_error: str | None = None
+    end_reason: EndReason | None = None
+
+    @property
+    def is_episode(self) -> bool:
+        return self.environment is not None
+
+    def loss_mask(self) -> list[int]:
+        """One 0/1 per entry of `token_ids`: 1 for the model's own tokens (trained), 0 for the
+        environment's. A single-turn answer is all model tokens."""
+        if not self.turns:
+            return [1] * len(self.token_ids)
+        return [int(t.trained) for t in self.turns for _ in t.token_ids]
 
     @staticmethod
     def make_id(run_id: str, round_index: int, task_id: str, purpose: str, sample_index: int,

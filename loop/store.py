@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 from sqlite_utils import Database
 
 from loop.migrations import apply_migrations, unknown_migrations
-from loop.schema import Attempt, Critique, Task, Verdict, stable_id
+from loop.schema import Attempt, Critique, Task, ToolCall, Turn, Verdict, stable_id
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 
@@ -32,7 +32,12 @@ STATUSES = ("running", "finished", "failed", "interrupted")
 ATTEMPT_COLUMNS = ("id", "run_id", "round_idx", "task_id", "purpose", "sample_index", "parent_id",
                    "depth", "messages_json", "completion", "completion_raw", "token_ids_json",
                    "prompt_tokens", "completion_tokens", "finish_reason", "logprobs_f32",
-                   "model_ref", "seed", "created")
+                   "model_ref", "seed", "created", "prompt_ids_json", "environment",
+                   "tools_json", "env_reward", "env_error", "end_reason")
+
+TURN_COLUMNS = ("id", "attempt_id", "idx", "role", "text", "token_ids_json", "logprobs_f32",
+                "trained", "tool_calls_json", "name", "arguments_json", "error", "seconds",
+                "reward", "finish_reason")
 
 
 class StoreError(Exception):
@@ -461,6 +466,7 @@ class Store:
             for attempt_id in eval_ids:
                 self.db.execute("delete from verdicts where attempt_id = ?", [attempt_id])
                 self.db.execute("delete from rewards where attempt_id = ?", [attempt_id])
+                self.db.execute("delete from turns where attempt_id = ?", [attempt_id])
             self.db.execute("delete from attempts where run_id = ? and round_idx = ? "
                             "and purpose = 'eval'", [run_id, idx])
             self.db.execute("delete from updates where run_id = ? and round_idx = ?",
@@ -535,22 +541,65 @@ class Store:
             self.db.conn.executemany(sql, rows)
 
     def insert_attempts(self, attempts: Iterable[Attempt]) -> None:
+        """The attempts, and every turn of those that are episodes (same transaction)."""
         now = utcnow()
+        attempts = list(attempts)
         self._insert_many("attempts", ATTEMPT_COLUMNS, (
             (a.id, a.run_id, a.round_index, a.task_id, a.purpose, a.sample_index, a.parent_id,
              a.depth, _json(a.messages), *_text_and_raw(a.completion), _json_ints(a.token_ids),
              a.prompt_tokens, a.completion_tokens, a.finish_reason, pack_logprobs(a.logprobs),
-             a.model_ref, a.seed, now) for a in attempts))
+             a.model_ref, a.seed, now,
+             *((_json_ints(a.prompt_ids), a.environment, _json(a.tools), a.env_reward,
+                a.env_error, a.end_reason) if a.is_episode else (None,) * 6))
+            for a in attempts))
+        self._insert_many("turns", TURN_COLUMNS, (
+            (stable_id(a.id, i), a.id, i, t.role, t.text, _json_ints(t.token_ids),
+             pack_logprobs(t.logprobs), int(t.trained),
+             _json([c.model_dump() for c in t.tool_calls]) if t.role == "assistant" else None,
+             t.name, None if t.arguments is None else _json(t.arguments), t.error, t.seconds,
+             t.reward, t.finish_reason)
+            for a in attempts for i, t in enumerate(a.turns)))
 
     def attempts(self, run_id: str, round_idx: int, purpose: str) -> list[Attempt]:
-        rows = self.db["attempts"].rows_where(
+        rows = list(self.db["attempts"].rows_where(
             "run_id = ? and round_idx = ? and purpose = ?", [run_id, round_idx, purpose],
             order_by="task_id, sample_index",
-        )
-        return [self._attempt(r) for r in rows]
+        ))
+        turns = self.turns(r["id"] for r in rows if r.get("environment") is not None)
+        return [self._attempt(r, turns.get(r["id"], [])) for r in rows]
+
+    def turns(self, attempt_ids: Iterable[str]) -> dict[str, list[Turn]]:
+        """attempt id -> its turns in order (episodes only; other attempts have none)."""
+        ids = list(attempt_ids)
+        out: dict[str, list[Turn]] = {}
+        if not ids:
+            return out
+        rows = self.db.execute(
+            f"select {', '.join(TURN_COLUMNS)} from turns where attempt_id in "
+            "(select value from json_each(?)) order by attempt_id, idx", [json.dumps(ids)])
+        for row in rows.fetchall():
+            r = dict(zip(TURN_COLUMNS, row))
+            out.setdefault(r["attempt_id"], []).append(Turn(
+                role=r["role"], text=r["text"], token_ids=json.loads(r["token_ids_json"] or "[]"),
+                logprobs=(unpack_logprobs(r["logprobs_f32"]) if r["logprobs_f32"] is not None
+                          else None),
+                trained=bool(r["trained"]),
+                tool_calls=[ToolCall(**c) for c in json.loads(r["tool_calls_json"] or "[]")],
+                name=r["name"],
+                arguments=None if r["arguments_json"] is None else json.loads(r["arguments_json"]),
+                error=r["error"], seconds=r["seconds"] or 0.0, reward=r["reward"],
+                finish_reason=r["finish_reason"]))
+        return out
 
     @staticmethod
-    def _attempt(r: dict) -> Attempt:
+    def _attempt(r: dict, turns: list[Turn] | None = None) -> Attempt:
+        episode = {}
+        if r.get("environment") is not None:
+            episode = dict(turns=turns or [], prompt_ids=json.loads(r["prompt_ids_json"] or "[]"),
+                           environment=r["environment"],
+                           tools=json.loads(r["tools_json"] or "[]"),
+                           env_reward=r["env_reward"], env_error=r["env_error"],
+                           end_reason=r["end_reason"])
         return Attempt(
             id=r["id"], run_id=r["run_id"], round_index=r["round_idx"], task_id=r["task_id"],
             purpose=r["purpose"], sample_index=r["sample_index"], parent_id=r["parent_id"],
@@ -561,7 +610,7 @@ class Store:
             completion_tokens=r["completion_tokens"], finish_reason=r["finish_reason"],
             logprobs=(unpack_logprobs(r["logprobs_f32"]) if r.get("logprobs_f32") is not None
                       else json.loads(r["logprobs_json"]) if r["logprobs_json"] else None),
-            model_ref=r["model_ref"] or "", seed=r["seed"] or 0,
+            model_ref=r["model_ref"] or "", seed=r["seed"] or 0, **episode,
         )
 
     # ----- verdicts and rewards -----------------------------------------------------------------

@@ -26,7 +26,12 @@ EXPECTED_COLUMNS = {
                  "completion": str, "token_ids_json": str, "prompt_tokens": int,
                  "completion_tokens": int, "finish_reason": str, "logprobs_json": str,
                  "model_ref": str, "seed": int, "created": str, "completion_raw": bytes,
-                 "logprobs_f32": bytes},
+                 "logprobs_f32": bytes, "prompt_ids_json": str, "environment": str,
+                 "tools_json": str, "env_reward": float, "env_error": str, "end_reason": str},
+    "turns": {"id": str, "attempt_id": str, "idx": int, "role": str, "text": str,
+              "token_ids_json": str, "logprobs_f32": bytes, "trained": int,
+              "tool_calls_json": str, "name": str, "arguments_json": str, "error": str,
+              "seconds": float, "reward": float, "finish_reason": str},
     "verdicts": {"id": str, "attempt_id": str, "verifier": str, "passed": int, "score": float,
                  "error_kind": str, "mistake": str, "feedback": str, "details_json": str,
                  "duration_ms": float},
@@ -57,7 +62,7 @@ def test_migrate_blank_gives_exact_schema():
     for name, columns in EXPECTED_COLUMNS.items():
         assert db[name].columns_dict == columns, name
     assert set(db.view_names()) == {"accuracy_per_round", "open_mistakes", "attempt_results",
-                                    "repaired_attempts", "regressions"}
+                                    "repaired_attempts", "regressions", "episode_turns"}
     fks = {(fk.table, fk.column, fk.other_table) for fk in db["attempts"].foreign_keys}
     assert fks == {("attempts", "run_id", "runs"), ("attempts", "task_id", "tasks"),
                    ("attempts", "parent_id", "attempts")}
@@ -78,7 +83,7 @@ def test_migrate_is_idempotent(tmp_path):
                        "m004_create_critiques", "m005_read_side_indexes_and_views",
                        "m006_text_search_and_held_out_index", "m007_run_resumes",
                        "m008_search_index_off_the_write_path", "m009_binary_logprobs",
-                       "m010_eval_pass_at_k"]
+                       "m010_eval_pass_at_k", "m011_episode_turns"]
     assert db.journal_mode == "wal"
 
 

@@ -80,9 +80,15 @@ def _headline(row: dict) -> str:
 def _details(row: dict) -> list[str]:
     from rich.markup import escape
 
-    lines = [f"[dim]prompt:[/dim] {escape(row['prompt'])}",
-             f"[dim]answer:[/dim] {escape(row['completion'].strip())}"
-             + (" [yellow](cut off)[/yellow]" if row["finish_reason"] == "length" else "")]
+    lines = [f"[dim]prompt:[/dim] {escape(row['prompt'])}"]
+    if row.get("environment"):  # an episode: every turn, then how it ended
+        lines += [_turn_line(i, turn) for i, turn in enumerate(row["turns"])]
+        lines.append(f"[dim]episode:[/dim] {escape(row['environment'])}, ended: "
+                     f"{escape(str(row.get('end_reason')))}")
+    else:
+        lines.append(f"[dim]answer:[/dim] {escape(row['completion'].strip())}"
+                     + (" [yellow](cut off)[/yellow]" if row["finish_reason"] == "length"
+                        else ""))
     for name, v in row["verdicts"].items():
         what = v["mistake"] or v["error_kind"] or ""
         feedback = f": {escape(v['feedback'])}" if v["feedback"] else ""
@@ -97,6 +103,24 @@ def _details(row: dict) -> list[str]:
         lines.append("[dim]rewards:[/dim] " + ", ".join(
             f"{escape(k)}={'–' if v is None else f'{v:g}'}" for k, v in row["rewards"].items()))
     return lines
+
+
+def _turn_line(index: int, turn: dict) -> str:
+    """One turn of an episode: the model's text (and the calls it made), a tool's result or
+    error, an observation."""
+    from rich.markup import escape
+
+    text = escape(" ".join(turn["content"].split())[:300])
+    reward = f" [dim](reward {turn['reward']:g})[/dim]" if turn.get("reward") is not None else ""
+    if turn["role"] == "assistant":
+        calls = ", ".join(f"{c['name']}({', '.join(f'{k}={v!r}' for k, v in c['arguments'].items())})"
+                          for c in turn["tool_calls"])
+        called = f" [cyan]→ {escape(calls)}[/cyan]" if calls else ""
+        return f"[dim]{index}. model:[/dim] {text}{called}{reward}"
+    if turn["role"] == "tool":
+        mark = "[red]error[/red] " if turn.get("error") else ""
+        return f"[dim]{index}. tool {escape(str(turn.get('name') or '?'))}:[/dim] {mark}{text}"
+    return f"[dim]{index}. environment:[/dim] {text}{reward}"
 
 
 def _print_attempt(row: dict) -> None:

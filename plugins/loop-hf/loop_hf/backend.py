@@ -72,6 +72,7 @@ class HFSession(loop.GenerationSession):
         self.eos_token_ids = eos
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else min(eos)
+        self.chat = loop.TokenizerChat(self.tokenizer)  # token-exact episodes
         self.load_seconds = time.perf_counter() - started
         self.model_seconds = 0.0
 
@@ -82,12 +83,19 @@ class HFSession(loop.GenerationSession):
 
     def generate(self, prompts: list[list[loop.Message]], sampling: loop.Sampling,
                  progress: Any = None, batch_size: int = 64) -> list[list[loop.Generation]]:
+        return self.generate_ids([self.encode(p) for p in prompts], sampling, progress,
+                                 batch_size)
+
+    def generate_ids(self, prompts: list[list[int]], sampling: loop.Sampling,
+                     progress: Any = None, batch_size: int = 64) -> list[list[loop.Generation]]:
+        """`sampling.n` continuations of each token-id prompt (rendered, or an episode's ids so
+        far), in the prompts' order."""
         import torch
 
         from loop_hf.decoding import decode_batch
 
         batch_rows = self.options.batch_size or batch_size
-        encoded = [self.encode(p) for p in prompts]
+        encoded = [list(p) for p in prompts]
         # Length-sorted chunks waste less on padding; results go back in the callers' order.
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         n = sampling.n if sampling.temperature > 0 else 1
