@@ -42,6 +42,7 @@ from common import LOOP, REPO  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 PERF_JSON = RESULTS / "perf.json"
 VS_TRL_JSON = RESULTS / "vs_trl.json"
+GPU_CHECK_JSON = RESULTS / "gpu_check.json"  # bench/gpu_check.py on a GPU
 PAGE = REPO / "BENCHMARKS.md"
 GOALS = {"p1": 0.7, "p2": 0.05, "p3": 0.5, "p4": 1.5, "p5_insert": 20_000.0, "p5_query_ms": 100.0}
 SECTIONS = ("p1", "p2", "p4", "p5", "train")
@@ -352,7 +353,8 @@ def render(results: dict) -> str:
     from perf_page import page
 
     vs_trl = json.loads(VS_TRL_JSON.read_text()) if VS_TRL_JSON.exists() else None
-    return page(results, vs_trl, GOALS)
+    gpu = json.loads(GPU_CHECK_JSON.read_text()) if GPU_CHECK_JSON.exists() else None
+    return page(results, vs_trl, GOALS, gpu)
 
 
 def main() -> int:

@@ -5,7 +5,9 @@ is missed, by how much. Pure formatting: nothing here measures."""
 from __future__ import annotations
 
 
-def page(results: dict, vs_trl: dict | None, goals: dict) -> str:
+def page(results: dict, vs_trl: dict | None, goals: dict,
+         gpu_check: dict | None = None) -> str:
+    """The page; `gpu_check` is bench/gpu_check.py's JSON of a GPU run (None: not measured)."""
     parts = [HEADER, _summary(results, vs_trl, goals)]
     for name, render in (("p1", _p1), ("p2", _p2), ("p3", None), ("p4", _p4), ("p5", _p5),
                          ("train", _train)):
@@ -16,6 +18,7 @@ def page(results: dict, vs_trl: dict | None, goals: dict) -> str:
         else:
             parts.append(f"## {TITLES[name]}\n\nNot measured yet: `python bench/perf.py "
                          f"--sections {name}`.\n")
+    parts.append(_gpu_check(gpu_check))
     return "\n".join(parts)
 
 
@@ -273,3 +276,32 @@ P5_WHY = ("Missed for a round's rows as a whole: {rate:,.0f} attempts/s = {share
           "run above, where a trigger per row had cost about 100 µs an answer). What remains is each answer's verdict, reward and critique rows "
           "(their ids hashed, their details as JSON), their indexes and foreign-key checks, all "
           "in one Python thread.")
+
+
+GPU_CHECK_COMMAND = "python bench/gpu_check.py"
+
+
+def _gpu_check(report: dict | None) -> str:
+    """bench/gpu_check.py's figures on a GPU, or a plain "not measured" with the command."""
+    head = ("## GPU check\n\n`" + GPU_CHECK_COMMAND + "` on a CUDA machine (under 5 minutes on one "
+            "GPU): generation through the `hf` backend (and `vllm` where it imports) and one "
+            "LoRA training step each of loop's `sft` and `grpo` updaters, on a tiny random "
+            "Llama and on the default model, with tokens/s and peak GPU memory per step "
+            "(`docs/gpu.md`). `--dry-run` runs the same path on the CPU (a test does).\n")
+    if not report or report.get("mode") != "gpu":
+        return head + ("\n**Not measured on a GPU**: no GPU has been available to measure it yet; "
+                       "every GPU figure of this project is still an estimate.\n")
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
+    lines = [head, f"Machine: {m['device']}, CUDA {m.get('cuda')}; {versions}. Whole check "
+             f"{report['total_seconds']:.0f} s.", "",
+             "| model | step | tokens | seconds | tokens/s | peak GPU memory (GiB) |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        peak = r.get("peak_memory_bytes")
+        lines.append(f"| {r['model']} | {r['step']} | {r['tokens']:,} | {r['seconds']:.2f} | "
+                     f"{r['tokens_per_s']:,.0f} | "
+                     + (f"{peak / 2**30:.2f}" if peak else "–") + " |")
+    lines += ["", *[f"Skipped: {s['model']} {s['step']}: {s['reason']}."
+                    for s in report.get("skipped", [])], ""]
+    return "\n".join(lines)
