@@ -197,6 +197,26 @@ class VerifyConfig(Section):
         "the item gets a `timeout` error row and the round goes on"))
 
 
+class PluginsConfig(Section):
+    """Where verifier, reward and critic calls run (loop.plugin_workers). `process`: in a pool
+    of worker processes forked once per run, each with a memory cap; a call past its time limit
+    (verify.timeout_s) is killed, and a worker that dies (os._exit, a segfault, the OOM killer,
+    its memory cap) costs only the items it was working on and is replaced. `in_process`: in
+    the loop's own process with a thread time limit (a hang in C code cannot be stopped and a
+    crash takes the run down): for debugging a plugin with pdb or prints."""
+
+    isolation: Literal["process", "in_process"] = Field(default="process", description=(
+        "process: plugin calls run in supervised worker processes; in_process: in the loop's "
+        "own process (debugging)"))
+    workers: int = Field(default=1, ge=1, le=256, description=(
+        "worker processes kept; the engine makes one plugin call at a time, so more only help "
+        "plugins called from several threads"))
+    memory_mb: int | None = Field(default=4096, ge=64, le=16 * 2**20, description=(
+        "address space a worker may map beyond what it inherits when it is forked, in MiB "
+        "(RLIMIT_AS; past it allocations fail with MemoryError and the worker is replaced); "
+        "None: no cap"))
+
+
 class LoraConfig(Section):
     enabled: bool = Field(default=True, description="train a LoRA adapter (false: full fine-tuning)")
     r: int = Field(default=16, ge=1, le=4096)
@@ -302,6 +322,8 @@ class LoopConfig(Section):
     refine: RefineConfig = Field(default_factory=RefineConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig, description=(
+        "where verifier, reward and critic calls run: worker processes or this process"))
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("name")

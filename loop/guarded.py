@@ -5,9 +5,15 @@ hang, a wrong shape) turned into a value the engine records instead of a crashed
 `infra` (or `timeout`) verdict naming the plugin and the item, a NULL reward, no critique, a
 warning for an observer hook.
 
-The call runs in a daemon thread: Python cannot kill a thread, so a call that hangs is abandoned
-(it is reported and its item gets an error row) and the round goes on. Code the model wrote never
-runs this way: it goes through a sandboxed subprocess (the code-task plugin).
+During a run (`plugins.isolation: process`, the default) verifier, reward and critic calls go to
+the run's pool of worker processes (loop.plugin_workers): a call past its time limit is killed,
+and a worker that dies (os._exit, a segfault, its memory cap, the OOM killer) costs only the
+items it was working on. A chunk whose worker died or ran past its limit is tried again item by
+item, so one poisoned answer does not cost its neighbours their verdicts. Otherwise
+(in_process, or no run: a unit test, `loop verify`) the call runs in a daemon thread of this
+process: Python cannot kill a thread, so a call that hangs is abandoned (it is reported and its
+item gets an error row) and the round goes on. Code the model wrote never runs this way: it goes
+through a sandboxed subprocess (the code-task plugin).
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ TRACEBACK_CHARS = 4000  # a verdict's details["traceback"] keeps at most this mu
 class PluginFailure(Exception):
     """A plugin call that raised, exited or timed out; `reason` is one line. For an exception,
     `traceback` is its formatted traceback (at most TRACEBACK_CHARS, the innermost part) and
-    `where` the `file:line in function` of the innermost frame of plugin code (else None)."""
+    `where` the `file:line in function` of the innermost frame of plugin code (else None).
+    `crashed`: the worker process running the call died (loop.plugin_workers)."""
 
     def __init__(self, reason: str, timed_out: bool = False, traceback: str | None = None,
-                 where: str | None = None):
+                 where: str | None = None, crashed: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
+        self.crashed = crashed
         self.traceback = traceback
         self.where = where
 
@@ -136,6 +144,51 @@ def _call(fn: Callable[..., Any], timeout_s: float | None, *args: Any, **kwargs:
     return outcome.get("value")
 
 
+# ----- dispatch ----------------------------------------------------------------------------------
+
+
+def _pool(target: Any) -> Any:
+    """The run's worker pool when it serves `target` (loop.plugin_workers), else None."""
+    from loop import plugin_workers
+
+    pool = plugin_workers.current()
+    return pool if pool is not None and pool.serves(target) else None
+
+
+def _in_workers(pool: Any, target: Any, method: str | None,
+                calls: list[tuple[tuple, dict, float | None]]) -> list[Any]:
+    """Each call `(args, kwargs, limit_s)` of `target.method` (`method` None: `target` itself)
+    in `pool`: its return value or a PluginFailure. Traced like `call_plugin`."""
+    from loop.plugin_workers import Unit
+
+    fn = target if method is None else getattr(target, method)
+    started = time.perf_counter()
+    results = pool.run([Unit(target, method, args, kwargs, limit) for args, kwargs, limit in calls])
+    if tracing():
+        each = (time.perf_counter() - started) / max(1, len(results))
+        for value in results:
+            if isinstance(value, PluginFailure):
+                at = f" (at {value.where})" if value.where else ""
+                trace(f"call {describe_callable(fn)} {each:.3f}s in a worker failed: "
+                      f"{value.reason}{at}")
+            else:
+                trace(f"call {describe_callable(fn)} {each:.3f}s in a worker -> "
+                      f"{short_repr(value)}")
+    return results
+
+
+def _retry(outcome: Any, count: int) -> bool:
+    """Whether a call on `count` > 1 items is made again item by item: its worker died or ran
+    past the call's limit. One poisoned item then costs only itself; the retry takes at most
+    the call's limit again (each item gets the per-item limit)."""
+    return count > 1 and isinstance(outcome, PluginFailure) and (outcome.crashed or
+                                                                  outcome.timed_out)
+
+
+def _per_item(timeout_s: float | None, count: int) -> float | None:
+    return None if timeout_s is None else timeout_s * max(1, count)
+
+
 # ----- verifiers ---------------------------------------------------------------------------------
 
 
@@ -164,15 +217,43 @@ def safe_verify_batch(chosen: Any, items: list[tuple[Task, Attempt]],
     item with `timeout_s`), so one bad item never costs its neighbours their verdicts; an
     overridden `verify_batch` gets the whole chunk with `timeout_s` per item, and if it fails (or
     returns the wrong number of verdicts) every item of the chunk gets an `infra` (`timeout`)
-    verdict naming the reason."""
+    verdict naming the reason. In a worker pool, a chunk whose worker died is tried again item
+    by item (each with `timeout_s`), so only the items that kill a worker get an `infra`
+    verdict, and likewise a chunk past its time limit (the item that hangs gets `timeout`)."""
     chosen = _as_chosen(chosen)
     component = chosen.component
+    pool = _pool(component)
     if type(component).verify_batch is interfaces.Verifier.verify_batch:
-        return [safe_verify(chosen, task, attempt, timeout_s) for task, attempt in items]
+        if pool is None:
+            return [safe_verify(chosen, task, attempt, timeout_s) for task, attempt in items]
+        results = _in_workers(pool, component, "verify",
+                              [((task, attempt), {}, timeout_s) for task, attempt in items])
+        return [_one_verdict(chosen, attempt, value)
+                for value, (_, attempt) in zip(results, items)]
+    if pool is None:
+        try:
+            outcome = call_plugin(component.verify_batch, _per_item(timeout_s, len(items)),
+                                  items)
+        except PluginFailure as exc:
+            outcome = exc
+        return _batch_verdicts(chosen, items, outcome)
+    outcome = _in_workers(pool, component, "verify_batch",
+                          [((items,), {}, _per_item(timeout_s, len(items)))])[0]
+    if _retry(outcome, len(items)):
+        singles = _in_workers(pool, component, "verify_batch",
+                              [(([item],), {}, timeout_s) for item in items])
+        return [_batch_verdicts(chosen, [item], value)[0]
+                for item, value in zip(items, singles)]
+    return _batch_verdicts(chosen, items, outcome)
+
+
+def _batch_verdicts(chosen: Any, items: list[tuple[Task, Attempt]], outcome: Any) -> list[Verdict]:
+    """The verdicts of a `verify_batch` call that returned `outcome` (or failed: a
+    PluginFailure), checked: one Verdict per item, else error verdicts."""
     try:
-        verdicts = call_plugin(component.verify_batch,
-                               None if timeout_s is None else timeout_s * len(items), items)
-        verdicts = list(verdicts)
+        if isinstance(outcome, PluginFailure):
+            raise outcome
+        verdicts = list(outcome)
         if len(verdicts) != len(items):
             raise PluginFailure(f"verify_batch returned {len(verdicts)} verdicts for "
                                 f"{len(items)} items")
@@ -192,6 +273,10 @@ def safe_verify(chosen: Any, task: Task, attempt: Attempt,
     becomes an `infra` (or `timeout`) verdict naming the plugin, the attempt and the reason, so a
     broken verifier never crashes the round nor penalises the model."""
     chosen = _as_chosen(chosen)
+    pool = _pool(chosen.component)
+    if pool is not None:
+        value = _in_workers(pool, chosen.component, "verify", [((task, attempt), {}, timeout_s)])
+        return _one_verdict(chosen, attempt, value[0])
     try:
         verdict = call_plugin(chosen.component.verify, timeout_s, task, attempt)
         if not isinstance(verdict, Verdict):
@@ -200,6 +285,16 @@ def safe_verify(chosen: Any, task: Task, attempt: Attempt,
     except PluginFailure as exc:
         return _error_verdict(chosen, attempt, exc.reason,
                               "timeout" if exc.timed_out else "infra", exc.details())
+
+
+def _one_verdict(chosen: Any, attempt: Attempt, value: Any) -> Verdict:
+    """The verdict of a `verify` call that returned `value` (or failed: a PluginFailure)."""
+    if isinstance(value, PluginFailure):
+        return _error_verdict(chosen, attempt, value.reason,
+                              "timeout" if value.timed_out else "infra", value.details())
+    if not isinstance(value, Verdict):
+        return _error_verdict(chosen, attempt, f"returned {type(value).__name__}, not a Verdict")
+    return value
 
 
 def _error_verdict(chosen: Any, attempt: Attempt, reason: str, kind: str = "infra",
@@ -247,21 +342,56 @@ def call_reward(chosen: Any, attempts: list[Attempt], tasks: dict[str, Task],
     `failures`, if given, gets one reason per value the function failed to give (every item's
     for a failed call, one per non-number): the reward stage counts them as the reward's errors,
     apart from the None values the function returned itself (not applicable, e.g. on an infra
-    verdict), which are no error."""
+    verdict), which are no error.
+
+    In a worker pool, a call whose worker died or ran past its limit is made again answer by
+    answer (each with `timeout_s`), so only the answers that kill or hang a worker get None;
+    those single-answer calls see a batch of one, which a reward that compares the answers of
+    a batch must allow."""
+    name, plugin = chosen.name, chosen.plugin
+    pool = _pool(chosen.component)
+    if pool is not None:
+        outcome = _in_workers(pool, chosen.component, None, [
+            ((), reward_arguments(attempts, tasks, verdicts),
+             _per_item(timeout_s, len(attempts)))])[0]
+        if _retry(outcome, len(attempts)):
+            warn(f"reward {name!r} (plugin {plugin}) failed: {outcome.reason}; calling it "
+                 "again answer by answer")
+            singles = _in_workers(pool, chosen.component, None, [
+                ((), reward_arguments([a], tasks, verdicts), timeout_s) for a in attempts])
+            out: list[float | None] = []
+            for attempt, value in zip(attempts, singles):
+                out += _reward_values(chosen, [attempt], value, warn, failures,
+                                      on=f" on attempt {attempt.id}")
+            return out
+        return _reward_values(chosen, attempts, outcome, warn, failures)
+    try:
+        outcome = call_plugin(chosen.component, _per_item(timeout_s, len(attempts)),
+                              **reward_arguments(attempts, tasks, verdicts))
+    except PluginFailure as exc:
+        outcome = exc
+    return _reward_values(chosen, attempts, outcome, warn, failures)
+
+
+def _reward_values(chosen: Any, attempts: list[Attempt], outcome: Any,
+                   warn: Callable[[str], None],
+                   failures: list[str] | None, on: str = "") -> list[float | None]:
+    """The checked values of a reward call that returned `outcome` (or failed: a
+    PluginFailure), each problem reported through `warn` (`on`: the attempt of a single-answer
+    call) and counted in `failures`."""
     name, plugin = chosen.name, chosen.plugin
     try:
-        values = call_plugin(chosen.component,
-                             None if timeout_s is None else timeout_s * max(1, len(attempts)),
-                             **reward_arguments(attempts, tasks, verdicts))
-        values = list(values)
+        if isinstance(outcome, PluginFailure):
+            raise outcome
+        values = list(outcome)
         if len(values) != len(attempts):
             raise PluginFailure(f"returned {len(values)} values for {len(attempts)} "
                                 "completions")
     except (PluginFailure, TypeError) as exc:
         reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
         at = f" (at {exc.where})" if isinstance(exc, PluginFailure) and exc.where else ""
-        warn(f"reward {name!r} (plugin {plugin}) failed: {reason}{at}; its rewards for this "
-             "round are NULL")
+        warn(f"reward {name!r} (plugin {plugin}) failed{on}: {reason}{at}; "
+             + ("stored NULL" if on else "its rewards for this round are NULL"))
         if failures is not None:
             failures += [reason] * len(attempts)
         return [None] * len(attempts)
@@ -283,16 +413,49 @@ def call_reward(chosen: Any, attempts: list[Attempt], tasks: dict[str, Task],
 def call_critic(chosen: Any, items: list[tuple[Task, Attempt, dict[str, Verdict]]],
                 context: Any, warn: Callable[[str], None]) -> list[Critique | None] | None:
     """A critic's `critique_batch` on `items`: one Critique or None per item, or None (after one
-    warning naming the critic) when it failed or returned the wrong shape."""
+    warning naming the critic) when it failed or returned the wrong shape.
+
+    In a worker pool (a critic that keeps the default `critique_batch`; one that overrides it
+    may use `context`, the policy model, and runs here), the call gets the pool's time limit per
+    item (verify.timeout_s), and a call whose worker died or ran past its limit is made again
+    item by item: an item that kills or hangs a worker gets None, after a warning naming the
+    critic, the attempt and why."""
+    pool = _pool(chosen.component)
+    if pool is None:
+        try:
+            outcome = call_plugin(chosen.component.critique_batch, None, items, context)
+        except PluginFailure as exc:
+            outcome = exc
+        return _critiques(chosen, items, outcome, warn)
+    outcome = _in_workers(pool, chosen.component, "critique_batch",
+                          [((items, None), {}, _per_item(pool.timeout_s, len(items)))])[0]
+    if _retry(outcome, len(items)):
+        singles = _in_workers(pool, chosen.component, "critique_batch",
+                              [(([item], None), {}, pool.timeout_s) for item in items])
+        out: list[Critique | None] = []
+        for item, value in zip(items, singles):
+            got = _critiques(chosen, [item], value, warn, on=f" on attempt {item[1].id}")
+            out.append(got[0] if got else None)
+        return out
+    return _critiques(chosen, items, outcome, warn)
+
+
+def _critiques(chosen: Any, items: list, outcome: Any, warn: Callable[[str], None],
+               on: str = "") -> list[Critique | None] | None:
+    """The checked result of a `critique_batch` call that returned `outcome` (or failed: a
+    PluginFailure): None after one warning (naming the critic, `on` the item) when it is not
+    one Critique or None per item."""
     try:
-        results = list(call_plugin(chosen.component.critique_batch, None, items, context))
+        if isinstance(outcome, PluginFailure):
+            raise outcome
+        results = list(outcome)
         if len(results) != len(items) or not all(
                 r is None or isinstance(r, Critique) for r in results):
             raise PluginFailure("did not return one Critique or None per attempt")
     except (PluginFailure, TypeError) as exc:
         reason = exc.reason if isinstance(exc, PluginFailure) else f"returned {exc}"
-        warn(f"critic {chosen.name!r} (plugin {chosen.plugin}) failed: {reason}; no critique "
-             "from it")
+        warn(f"critic {chosen.name!r} (plugin {chosen.plugin}) failed{on}: {reason}; no "
+             "critique from it")
         return None
     return results
 

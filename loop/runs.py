@@ -236,8 +236,11 @@ def drive(run: Run, reporter: Any = None, resuming: bool = False) -> None:
     Ctrl-C/SIGTERM (re-raised as KeyboardInterrupt); `failed` with the error on any other
     exception (re-raised), except a full disk: a RunError naming what could not be written and
     how to continue (when even the status cannot be written, the run stays `running`, which
-    resume takes over). The lock is released in every case."""
+    resume takes over). The lock is released in every case. Verifier, reward and critic calls
+    run in the run's plugin worker pool (`plugins.isolation`), closed before the lock is
+    released."""
     from loop.failpoints import failpoint
+    from loop.plugin_workers import pool_for
 
     engine = engine_for(run, reporter)
     try:
@@ -247,7 +250,9 @@ def drive(run: Run, reporter: Any = None, resuming: bool = False) -> None:
                 run.store.set_run_status(run.run_id, "running")
                 for message in engine.recover():
                     engine.reporter.warn(message)
-            engine.run()
+            # plugin workers are forked here, before any stage opens a model (loop.plugin_workers)
+            with pool_for(run.plan.components, run.plan.config):
+                engine.run()
             failpoint("run.before_finish")
             run.store.set_run_status(run.run_id, "finished")
         except KeyboardInterrupt:
