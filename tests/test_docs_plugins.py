@@ -34,6 +34,7 @@ def documented() -> dict[str, str]:
 def test_the_hook_list_is_the_real_one():
     assert set(hooks()) == {"register_tasks", "register_backends", "register_verifiers",
                             "register_critics", "register_rewards", "register_updaters",
+                            "register_environments",
                             "register_commands", "prepare_db", "round_started",
                             "round_finished"}
 

@@ -388,3 +388,41 @@ def test_a_run_stores_every_turn_judges_by_the_environment_and_resumes_a_kill_mi
     resumed = _cli(["resume", "r"], killed)
     assert resumed.returncode == 0, resumed.stderr
     assert _rows(killed / "loop.db") == rows
+
+
+def test_a_registered_environment_is_chosen_by_name_and_a_non_environment_is_refused():
+    import loop
+    from loop.config import ConfigError, LoopConfig
+    from loop.plugin_manager import PluginError
+    from loop.resolve import resolve_components
+
+    class Plugin:
+        @loop.hookimpl
+        def register_environments(register):
+            register(CounterEnv())
+
+    pm = loop.get_plugin_manager()
+    pm.register(Plugin, name="counter-plugin")
+    registry = loop.build_registry(pm)
+    config = LoopConfig.model_validate({"task": {"source": "arithmetic",
+                                                 "environment": {"name": "counter"}},
+                                        "backend": "scripted"})
+    components = resolve_components(config, registry)
+    assert isinstance(components.environment.component, CounterEnv)
+    assert components.environment.plugin == "counter-plugin"
+    # no verifiers listed: the environment's reward judges, and is a reward under its name
+    assert [v.name for v in components.verifiers] == ["environment"]
+    assert [r.name for r in components.rewards] == ["binary", "counter"]
+    with pytest.raises(ConfigError, match="unknown environment 'nope'"):
+        resolve_components(config.model_copy(update={"task": config.task.model_copy(update={
+            "environment": config.task.environment.model_copy(update={"name": "nope"})})}),
+            registry)
+
+    class Wrong:
+        @loop.hookimpl
+        def register_environments(register):
+            register(object())
+
+    pm.register(Wrong, name="wrong")
+    with pytest.raises(PluginError, match="not a loop.Environment"):
+        loop.build_registry(pm)

@@ -213,7 +213,8 @@ def test_every_hookspec_is_documented_and_tested():
     names = [n for n in dir(hookspecs) if n.startswith(("register_", "prepare_", "round_"))]
     assert set(names) == {"register_tasks", "register_backends", "register_verifiers",
                           "register_critics", "register_rewards", "register_updaters",
-                          "register_commands", "prepare_db", "round_started", "round_finished"}
+                          "register_environments", "register_commands", "prepare_db",
+                          "round_started", "round_finished"}
     text = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
     for name in names:
         assert f"def {name}(" in text, f"no test implements hook {name}"
@@ -226,7 +227,7 @@ def test_cli_plugins_json_shape():
     assert set(rows) >= {"loop.builtins", "hf", "math", "trl"}
     for row in rows.values():
         assert set(row) == {"name", "version", "hooks", "tasks", "backends", "verifiers",
-                            "critics", "rewards", "updaters"}
+                            "critics", "rewards", "updaters", "environments"}
     assert rows["trl"]["updaters"] == ["dpo", "grpo", "kto", "nft", "redi", "sft"] and rows["trl"]["version"] == "0.1.0"
     assert rows["hf"]["hooks"] == ["register_backends"]
 
