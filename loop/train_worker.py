@@ -109,8 +109,13 @@ def launch_update(context: UpdateContext, launcher: LauncherConfig, *, store: St
         outcome = _read_json(work / "result.json")
         errors = sorted(work.glob("error-rank*.json"),
                         key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+        failed = (_read_json(errors[0]) or {}) if errors else {}
+        if failed.get("disk_full") or (returncode != 0 and mentions_disk_full(tail)):
+            from loop.store import DiskFull
+
+            # as in process (loop.checkpoints.checkpoint_space): the run stops with one line
+            raise DiskFull(f"the checkpoint folder {output_dir}")
         if errors:
-            failed = _read_json(errors[0]) or {}
             raise LaunchError(f"{name}: rank {failed.get('rank', '?')} failed: "
                               f"{failed.get('error', 'unknown error')} (output: {log_path})")
         if returncode != 0:
@@ -355,6 +360,31 @@ def process_start(pid: int) -> int | None:
         return None
 
 
+# What Python prints for an OSError of a full disk or quota (ENOSPC, EDQUOT), and SQLite's
+# message for a full database: how a worker's output says the disk was full when the worker
+# could not even write its error file.
+_DISK_FULL_TEXT = re.compile(r"\[Errno (28|122)\]|No space left on device|Disk quota exceeded|"
+                             r"database or disk is full")
+
+
+def mentions_disk_full(lines: list[str]) -> bool:
+    """Whether the launched processes' last output lines report a full disk or quota."""
+    return any(_DISK_FULL_TEXT.search(line) for line in lines)
+
+
+def _caused_by_full_disk(exc: BaseException) -> bool:
+    """`exc`, or an exception it was raised from or during, is a full disk or quota."""
+    from loop.store import is_disk_full
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if is_disk_full(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
@@ -396,8 +426,12 @@ def main(argv: list[str] | None = None) -> int:
                        "metrics": {**result.metrics, "processes": world}}
     except BaseException as exc:
         traceback.print_exc()
-        _write_json(folder / f"error-rank{rank}.json",
-                    {"rank": rank, "error": f"{type(exc).__name__}: {exc}"})
+        try:
+            _write_json(folder / f"error-rank{rank}.json",
+                        {"rank": rank, "error": f"{type(exc).__name__}: {exc}",
+                         "disk_full": _caused_by_full_disk(exc)})
+        except OSError:  # no space even for this: the parent reads the traceback printed above
+            pass
         return 1
     finally:
         if scratch is not None:

@@ -215,3 +215,25 @@ def test_full_disk_at_a_checkpoint_write_then_resume(disk, tmp_path):
     assert f"removed unfinished checkpoint folder {tmp}" in " ".join(resumed.stdout.split())
     assert snapshot(db) == reference
     assert_consistent(mount)
+
+
+def test_a_launched_update_that_fills_the_disk_is_reported_as_a_full_disk():
+    """A worker of an accelerate-launched update records a full disk or quota (ENOSPC, EDQUOT,
+    also when raised from another error) in its error file; when even that write fails, its
+    printed traceback says so. Either way launch_update stops the run with the in-process
+    one-line DiskFull (loop.train_worker)."""
+    import errno
+
+    from loop.train_worker import _caused_by_full_disk, mentions_disk_full
+
+    for number in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            try:
+                raise OSError(number, os.strerror(number), "adapter_model.safetensors")
+            except OSError as exc:
+                raise RuntimeError("could not save the adapter") from exc
+        except RuntimeError as exc:
+            assert _caused_by_full_disk(exc)
+        assert mentions_disk_full([f"OSError: [Errno {number}] {os.strerror(number)}: 'x'"])
+    assert not _caused_by_full_disk(OSError(errno.EACCES, "Permission denied"))
+    assert not mentions_disk_full(["RuntimeError: CUDA error: out of memory"])
