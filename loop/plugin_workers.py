@@ -301,6 +301,12 @@ def _serve(conn: Any, targets: dict[int, Any], memory_mb: int | None, others: li
     for other in others:  # the parent's ends of the other workers' pipes
         with contextlib.suppress(OSError):
             other.close()
+    from loop.runlock import HELD
+
+    for fd in list(HELD):  # the run's lock is the parent's alone (a resume after kill -9)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    HELD.clear()
     if memory_mb:
         _cap_address_space(memory_mb)
     while True:

@@ -40,6 +40,7 @@ class RunLock:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         os.fsync(fd)
         self.fd = fd
+        HELD.add(fd)
         return self
 
     def release(self) -> None:
@@ -47,7 +48,13 @@ class RunLock:
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+            HELD.discard(self.fd)
             self.fd = None
+
+
+# The descriptors of the locks this process holds: a forked helper process (a plugin worker) closes
+# its copies, so the lock goes when this process dies, not when its last child does.
+HELD: set[int] = set()
 
 
 def _read_pid(fd: int) -> int | None:
