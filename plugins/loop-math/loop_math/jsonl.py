@@ -53,7 +53,8 @@ def reference_of(answer: str) -> str:
 
 
 def read_rows(path: str, options: JsonlOptions) -> list[dict[str, Any]]:
-    """Parse `path` into [{"line", "question", "answer", "reference"}] in file order.
+    """Parse `path` into [{"line", "question", "answer", "reference", "row"}] in file order;
+    `row` is the line's whole JSON object as it is in the file, every field kept.
 
     Every problem raises ValueError with one line naming the file (and line, where there is one):
     missing or unreadable file, invalid UTF-8 or JSON, a non-object row (`loop.read_jsonl`), a
@@ -67,7 +68,7 @@ def read_rows(path: str, options: JsonlOptions) -> list[dict[str, Any]]:
         if not reference:
             raise ValueError(f"{where}: empty answer after '####'")
         rows.append({"line": number, "question": question, "answer": answer,
-                     "reference": reference})
+                     "reference": reference, "row": obj})
     return rows
 
 
@@ -99,7 +100,9 @@ class JsonlTasks(loop.TaskSource):
     - with eval_path: eval is eval_size rows drawn the same way from that file, and train is every
       row of path whose question is not in eval_path (shuffled, capped at train_size);
     - Task.prompt is [system (if set), user=question]; reference as in `reference_of`; metadata
-      holds the file line and the full answer text (the worked solution, useful for SFT);
+      holds the file line, the full answer text (the worked solution, useful for SFT) and the
+      whole row (`row`: every field of the line, under the file's own keys), which an
+      environment's `reset(**row)` gets;
     - bad input raises ValueError with one line naming the file and line.
     """
 
@@ -127,7 +130,8 @@ class JsonlTasks(loop.TaskSource):
         messages.append({"role": "user", "content": row["question"]})
         return loop.Task(source=self.name, split=split, prompt=messages,
                          reference=row["reference"],
-                         metadata={"line": row["line"], "solution": row["answer"]})
+                         metadata={"line": row["line"], "solution": row["answer"],
+                                   "row": row["row"]})
 
 
 def _question(row: dict[str, Any]) -> str:
