@@ -5,16 +5,19 @@ Registers (by name, selected in a task file):
   (MBPP-style files) and `code-easy` (our own easy problems, in loop_code/data);
 - verifier `python_tests`: the answer's code against the task's tests in an OS-level sandbox
   (loop_code.sandbox), in parallel workers;
-- reward `tests_passed`: the share of tests passed (TRL's reward contract).
+- reward `tests_passed`: the share of tests passed (TRL's reward contract);
+- environment `python`: a code-interpreter tool for episodes, its code run in the same sandbox
+  (loop_code.python_env).
 """
 
 import loop
 
+from loop_code.python_env import PythonEnvironment
 from loop_code.tasks import CodeEasyTasks, CodeJsonlTasks, HumanEvalTasks
 from loop_code.verifier import PythonTestsVerifier, tests_passed
 
-__all__ = ["CodeEasyTasks", "CodeJsonlTasks", "HumanEvalTasks", "PythonTestsVerifier",
-           "tests_passed"]
+__all__ = ["CodeEasyTasks", "CodeJsonlTasks", "HumanEvalTasks", "PythonEnvironment",
+           "PythonTestsVerifier", "tests_passed"]
 
 
 @loop.hookimpl
@@ -32,3 +35,8 @@ def register_verifiers(register):
 @loop.hookimpl
 def register_rewards(register):
     register(tests_passed)
+
+
+@loop.hookimpl
+def register_environments(register):
+    register(PythonEnvironment())
