@@ -10,6 +10,17 @@ answer (refinement, `attempt.parent_id`) is learned as an answer to the original
 - `kto_rows`: unpaired rows (prompt/completion/label), label = passed.
 - `build_groups`: each prompt's n first-try attempts with their rewards, for the group methods
   (grpo, nft, redi), with counts of the groups left out and why.
+
+Episodes (attempts with an environment) are trained token-exactly: their rows hold the stored
+token ids, never text to re-render. `episode_sequence` is an episode's whole sequence (prompt
+ids, every turn's ids) with its loss mask (0 on the prompt and on the environment's tokens).
+`sft_rows` gives TRL's pre-tokenized `input_ids`/`completion_mask`; `preference_pairs` gives
+`prompt_ids`/`chosen_ids`/`rejected_ids` with `chosen_loss_mask`/`rejected_loss_mask` (one entry
+per completion id); `kto_rows` gives `prompt_ids`/`completion_ids`/`completion_loss_mask`/`label`.
+A round with episodes trains on its episodes only (an attempt that is not one, e.g. a
+refinement's single-turn repair, cannot join a token-exact dataset and is left out). An episode
+sampled without token ids (a backend with no chat format) is refused with a ValueError, never
+re-tokenised.
 """
 
 from __future__ import annotations
@@ -17,6 +28,48 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import loop
+
+
+def episode_sequence(sample: loop.Sample, method: str = "train") -> tuple[list[int], list[int]]:
+    """(ids, mask) of an episode as sampled: its prompt ids then every turn's ids, and 1 on the
+    model's own tokens (`Attempt.loss_mask()`), 0 on the prompt and the environment's tokens.
+    Raises ValueError when the episode has no token ids to train on."""
+    attempt = sample.attempt
+    mask = attempt.loss_mask()
+    if not attempt.prompt_ids or not attempt.token_ids or len(mask) != len(attempt.token_ids):
+        raise ValueError(
+            f"{method}: episode {attempt.id} was sampled without token ids (its backend had no "
+            "chat format, e.g. openai on a server that returns no token ids), so it cannot be "
+            "trained token-exactly; sample with a backend that keeps token ids (hf, vllm, or "
+            "openai on a vLLM server)")
+    return ([*attempt.prompt_ids, *attempt.token_ids],
+            [0] * len(attempt.prompt_ids) + mask)
+
+
+def episodes_only(samples: list[loop.Sample]) -> tuple[list[loop.Sample], bool]:
+    """(samples to build from, whether they are episodes): a round with episodes keeps only its
+    episodes (see the module docstring); a round without any keeps every sample."""
+    episodes = [s for s in samples if s.attempt.is_episode]
+    return (episodes, True) if episodes else (samples, False)
+
+
+def episodes_truncated(rows: list[dict], max_length: int | None) -> int:
+    """How many episode rows (sft, dpo, kto) are longer than `max_length`, which TRL cuts at
+    their end; 0 for single-turn rows."""
+    if max_length is None:
+        return 0
+    count = 0
+    for row in rows:
+        if "input_ids" in row:
+            lengths = [len(row["input_ids"])]
+        elif "chosen_loss_mask" in row:
+            lengths = [len(row["prompt_ids"]) + len(row[k]) for k in ("chosen_ids", "rejected_ids")]
+        elif "completion_loss_mask" in row:
+            lengths = [len(row["prompt_ids"]) + len(row["completion_ids"])]
+        else:
+            continue
+        count += max(lengths) > max_length
+    return count
 
 
 def _answer(sample: loop.Sample) -> list[dict]:
@@ -32,11 +85,20 @@ def _by_task(samples: list[loop.Sample]) -> dict[str, list[loop.Sample]]:
     return out
 
 
+def _answer_key(sample: loop.Sample) -> object:
+    """What makes two answers the same: the stripped text, and for an episode its whole
+    sequence (two episodes with one final answer may have used their tools differently)."""
+    attempt = sample.attempt
+    if attempt.is_episode:
+        return (tuple(attempt.prompt_ids), tuple(attempt.token_ids), attempt.completion.strip())
+    return attempt.completion.strip()
+
+
 def _distinct(samples: list[loop.Sample]) -> list[loop.Sample]:
-    """One sample per distinct (stripped) answer text, first one kept."""
+    """One sample per distinct answer (`_answer_key`), first one kept."""
     seen, out = set(), []
     for sample in samples:
-        text = sample.attempt.completion.strip()
+        text = _answer_key(sample)
         if text not in seen:
             seen.add(text)
             out.append(sample)
@@ -52,14 +114,20 @@ def _usable(sample: loop.Sample) -> bool:
 
 def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
              max_per_prompt: int | None = None) -> list[dict]:
-    """Verified-correct answers, one row each (identical answers to one prompt once if `dedupe`)."""
+    """Verified-correct answers, one row each (identical answers to one prompt once if `dedupe`).
+    Episodes: `input_ids` (prompt and turns) and `completion_mask` (1 on the model's tokens)."""
+    samples, episodes = episodes_only(samples)
     rows = []
     for task_samples in _by_task(samples).values():
         passed = [s for s in task_samples if s.passed]
         if dedupe:
             passed = _distinct(passed)
         for sample in passed[:max_per_prompt]:
-            rows.append({"prompt": sample.task.prompt, "completion": _answer(sample)})
+            if episodes:
+                ids, mask = episode_sequence(sample, "sft")
+                rows.append({"input_ids": ids, "completion_mask": mask})
+            else:
+                rows.append({"prompt": sample.task.prompt, "completion": _answer(sample)})
     return rows
 
 
@@ -70,7 +138,9 @@ def preference_pairs(samples: list[loop.Sample], *, max_pairs_per_prompt: int = 
     Per prompt, distinct passing and failing answers are paired in order, cycling the shorter
     list, up to max(#passing, #failing) pairs and at most `max_pairs_per_prompt`. A repaired
     answer that passed is also paired over the failed answer it repaired (`repair_pairs`).
+    Episodes: token ids and loss masks (`episode_pair`).
     """
+    samples, episodes = episodes_only(samples)
     rows = []
     by_id = {s.attempt.id: s for s in samples}
     for task_samples in _by_task(samples).values():
@@ -88,21 +158,48 @@ def preference_pairs(samples: list[loop.Sample], *, max_pairs_per_prompt: int = 
                 if pair not in pairs:
                     pairs.append(pair)
         for chosen, rejected in pairs[:max_pairs_per_prompt]:
-            rows.append({"prompt": chosen.task.prompt, "chosen": _answer(chosen),
-                         "rejected": _answer(rejected)})
+            if episodes:
+                rows.append(episode_pair(chosen, rejected))
+            else:
+                rows.append({"prompt": chosen.task.prompt, "chosen": _answer(chosen),
+                             "rejected": _answer(rejected)})
     return rows
 
 
+def episode_pair(chosen: loop.Sample, rejected: loop.Sample) -> dict:
+    """A DPO row of two episodes of one task: `prompt_ids` is the longest start of the two
+    prompts they share (their environment's reset text may differ), `chosen_ids`/`rejected_ids`
+    the rest of each sequence, and `chosen_loss_mask`/`rejected_loss_mask` one 0/1 per id (0 on
+    what is left of a prompt and on the environment's tokens)."""
+    good, good_mask = episode_sequence(chosen, "dpo")
+    bad, bad_mask = episode_sequence(rejected, "dpo")
+    limit = min(len(chosen.attempt.prompt_ids), len(rejected.attempt.prompt_ids))
+    shared = 0
+    while shared < limit and good[shared] == bad[shared]:
+        shared += 1
+    return {"prompt_ids": good[:shared], "chosen_ids": good[shared:],
+            "rejected_ids": bad[shared:], "chosen_loss_mask": good_mask[shared:],
+            "rejected_loss_mask": bad_mask[shared:]}
+
+
 def kto_rows(samples: list[loop.Sample], *, dedupe: bool = True) -> list[dict]:
-    """Every usable attempt as an unpaired example: label True if it passed, False if not."""
+    """Every usable attempt as an unpaired example: label True if it passed, False if not.
+    Episodes: `prompt_ids`, `completion_ids` (every turn) and `completion_loss_mask`."""
+    samples, episodes = episodes_only(samples)
     rows = []
     for task_samples in _by_task(samples).values():
         usable = [s for s in task_samples if _usable(s)]
         for label in (True, False):
             chosen = [s for s in usable if s.passed == label]
             for sample in (_distinct(chosen) if dedupe else chosen):
-                rows.append({"prompt": sample.task.prompt, "completion": _answer(sample),
-                             "label": label})
+                if episodes:
+                    ids, mask = episode_sequence(sample, "kto")
+                    cut = len(sample.attempt.prompt_ids)
+                    rows.append({"prompt_ids": ids[:cut], "completion_ids": ids[cut:],
+                                 "completion_loss_mask": mask[cut:], "label": label})
+                else:
+                    rows.append({"prompt": sample.task.prompt, "completion": _answer(sample),
+                                 "label": label})
     return rows
 
 

@@ -15,6 +15,12 @@ raw (temperature 1) log-probabilities, so the trainer scores with temperature 1 
 Groups are each prompt's n first-try attempts. A group whose rewards are all equal carries no
 signal and is skipped and counted, as is a group with an unscored attempt (checker failure).
 The same trainer, with its loss replaced, serves `nft` and `redi` (loop_trl.negative).
+
+Episodes: a rollout is the episode as sampled, `prompt_ids` the stored prompt ids and
+`completion_ids` every turn's ids (the model's and the environment's, in order), with TRL's
+`env_mask` (`Attempt.loss_mask()`: 1 on the model's tokens) so the environment's tokens are
+context and never trained, and the stored log-probs (0.0 on the environment's tokens, which
+the mask leaves out). The episode's reward is its group's reward like any other.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop_trl.datasets import Group, Groups, build_groups
+from loop_trl.datasets import Group, Groups, build_groups, episode_sequence
 from loop_trl.training import train_with_trl
 
 
@@ -58,8 +64,8 @@ class StoredRollouts:
         self.last: dict[str, list] = {}
 
     def __call__(self, prompts: list, trainer: Any = None) -> dict[str, Any]:
-        prompt_ids, completion_ids, logprobs = [], [], []
-        passed, solve_rate = [], []
+        prompt_ids, completion_ids, logprobs, env_mask = [], [], [], []
+        passed, solve_rate, episodes = [], [], False
         rewards: dict[str, list] = {name: [] for name in self.reward_names}
         for prompt in prompts:
             key = _key(prompt)
@@ -71,8 +77,17 @@ class StoredRollouts:
             size = len(groups[0].samples)
             group = groups[(count // size) % len(groups)]
             sample = group.samples[count % size]
-            prompt_ids.append(encode_prompt(self.tokenizer, group.prompt))
-            ids = self._completion_ids(sample)
+            if sample.attempt.is_episode:
+                episodes = True
+                whole, mask = episode_sequence(sample, "StoredRollouts")
+                cut = len(sample.attempt.prompt_ids)
+                prompt_ids.append(whole[:cut])
+                ids = whole[cut:]
+                env_mask.append(mask[cut:])
+            else:
+                prompt_ids.append(encode_prompt(self.tokenizer, group.prompt))
+                ids = self._completion_ids(sample)
+                env_mask.append([1] * len(ids))
             completion_ids.append(ids)
             stored = sample.attempt.logprobs
             logprobs.append(list(stored) if stored and len(stored) == len(ids) else None)
@@ -86,6 +101,8 @@ class StoredRollouts:
         return {
             "prompt_ids": prompt_ids, "completion_ids": completion_ids,
             "logprobs": logprobs if have_logprobs else None,
+            # single-turn rollouts return no env_mask, exactly as before
+            **({"env_mask": env_mask} if episodes else {}),
             **{f"loop_reward_{name}": values for name, values in rewards.items()},
         }
 
@@ -166,7 +183,12 @@ class GroupUpdater(loop.Updater):
             raise loop.EmptyDataset(f"{self.name}: needs at least 2 samples per prompt to form "
                                     f"groups; generate.n is {n}")
         names = context.reward_names or ["reward"]
-        return build_groups(context.samples, n, names, skip_equal=self.skip_equal)
+        groups = build_groups(context.samples, n, names, skip_equal=self.skip_equal)
+        for group in groups.groups:
+            for sample in group.samples:
+                if sample.attempt.is_episode:
+                    episode_sequence(sample, self.name)  # refuses an episode without token ids
+        return groups
 
     def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
         """The groups `update` trains on, flattened: one row per attempt, groups in order and
@@ -232,7 +254,9 @@ class GroupUpdater(loop.Updater):
         rows += [rows[i % len(rows)] for i in range(padded)]
         longest = max(len(s.attempt.token_ids) or s.attempt.completion_tokens or 1
                       for g in groups.groups for s in g.samples)
-        tokens = sum(s.attempt.prompt_tokens + s.attempt.completion_tokens
+        # an episode's completion_tokens counts the model's tokens only; the trainer sees all
+        tokens = sum(s.attempt.prompt_tokens + (len(s.attempt.token_ids) if s.attempt.is_episode
+                                                else s.attempt.completion_tokens)
                      for g in groups.groups for s in g.samples)
         options = context.options
         trainer_cls = self.trainer_cls(options)

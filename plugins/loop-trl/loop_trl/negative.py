@@ -1,7 +1,8 @@
 """Negative-aware updaters `nft` and `redi`: learn from wrong answers without a reward model.
 
 Both are small subclasses of the stored-rollout GRPO trainer (loop_trl.grpo) that replace only
-its loss; data, batching, old log-probs and logging stay TRL's.
+its loss; data, batching, old log-probs and logging stay TRL's. On episodes the loss runs over
+the model's tokens only (TRL's `tool_mask` from the rollouts' `env_mask`), as GRPO's does.
 
 NFT (Chen et al. 2025, "Bridging Supervised Learning and Reinforcement Learning in Math
 Reasoning"; formula checked against the authors' public code, NVlabs/NFT `dp_actor.py`):
@@ -35,7 +36,9 @@ from loop_trl.grpo import GroupUpdater, stored_group_trainer
 
 
 def _token_logps(trainer: Any, model: Any, inputs: dict):
-    """(per-token log-probs of the completion under `model`, completion mask)."""
+    """(per-token log-probs of the completion under `model`, loss mask): the completion mask,
+    times TRL's `tool_mask` where the rollouts have one (an episode's environment tokens are
+    context, not trained)."""
     import torch
 
     input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
@@ -43,7 +46,10 @@ def _token_logps(trainer: Any, model: Any, inputs: dict):
     logits_to_keep = inputs["completion_ids"].size(1)
     logps, _, _ = trainer._get_per_token_logps_and_entropies(
         model, input_ids, attention_mask, logits_to_keep, compute_entropy=False)
-    return logps, inputs["completion_mask"].to(logps.dtype)
+    mask = inputs["completion_mask"]
+    if "tool_mask" in inputs:
+        mask = mask * inputs["tool_mask"]
+    return logps, mask.to(logps.dtype)
 
 
 def _accumulation(trainer: Any) -> float:

@@ -7,6 +7,10 @@ desirable (passed) or undesirable (failed); no pairing needed, so every wrong an
 The reference model is the round's starting model: a fresh LoRA's reference is the base with
 the adapter switched off; a continued adapter gets a frozen copy named "ref" (TRL does both);
 full fine-tuning loads the starting folder again.
+
+Episodes: a pair is two episodes of one task (one passed, one failed), an unpaired example one
+episode; both train on the stored token ids with the environment's tokens masked out of the loss
+(`loop_trl.episodes`: TRL's trainer and loss, its collator's mask narrowed).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop_trl.datasets import kto_rows, preference_pairs
+from loop_trl.datasets import episodes_truncated, kto_rows, preference_pairs
+from loop_trl.episodes import episode_trainer
 from loop_trl.training import train_with_trl
 
 
@@ -48,9 +53,14 @@ class DPOUpdater(loop.Updater):
                                     "is no pair")
         from trl import DPOConfig, DPOTrainer
 
-        metrics = train_with_trl(context, rows, trainer_cls=DPOTrainer, config_cls=DPOConfig,
+        episodes = "chosen_loss_mask" in rows[0]
+        trainer_cls = episode_trainer(DPOTrainer) if episodes else DPOTrainer
+        metrics = train_with_trl(context, rows, trainer_cls=trainer_cls, config_cls=DPOConfig,
                                  config_kwargs={"beta": options.beta,
                                                 "loss_type": [options.loss_type]})
+        if episodes:
+            metrics["episodes_truncated"] = episodes_truncated(rows,
+                                                               context.config.train.max_length)
         return loop.UpdateResult(adapter_path=str(context.output_dir),
                                  metrics={**metrics, "pairs": len(rows)})
 
@@ -89,9 +99,14 @@ class KTOUpdater(loop.Updater):
                        "undesirable_weight": max(1.0, good / bad)}
         from trl import KTOConfig, KTOTrainer
 
+        episodes = "completion_loss_mask" in rows[0]
+        trainer_cls = episode_trainer(KTOTrainer) if episodes else KTOTrainer
         batch = max(2, context.config.train.batch_size)
-        metrics = train_with_trl(context, rows, trainer_cls=KTOTrainer, config_cls=KTOConfig,
+        metrics = train_with_trl(context, rows, trainer_cls=trainer_cls, config_cls=KTOConfig,
                                  config_kwargs={"beta": options.beta, "loss_type": options.loss_type,
                                                 "per_device_train_batch_size": batch, **weights})
+        if episodes:
+            metrics["episodes_truncated"] = episodes_truncated(rows,
+                                                               context.config.train.max_length)
         return loop.UpdateResult(adapter_path=str(context.output_dir), metrics={
             **metrics, "desirable": good, "undesirable": bad, **weights})

@@ -6,6 +6,12 @@ chat template and computes the loss on the completion only. Identical answers to
 kept once by default, so a prompt the model already answers the same way four times does not
 count four times. Training continues the run's LoRA adapter from the previous round (or starts
 one), with TRL's SFTTrainer and PEFT; the result is written to `context.output_dir`.
+
+Episodes (agent rejection sampling: fine-tuning on the successful episodes): one pre-tokenized
+example per passing episode, `input_ids` = the prompt's and every turn's stored ids and
+`completion_mask` = 1 on the model's own tokens only, so SFTTrainer trains on exactly the
+sampled model turns, with the prompt, tool results and observations as context. Identical
+episodes (same ids) are kept once.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop_trl.datasets import sft_rows
+from loop_trl.datasets import episodes_truncated, sft_rows
 from loop_trl.training import train_with_trl
 
 
@@ -54,4 +60,7 @@ class SFTUpdater(loop.Updater):
         metrics = train_with_trl(
             context, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig, config_kwargs=settings,
         )
+        if "input_ids" in rows[0]:  # episodes
+            metrics["episodes_truncated"] = episodes_truncated(
+                rows, settings.get("max_length", context.config.train.max_length))
         return loop.UpdateResult(adapter_path=str(context.output_dir), metrics=metrics)
