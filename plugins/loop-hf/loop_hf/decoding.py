@@ -38,30 +38,48 @@ def decode_batch(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     on_token: Callable[[int], None] | None = None,
+    min_shared_prefix: int = 32,
 ) -> list[list[Decoded]]:
     """Decode `n` completions for each prompt; returns one list of n Decoded per prompt.
 
     temperature 0 is greedy (then n copies are identical; callers ask for n=1). Log-probabilities
     are those of the chosen tokens under the model's unscaled distribution.
+
+    When every prompt of the batch starts with the same `min_shared_prefix` or more tokens (a
+    task's system message and worked examples; an episode's history), that prefix is computed
+    once and its KV cache shared by every row: only the rest of each prompt is prefilled. Same
+    result up to float rounding (the rows' padding sits between prefix and rest, masked out).
     """
     from transformers import DynamicCache
     from transformers.generation.logits_process import TopPLogitsWarper
 
     device = model.device
     batch = len(prompt_ids)
-    width = max(len(p) for p in prompt_ids)
+    # Every row keeps at least its last token out of the shared prefix: its logits start decoding.
+    shared = _common_prefix(prompt_ids) if batch > 1 else 0
+    shared = min(shared, min(len(p) for p in prompt_ids) - 1)
+    if shared < max(1, min_shared_prefix):
+        shared = 0
+    rests = [p[shared:] for p in prompt_ids]
+    width = max(len(r) for r in rests)
     ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)
-    for row, prompt in enumerate(prompt_ids):  # left padding: every row's last token lines up
-        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
+    for row, rest in enumerate(rests):  # left padding: every row's last token lines up
+        ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+        mask[row, width - len(rest):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
 
     cache = DynamicCache()
     # The cache's keyword: the locked transformers (5.24) calls it `cache` and warns on every call
     # that passes the old `past_key_values`; earlier releases know only `past_key_values`.
     cache_kw = {_cache_keyword(model): cache}
+    if shared:
+        prefix = torch.tensor([prompt_ids[0][:shared]], dtype=torch.long, device=device)
+        model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None],
+              **cache_kw, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(batch)
+        mask = torch.cat([mask.new_ones((batch, shared)), mask], -1)
     # logits_to_keep=1: the vocabulary projection only for the last position (the prompt's
     # other positions need no logits; at 49k words that projection dominates a prefill).
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kw,
@@ -113,6 +131,17 @@ def decode_batch(
 
     results = [Decoded(tokens[r], finish[r], logps[r]) for r in range(rows)]
     return [results[p * n:(p + 1) * n] for p in range(batch)]
+
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares."""
+    first, length = prompts[0], min(len(p) for p in prompts)
+    for other in prompts[1:]:
+        i = 0
+        while i < length and other[i] == first[i]:
+            i += 1
+        length = i
+    return length
 
 
 def _cache_keyword(model) -> str:

@@ -45,6 +45,43 @@ def test_batched_greedy_equals_unbatched(session):
     assert [g[0].token_ids for g in many] == one
 
 
+def test_shared_prefix_is_computed_once_with_the_same_result(session):
+    """Prompts that share a long prefix (a system message and worked examples) prefill it once
+    and share its cache; greedy tokens and log-probs match decoding every prompt whole."""
+    from loop_hf.decoding import decode_batch
+
+    examples = "10+11=21\n" * 6  # worked examples every prompt starts with
+    encode = session.tokenizer
+    prompts = [encode(examples + p[0]["content"], add_special_tokens=False).input_ids
+               for p in PROMPTS]
+    prefix = len(encode(examples, add_special_tokens=False).input_ids)
+    calls = []
+    hook = session.model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        def decode(min_shared_prefix):
+            calls.clear()
+            out = decode_batch(session.model, prompts, n=2, max_new_tokens=6, temperature=0,
+                               top_p=1.0, eos_token_ids=session.eos_token_ids,
+                               pad_token_id=session.pad_token_id,
+                               min_shared_prefix=min_shared_prefix)
+            return out, list(calls)
+
+        shared, shared_calls = decode(32)
+        whole, whole_calls = decode(10**9)
+    finally:
+        hook.remove()
+    assert prefix >= 32
+    assert shared_calls[0][0] == 1 and shared_calls[0][1] >= prefix  # the prefix, once
+    assert shared_calls[1][0] == len(prompts)                         # then only the rests
+    assert shared_calls[1][1] <= whole_calls[0][1] - prefix
+    assert whole_calls[0] == (len(prompts), max(len(p) for p in prompts))
+    for a, b in zip(shared, whole):
+        assert [d.token_ids for d in a] == [d.token_ids for d in b]
+        for x, y in zip(a, b):
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+
+
 def test_sampling_n_per_prompt_seeded_and_reproducible(session):
     sampling = Sampling(n=6, temperature=1.5, max_new_tokens=5, seed=7)
     a = session.generate(PROMPTS, sampling)

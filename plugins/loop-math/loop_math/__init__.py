@@ -3,7 +3,8 @@
 Registers (by name, selected in a task file):
 - task sources `arithmetic` (procedural "What is 47+38?") and `jsonl` (GSM8K-style files);
 - verifier `math` (final answer extracted and compared by math-verify);
-- reward `binary` (TRL's contract: 1.0 / 0.0 / None for a broken check).
+- reward `binary` (TRL's contract: 1.0 / 0.0 / None for a broken check);
+- environment `calculator` (a safe arithmetic-expression tool for episodes).
 
 Importing this module is cheap: math-verify (and sympy) load on the first verification.
 """
@@ -11,11 +12,12 @@ Importing this module is cheap: math-verify (and sympy) load on the first verifi
 import loop
 
 from loop_math.arithmetic import ArithmeticTasks
+from loop_math.calculator import Calculator
 from loop_math.jsonl import JsonlTasks
 from loop_math.reward import binary
 from loop_math.verifier import MathVerifier
 
-__all__ = ["ArithmeticTasks", "JsonlTasks", "MathVerifier", "binary"]
+__all__ = ["ArithmeticTasks", "Calculator", "JsonlTasks", "MathVerifier", "binary"]
 
 
 @loop.hookimpl
@@ -32,3 +34,8 @@ def register_verifiers(register):
 @loop.hookimpl
 def register_rewards(register):
     register(binary)
+
+
+@loop.hookimpl
+def register_environments(register):
+    register(Calculator())

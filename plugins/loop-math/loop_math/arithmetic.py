@@ -40,6 +40,9 @@ class ArithmeticOptions(BaseModel):
 
     digits: int = Field(default=2, ge=1, le=6, description=(
         "digits per operand: 1 gives 1..9, 2 gives 10..99, 3 gives 100..999"))
+    digits_b: int | None = Field(default=None, ge=1, le=6, description=(
+        "digits of the second operand (null: the same as digits), e.g. digits 3 and digits_b 2 "
+        "for 317*46"))
     operations: list[Op] = Field(default_factory=lambda: ["+"], min_length=1, description=(
         'operators to draw from, any of "+", "-", "*" (each at most once); "-" may give '
         "negative results"))
@@ -51,6 +54,19 @@ class ArithmeticOptions(BaseModel):
         "{op}"))
     system_prompt: str | None = Field(default="Answer with only the number.", max_length=10_000,
                                       description="system message; null or empty for none")
+    few_shot: list[dict[str, Any]] = Field(default_factory=list, max_length=64, description=(
+        "chat messages put between the system message and the question: worked examples, "
+        "e.g. a user question, an assistant tool call, the tool's result and the answer"))
+
+    @field_validator("few_shot")
+    @classmethod
+    def _messages(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, message in enumerate(value):
+            if message.get("role") not in ("user", "assistant", "tool", "system"):
+                raise ValueError(f"message {i}: role must be user, assistant, tool or system")
+            if not isinstance(message.get("content"), str):
+                raise ValueError(f"message {i}: content must be a string")
+        return value
 
     @field_validator("operations")
     @classmethod
@@ -100,8 +116,9 @@ class ArithmeticTasks(loop.TaskSource):
     def load(self, options: Any, seed: int) -> loop.TaskSet:
         opts = loop.coerce_options(ArithmeticOptions, options)
         lo, hi = _operand_range(opts.digits)
-        width = hi - lo + 1
-        space = len(opts.operations) * width * width
+        lo_b, hi_b = _operand_range(opts.digits_b or opts.digits)
+        width, width_b = hi - lo + 1, hi_b - lo_b + 1
+        space = len(opts.operations) * width * width_b
         wanted = opts.train_size + opts.eval_size
         if wanted > space:
             raise ValueError(
@@ -110,9 +127,9 @@ class ArithmeticTasks(loop.TaskSource):
                 "lower the sizes or add digits/operations")
 
         def decode(index: int) -> tuple[int, str, int]:
-            op_index, rest = divmod(index, width * width)
-            a, b = divmod(rest, width)
-            return lo + a, opts.operations[op_index], lo + b
+            op_index, rest = divmod(index, width * width_b)
+            a, b = divmod(rest, width_b)
+            return lo + a, opts.operations[op_index], lo_b + b
 
         stream = _distinct_indices(random.Random(seed), space)
         # Eval is taken first from the stream, so it cannot depend on train_size.
@@ -126,6 +143,7 @@ class ArithmeticTasks(loop.TaskSource):
         messages = []
         if opts.system_prompt:
             messages.append({"role": "system", "content": opts.system_prompt})
+        messages += [dict(m) for m in opts.few_shot]
         messages.append({"role": "user", "content": opts.prompt.format(a=a, op=op, b=b)})
         return loop.Task(source=self.name, split=split, prompt=messages,
                          reference=str(_apply(a, op, b)), metadata={"a": a, "op": op, "b": b})

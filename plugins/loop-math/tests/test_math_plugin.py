@@ -22,6 +22,7 @@ def test_hookimpls_register_exactly_these_names():
     assert reg.names("tasks") == ["arithmetic", "jsonl"]
     assert reg.names("verifiers") == ["math"]
     assert reg.names("rewards") == ["binary"]
+    assert reg.names("environments") == ["calculator"]
     for kind in ("backends", "critics", "updaters"):
         assert reg.names(kind) == []
     assert reg.plugin_of("verifiers", "math") == "math"
@@ -33,6 +34,7 @@ def test_registered_components_are_the_real_ones():
     assert isinstance(reg.get("tasks", "jsonl"), loop_math.JsonlTasks)
     assert isinstance(reg.get("verifiers", "math"), loop_math.MathVerifier)
     assert reg.get("rewards", "binary") is loop_math.binary
+    assert isinstance(reg.get("environments", "calculator"), loop_math.Calculator)
 
 
 def test_registered_pieces_work_end_to_end():
