@@ -6,12 +6,19 @@ round-robin, at most `max_concurrency` in flight per endpoint, and returns the a
 order. Requests run as asyncio tasks on httpx inside `generate()`; the first request that fails
 for good cancels the others and its one-line `EndpointError` is raised. A backend never writes to
 the store.
+
+Token-exact episodes (`token_exact`, default auto): `chat` is the local tokenizer's chat format
+when the servers take token-id prompts on `POST /completions` and return the sampled ids
+(vLLM's `return_token_ids`), which a first one-token request to each endpoint finds out the
+first time an episode asks; `generate_ids` then continues each episode's ids there. Otherwise
+`chat` is None, episodes go through `generate` on their messages, and one logged line says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import time
 from typing import Any, Awaitable, Callable, TypeVar
@@ -23,8 +30,11 @@ import loop
 from loop_openai import lora
 from loop_openai.completions import (
     Completion,
+    ProtocolError,
     chat_request,
+    completion_request,
     read_completion,
+    read_token_completion,
     request_seed,
     samples_to_request,
 )
@@ -34,6 +44,11 @@ from loop_openai.tokens import LocalTokenizer
 from loop_openai.transport import EndpointError, RetryPolicy, send
 
 T = TypeVar("T")
+
+log = logging.getLogger("loop_openai")
+_UNDECIDED = object()  # `OpenAISession.chat` before its first use
+PROBE_MESSAGES: list[loop.Message] = [{"role": "user", "content": "Hi"}]
+_fallbacks_noted: set[tuple[tuple[str, ...], str]] = set()  # logged once per process
 
 
 class OpenAIBackend(loop.Backend):
@@ -105,6 +120,7 @@ class OpenAISession(loop.GenerationSession):
         self.last_pool: EndpointPool | None = None  # the latest generate()'s pool (diagnostics)
         self._tokenizer_path = options.tokenizer or ref.base
         self._tokenizer: LocalTokenizer | None | bool = False  # False: not looked for yet
+        self._chat: Any = _UNDECIDED
         if ref.adapter:
             lora.check_servable(ref.adapter, options.lora)
             name = lora.fresh_name(ref.adapter)
@@ -131,7 +147,25 @@ class OpenAISession(loop.GenerationSession):
         the servers batch; `max_concurrency` bounds the requests in flight."""
         if not prompts:
             return []
-        return run_sync(lambda: self._generate_all(prompts, sampling, progress))
+        return run_sync(lambda: self._generate_all(prompts, sampling, progress, self._one))
+
+    @property
+    def chat(self) -> loop.ChatFormat | None:
+        """The chat format of token-exact episodes, or None (episodes then re-render their
+        messages). Decided on first use; see `token_exact`."""
+        if self._chat is _UNDECIDED:
+            self._chat = self._token_path()
+        return self._chat
+
+    def generate_ids(self, prompts: list[list[int]], sampling: loop.Sampling,
+                     progress: Any = None,
+                     batch_size: int | None = None) -> list[list[loop.Generation]]:
+        """n continuations of each token-id prompt (an episode's ids so far), in prompt order,
+        through `POST /completions`: each sample's ids and log-probabilities exactly as the
+        server returned them. Same progress, concurrency and errors as `generate`."""
+        if not prompts:
+            return []
+        return run_sync(lambda: self._generate_all(prompts, sampling, progress, self._one_ids))
 
     def close(self) -> None:
         if self.adapter_name is None:
@@ -152,8 +186,9 @@ class OpenAISession(loop.GenerationSession):
         return EndpointPool(options.endpoints, options.max_concurrency,
                             cooldown_s=options.backoff_s, cooldown_max_s=options.backoff_max_s)
 
-    async def _generate_all(self, prompts: list[list[loop.Message]], sampling: loop.Sampling,
-                            progress: Any) -> list[list[loop.Generation]]:
+    async def _generate_all(self, prompts: list[Any], sampling: loop.Sampling, progress: Any,
+                            one: Callable[..., Awaitable[tuple[list[loop.Generation], int]]]
+                            ) -> list[list[loop.Generation]]:
         pool = self.last_pool = self._pool()
         results: list[list[loop.Generation]] = [[] for _ in prompts]
         pending = iter(range(len(prompts)))
@@ -162,7 +197,7 @@ class OpenAISession(loop.GenerationSession):
         async with httpx.AsyncClient(limits=limits) as client:
             async def worker() -> None:
                 for i in pending:  # workers share one iterator: each prompt is taken once
-                    results[i], tokens = await self._one(client, pool, prompts[i], sampling, i)
+                    results[i], tokens = await one(client, pool, prompts[i], sampling, i)
                     if progress:
                         progress(prompts=1, tokens=tokens)
 
@@ -190,6 +225,80 @@ class OpenAISession(loop.GenerationSession):
         if expected < sampling.n:  # greedy: every sample is the same answer
             generations = generations * sampling.n
         return generations, tokens
+
+    async def _one_ids(self, client: httpx.AsyncClient, pool: EndpointPool, ids: list[int],
+                       sampling: loop.Sampling, index: int) -> tuple[list[loop.Generation], int]:
+        expected = samples_to_request(sampling)
+        body = completion_request(self.model_name, ids, sampling,
+                                  request_seed(sampling.seed, index), self.options.extra_body)
+        endpoint, response = await send(client, pool, self.policy, "POST", "/completions", body,
+                                        self.headers)
+        completion = read_token_completion(response, endpoint.url, expected, ids)
+        generations = [loop.Generation(text=a.text, token_ids=a.token_ids or [],
+                                       prompt_tokens=len(ids), finish_reason=a.finish_reason,
+                                       logprobs=a.logprobs) for a in completion.answers]
+        tokens = sum(g.completion_tokens for g in generations)
+        if expected < sampling.n:  # greedy: every sample is the same answer
+            generations = generations * sampling.n
+        return generations, tokens
+
+    def _token_path(self) -> loop.ChatFormat | None:
+        """The local tokenizer's chat format when token-exact episodes work here, else None
+        (after logging why, once), or an EndpointError with `token_exact: true`."""
+        mode = self.options.token_exact
+        if mode is False:
+            return None
+        chat, reason = None, None
+        tokenizer = self._local_tokenizer() if self.options.request_token_ids else None
+        if not self.options.request_token_ids:
+            reason = "backend.options.request_token_ids is false"
+        elif tokenizer is None:
+            reason = (f"no local tokenizer at {self._tokenizer_path!r} to render them (set "
+                      "backend.options.tokenizer to the served model's tokenizer folder)")
+        else:
+            chat = tokenizer.chat()
+            try:
+                ids = chat.prompt_ids(PROBE_MESSAGES)
+            except Exception as exc:  # noqa: BLE001 - a template that cannot render a prompt
+                reason = f"the tokenizer's chat template fails: {' '.join(str(exc).split())}"
+            else:
+                reason = run_sync(lambda: self._probe(ids))
+        if reason is None:
+            return chat
+        if mode is True:
+            raise EndpointError(f"token-exact episodes (backend.options.token_exact: true) "
+                                f"cannot run: {reason}")
+        key = (tuple(self.options.endpoints), reason)
+        if key not in _fallbacks_noted:
+            _fallbacks_noted.add(key)
+            log.warning("openai backend: episodes re-render their messages each turn, so they "
+                        "are not token-exact (fine to evaluate, not to train on): %s", reason)
+        return None
+
+    async def _probe(self, ids: list[int]) -> str | None:
+        """Ask every endpoint for one token continuing `ids` on the token path; None when all
+        return the ids as asked, else why not. A server that cannot be reached raises."""
+        body = completion_request(self.model_name, ids,
+                                  loop.Sampling(n=1, temperature=0.0, max_new_tokens=1), 0,
+                                  self.options.extra_body)
+        pool = self._pool()
+
+        async def one(client: httpx.AsyncClient, url: str) -> str | None:
+            try:
+                endpoint, response = await send(client, pool, self.policy, "POST",
+                                                "/completions", body, self.headers, url=url)
+                read_token_completion(response, endpoint.url, 1, ids)
+            except ProtocolError as exc:  # it answered, but not with what the path needs
+                return str(exc)
+            except EndpointError as exc:
+                if exc.status is not None:  # it refused (no such route, no token prompts)
+                    return str(exc)
+                raise
+            return None
+
+        async with httpx.AsyncClient() as client:
+            reasons = await asyncio.gather(*(one(client, url) for url in self.options.endpoints))
+        return next((r for r in reasons if r), None)
 
     def _generations(self, completion: Completion,
                      messages: list[loop.Message]) -> list[loop.Generation]:

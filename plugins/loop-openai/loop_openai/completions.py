@@ -1,4 +1,5 @@
-"""The chat-completions protocol: the request body for one prompt, and the answers read back.
+"""The chat-completions protocol: the request body for one prompt, and the answers read back;
+and, for token-exact episodes, the completions protocol on token ids (at the end of the file).
 
 One request carries one prompt and asks for its `n` samples, each with the log-probability of
 every sampled token (`logprobs: true, top_logprobs: 0`). Token ids are asked for with vLLM's
@@ -159,3 +160,103 @@ def _answer(choice: _Choice) -> Answer:
             logprobs = None  # not aligned with the tokens: useless for importance weights
     finish = "length" if choice.finish_reason == "length" else "stop"
     return Answer(choice.message.content or "", token_ids, logprobs, finish)
+
+
+# ----- token ids in, token ids out: the (legacy) completions endpoint ---------------------------
+#
+# Token-exact episodes continue a list of token ids: `POST /completions` with `prompt` as that
+# list (the OpenAI API accepts arrays of token ids) and vLLM's `return_token_ids`, which puts the
+# sampled ids on each choice (`token_ids`) and the prompt's ids as the server used them
+# (`prompt_token_ids`). `logprobs: 0` asks for the sampled token's log-probability only
+# (`logprobs.token_logprobs`); `return_tokens_as_token_ids` writes `logprobs.tokens` as
+# "token_id:N", a second copy of the ids that is checked against the first.
+
+def completion_request(model: str, prompt_ids: list[int], sampling: loop.Sampling, seed: int,
+                       extra_body: dict[str, Any]) -> dict[str, Any]:
+    """The body for `sampling.n` continuations of a token-id prompt. `extra_body` comes first,
+    so it can never change what the backend asks for (`echo`, a text prompt, ...)."""
+    return {
+        **extra_body,
+        "model": model,
+        "prompt": list(prompt_ids),
+        "n": samples_to_request(sampling),
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_new_tokens,
+        "seed": seed,
+        "logprobs": 0,
+        "echo": False,
+        "stream": False,
+        "return_token_ids": True,
+        "return_tokens_as_token_ids": True,
+    }
+
+
+class _TextLogprobs(_Lenient):
+    tokens: list[str] | None = None
+    token_logprobs: list[float | None] | None = None
+
+
+class _TextChoice(_Lenient):
+    index: int = 0
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: _TextLogprobs | None = None
+    token_ids: list[int] | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+class _TextCompletion(_Lenient):
+    choices: list[_TextChoice]
+
+
+def read_token_completion(response: httpx.Response, url: str, expected: int,
+                          prompt_ids: list[int]) -> Completion:
+    """The `expected` answers of a completions response to a token-id prompt, each with the ids
+    the server sampled and one log-probability per id. Anything less is a ProtocolError with
+    one line: no ids (a server without `return_token_ids`), log-probabilities missing or not one
+    per id, two copies of the ids that disagree, or a prompt the server changed (e.g. by adding
+    a BOS token), after which the ids would no longer be the sequence the model saw."""
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        start = " ".join(response.text[:60].split())
+        raise ProtocolError(f"endpoint {url}: the answer is not JSON (starts with {start!r})")
+    try:
+        parsed = _TextCompletion.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ProtocolError(f"endpoint {url}: the answer is not a completion: {where}: "
+                            f"{err['msg']}") from None
+    if len(parsed.choices) != expected:
+        raise ProtocolError(f"endpoint {url}: asked for {expected} answers (n), got "
+                            f"{len(parsed.choices)}")
+    answers = []
+    for choice in sorted(parsed.choices, key=lambda c: c.index):
+        if choice.prompt_token_ids is not None and choice.prompt_token_ids != list(prompt_ids):
+            raise ProtocolError(
+                f"endpoint {url}: the server changed the prompt's token ids (sent "
+                f"{len(prompt_ids)}, it used {len(choice.prompt_token_ids)}), so the episode's "
+                "ids would not be what the model saw")
+        ids = choice.token_ids
+        tokens = choice.logprobs.tokens if choice.logprobs else None
+        if ids is None and tokens:  # only "token_id:N" strings (return_tokens_as_token_ids)
+            matches = [TOKEN_ID.fullmatch(t) for t in tokens]
+            ids = [int(m.group(1)) for m in matches] if all(matches) else None
+        if ids is None:
+            raise ProtocolError(f"endpoint {url}: the completion has no token ids (the server "
+                                "ignores vLLM's return_token_ids)")
+        values = choice.logprobs.token_logprobs if choice.logprobs else None
+        if values is None or len(values) != len(ids) or any(v is None for v in values):
+            count = "no" if values is None else str(len([v for v in values if v is not None]))
+            raise ProtocolError(f"endpoint {url}: the completion has {count} log-probabilities "
+                                f"for {len(ids)} sampled tokens")
+        if tokens is not None and all(TOKEN_ID.fullmatch(t) for t in tokens) and [
+                int(TOKEN_ID.fullmatch(t).group(1)) for t in tokens] != ids:
+            raise ProtocolError(f"endpoint {url}: the completion's token_ids and its logprobs' "
+                                "tokens disagree")
+        logprobs = [v if math.isfinite(v) else FLOOR_LOGPROB for v in values]
+        finish = "length" if choice.finish_reason == "length" else "stop"
+        answers.append(Answer(choice.text or "", list(ids), logprobs, finish))
+    return Completion(answers, len(prompt_ids))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 RESERVED_KEYS = frozenset({
     "model", "messages", "n", "temperature", "top_p", "max_tokens", "max_completion_tokens",
     "seed", "logprobs", "top_logprobs", "stream", "return_tokens_as_token_ids", "return_token_ids",
+    "prompt", "echo",
 })
 
 
@@ -55,11 +56,20 @@ class OpenAIOptions(BaseModel):
         "ask for token ids (vLLM: return_tokens_as_token_ids, return_token_ids); turn off for "
         "servers that reject unknown request fields, e.g. api.openai.com"))
     tokenizer: str | None = Field(default=None, min_length=1, description=(
-        "local tokenizer folder used when a server returns no token ids or usage (default: "
-        "the run's model when it is a local folder); without one, token_ids stay empty"))
+        "local tokenizer folder (the served model's tokenizer and chat template): renders "
+        "token-exact episodes, and counts tokens when a server returns no token ids or usage "
+        "(default: the run's model when it is a local folder); without one, episodes re-render "
+        "messages and token_ids stay empty where the server gives none"))
+    token_exact: bool | Literal["auto"] = Field(default="auto", description=(
+        "episodes on token ids: the local tokenizer renders them and POST /completions "
+        "continues the ids (prompt as token ids, vLLM's return_token_ids); auto: when a first "
+        "small request shows the servers return the ids, else episodes re-render messages each "
+        "turn (one logged line says why); true: a one-line error instead of that fallback; "
+        "false: always messages"))
     extra_body: dict[str, Any] = Field(default_factory=dict, description=(
-        "extra fields for every chat-completions request (e.g. top_k, repetition_penalty, "
-        "chat_template_kwargs); may not override the fields the backend sets"))
+        "extra fields for every chat-completions and completions request (e.g. top_k, "
+        "repetition_penalty, chat_template_kwargs); may not override the fields the backend "
+        "sets"))
 
     @field_validator("endpoints")
     @classmethod
@@ -96,4 +106,7 @@ class OpenAIOptions(BaseModel):
     def _backoff_bounds(self) -> "OpenAIOptions":
         if self.backoff_max_s < self.backoff_s:
             raise ValueError("backoff_max_s must be >= backoff_s")
+        if self.token_exact is True and not self.request_token_ids:
+            raise ValueError("token_exact: true needs token ids from the server; it cannot be "
+                             "combined with request_token_ids: false")
         return self

@@ -1,4 +1,6 @@
-"""Token counts when a server gives none: the model's tokenizer, if it is on this machine.
+"""The model's tokenizer, if it is on this machine: it renders token-exact episodes (`chat()`,
+a `loop.TokenizerChat`: the server then continues the ids it renders), and counts tokens when a
+server gives none.
 
 Re-tokenizing an answer's text is an approximation: it can split the text differently from how
 the model sampled it, and it has no end-of-sequence token. It is used only when the server
@@ -29,6 +31,10 @@ class LocalTokenizer:
             return cls(AutoTokenizer.from_pretrained(path))
         except (ImportError, OSError, ValueError):
             return None
+
+    def chat(self) -> loop.ChatFormat:
+        """The chat format of token-exact episodes: this tokenizer's chat template."""
+        return loop.TokenizerChat(self.tokenizer)
 
     def completion_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)

