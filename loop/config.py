@@ -1,6 +1,7 @@
 """The run configuration: pydantic models, filled from (lowest to highest precedence)
 
-    defaults < task file (tasks/NAME.yaml) < config file (--config) < env LOOP_<SECTION>__<FIELD>
+    defaults < task file (tasks/NAME.yaml, and its `run:` settings) < config file (--config)
+    < env LOOP_<SECTION>__<FIELD>
     < CLI flags (--model, --rounds, --method) < --set KEY=VALUE
 
 Every model forbids unknown keys and NaN/inf, so a typo or a bad number is an error naming the
@@ -34,11 +35,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
 
 
-class ComponentRef(Section):
-    """A plugin component chosen by name, with options validated by the component's Options."""
-
-    name: str = Field(min_length=1, description="registered name of the component")
-    options: dict[str, Any] = Field(default_factory=dict, description="the component's options")
+class ByName(Section):
+    """A section that can be written as its name alone: `backend: hf` means `{name: hf}`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -46,7 +44,14 @@ class ComponentRef(Section):
         return {"name": value} if isinstance(value, str) else value
 
 
-class EnvironmentConfig(Section):
+class ComponentRef(ByName):
+    """A plugin component chosen by name, with options validated by the component's Options."""
+
+    name: str = Field(min_length=1, description="registered name of the component")
+    options: dict[str, Any] = Field(default_factory=dict, description="the component's options")
+
+
+class EnvironmentConfig(ByName):
     """The environment episodes run in: a registered one by `name`, a TRL `environment_factory`
     class (`factory`), or a gym-style text environment (`gym`); exactly one of the three."""
 
@@ -74,11 +79,6 @@ class EnvironmentConfig(Section):
         "judge episodes by the environment's reward (the verdict `environment`); default: "
         "when task.verifiers lists none"))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
     @model_validator(mode="after")
     def _one_kind(self) -> "EnvironmentConfig":
         given = [k for k in ("name", "factory", "gym") if getattr(self, k)]
@@ -100,6 +100,9 @@ class EnvironmentConfig(Section):
 
 class TaskConfig(Section):
     source: str = Field(default="", description="registered task source (e.g. arithmetic, jsonl)")
+    name: str | None = Field(default=None, max_length=100, description=(
+        "what the task is called: runs are named after it (`calculator-1`); a task file's "
+        "name by default (tasks/calculator.yaml: calculator), else the source"))
     options: dict[str, Any] = Field(default_factory=dict, description="the source's options")
     verifiers: list[ComponentRef] = Field(default_factory=list, description=(
         "verifiers that judge each attempt (default: the task source's own default_verifiers)"))
@@ -225,7 +228,7 @@ class LoraConfig(Section):
     target_modules: str | list[str] = Field(default="all-linear")
 
 
-class LauncherConfig(Section):
+class LauncherConfig(ByName):
     """How the train stage runs the update: in the loop's own process (`inprocess`), or in
     processes started by `accelerate launch` (DDP, FSDP, DeepSpeed; loop.train_worker). It is
     stored with the run, so `loop resume` launches the same way."""
@@ -245,11 +248,6 @@ class LauncherConfig(Section):
     stall_timeout_s: float = Field(default=1800.0, gt=0.0, le=30 * 86_400.0, description=(
         "kill the workers when none of them wrote a line for this long (a hung NCCL/gloo "
         "collective prints nothing; a training step prints a progress line)"))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
 
     @field_validator("config_file")
     @classmethod
@@ -453,7 +451,9 @@ def build_config(
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     if task:
-        data["task"] = load_task_file(task, task_dirs)
+        section = load_task_file(task, task_dirs)
+        data = task_run_settings(section)
+        data["task"] = section
     if config_path is not None:
         file_data = read_yaml(Path(config_path))
         data = _deep_merge(data, file_data)
@@ -471,6 +471,22 @@ def build_config(
         return LoopConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def task_run_settings(section: dict[str, Any]) -> dict[str, Any]:
+    """The `run:` part of a task file, taken out of `section`: config sections the task needs
+    beyond loop's defaults (e.g. `select: {prompts_per_round: 48}`), applied below the config
+    file, env and flags. A bad one is a ConfigError naming the task file's key."""
+    settings = section.pop("run", None)
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise ConfigError("config error: the task file's run: must be a mapping of config "
+                          "sections (e.g. run: {select: {prompts_per_round: 48}})")
+    if "task" in settings:
+        raise ConfigError("config error: the task file's run: cannot hold task: (the file is "
+                          "the task section)")
+    return dict(settings)
 
 
 def _reject_nonfinite(value: Any, path: tuple[str, ...]) -> None:
@@ -508,4 +524,5 @@ def load_task_file(task: str, task_dirs: list[Path] | None = None) -> dict[str, 
         else:
             return {"source": task}
     data.setdefault("source", path.stem if path.suffix else task)
+    data.setdefault("name", path.stem if path.suffix else task)
     return data

@@ -3,7 +3,7 @@ the n-th time (default: the first) execution passes `<point>`. Unset, every fail
 
 SIGKILL, not an exception: nothing gets a chance to clean up, exactly like a machine that dies or
 an OOM kill, so the crash tests prove what a real crash leaves behind. `POINTS` lists every point;
-the chaos test runs each one.
+the chaos test runs each one (`EPISODE_POINTS`, the episode chaos test).
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ POINTS = (
     "round.before_done",
     "round.after_done",
     "run.before_finish",
+)
+
+# Inside the episode loop, after each model turn and the environment's answer to it: passed only
+# by runs with an environment (`task.environment`), so the episode chaos test runs these.
+EPISODE_POINTS = (
+    "generate.in_episode",
+    "evaluate.in_episode",
 )
 
 _counts: dict[str, int] = {}

@@ -227,12 +227,19 @@ class Environment(Component):
     `max_turns` is the default limit of model turns per episode (the config may lower or raise
     it). A TRL `environment_factory` class or a gym-style text environment needs no subclass:
     `loop.environments` wraps them (see docs/environments.md).
+
+    Optional: `prepare()` is called once before a run starts or resumes, as a verifier's is:
+    raising there stops the run with the exception's one-line message (e.g. a sandbox that
+    does not isolate), before anything is written.
     """
 
     max_turns: ClassVar[int] = 8
 
     def episode(self, task: Task) -> Episode:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        pass
 
 
 class Updater(Component):

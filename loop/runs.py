@@ -104,13 +104,16 @@ def load_tasks(config: LoopConfig, components: Components) -> TaskSet:
 
 
 def prepare_verifiers(components: Components) -> None:
-    """Each verifier's start-up check (e.g. the code sandbox's isolation probe); the first
-    failure is a RunError with its one line."""
-    for chosen in components.verifiers:
+    """Each verifier's start-up check (e.g. the code sandbox's isolation probe), then the
+    environment's; the first failure is a RunError with its one line."""
+    checks = [("verifier", chosen) for chosen in components.verifiers]
+    if components.environment is not None:
+        checks.append(("environment", components.environment))
+    for kind, chosen in checks:
         try:
             chosen.component.prepare()
         except Exception as exc:
-            raise RunError(f"verifier error: {chosen.name} (plugin {chosen.plugin}): {exc}"
+            raise RunError(f"{kind} error: {chosen.name} (plugin {chosen.plugin}): {exc}"
                            ) from None
 
 
@@ -153,7 +156,7 @@ def start_run(plan: Plan, db: Path) -> Run:
         # The default name and the row in one write transaction: two runs starting at once in
         # one store never pick the same name.
         with store.transaction():
-            name = config.name or default_name(store, config.task.source)
+            name = config.name or default_name(store, config.task.name or config.task.source)
             lock = RunLock(run_dir).acquire(name)  # a fresh folder: nobody else can hold it
             store.create_run(run_id=run_id, name=name, task=config.task.source,
                              model=config.model, config=config.model_dump(mode="json"),

@@ -62,6 +62,10 @@ def round_summary(store: Store, run_id: str, idx: int, counts: dict | None = Non
         "timings": timings,
         "time": round_time(stages),
         "tokens_per_s": tokens_per_s,
+        # what the stage's episodes did (runs with an environment): per sampling stage, the
+        # share with a tool call that worked, mean model turns, tool errors, end reasons
+        "episodes": {s: stages[s]["episodes"] for s in ("generate", "evaluate")
+                     if isinstance(stages.get(s, {}).get("episodes"), dict)},
         "errors": plugin_errors(errors.get(idx, {}), stages),
         "update": None if update is None else {
             "method": update["method"], "dataset_size": update["dataset_size"],

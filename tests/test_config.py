@@ -74,6 +74,36 @@ def test_config_task_section_overrides_task_file(tmp_path):
     assert config.task.options["train_size"] == 2000  # merged, not replaced
 
 
+def test_a_task_files_run_settings_sit_below_the_config_file_and_name_the_runs(tmp_path):
+    task = tmp_path / "mytask.yaml"
+    task.write_text("source: arithmetic\nrun:\n  select: {prompts_per_round: 48}\n"
+                    "  train: {max_steps: 6, learning_rate: 0.001}\n  rounds: 2\n")
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train: {learning_rate: 0.002}\n")
+    config = build_config(str(task), cfg_file, sets=["rounds=4"], environ={})
+    assert config.select.prompts_per_round == 48 and config.train.max_steps == 6  # task file
+    assert config.train.learning_rate == 0.002  # the config file beats the task file
+    assert config.rounds == 4  # --set beats both
+    assert config.task.name == "mytask" and "run" not in config.task.model_dump()
+    shipped = build_config("calculator", None, environ={}, task_dirs=[REPO / "tasks"])
+    assert shipped.task.name == "calculator" and shipped.task.source == "arithmetic"
+    assert shipped.select.prompts_per_round == 48
+    assert build_config("jsonl", None, environ={}, task_dirs=[]).task.name is None
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("source: arithmetic\nrun: 3\n", "the task file's run: must be a mapping"),
+    ("source: arithmetic\nrun: {task: {source: x}}\n", "cannot hold task:"),
+    ("source: arithmetic\nrun: {select: {prompts_per_round: 0}}\n", "select.prompts_per_round"),
+])
+def test_a_bad_run_section_in_a_task_file_is_one_line(tmp_path, text, needle):
+    task = tmp_path / "bad.yaml"
+    task.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        build_config(str(task), None, environ={})
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
 def test_env_ignores_non_config_loop_variables():
     assert env_overrides({"LOOP_DB": "x", "LOOP_LOAD_PLUGINS": "", "LOOP_GENERATE__N": "8"}) == {
         "generate": {"n": 8}}

@@ -15,6 +15,7 @@ import pytest
 
 from loop.doubles import ScriptedBackend
 from loop.episodes import EpisodeSettings, run_episodes
+from loop.failpoints import EPISODE_POINTS
 from loop.interfaces import Environment, Episode
 from loop.schema import ModelRef, Sampling, Step, Task, ToolCall
 from loop.tool_calls import call_tool, parse_tool_calls
@@ -348,14 +349,17 @@ def _rows(db: Path) -> dict[str, list]:
     return out
 
 
-@pytest.mark.slow
-def test_a_run_stores_every_turn_judges_by_the_environment_and_resumes_a_kill_mid_episode(
-        tmp_path):
-    whole = tmp_path / "whole"
-    whole.mkdir()
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict[str, list]]:
+    whole = tmp_path_factory.mktemp("whole")
     done = _cli(RUN + ["--name", "r"], whole)
     assert done.returncode == 0, done.stderr
-    rows = _rows(whole / "loop.db")
+    return whole, _rows(whole / "loop.db")
+
+
+@pytest.mark.slow
+def test_a_run_stores_every_turn_and_judges_by_the_environment(uninterrupted):
+    whole, rows = uninterrupted
     assert rows["attempts"] and all(a[8] == "answer" and a[9] == '["multiply"]'
                                     for a in rows["attempts"])
     # three turns per episode: the call, its result 12, the answer
@@ -381,13 +385,22 @@ def test_a_run_stores_every_turn_judges_by_the_environment_and_resumes_a_kill_mi
                                  "error": None}
     assert "Multiply" in entry["rewards"]
 
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    dead = _cli(RUN + ["--name", "r"], killed, LOOP_FAILPOINT="generate.in_episode")
-    assert dead.returncode == -9, dead.stderr
-    resumed = _cli(["resume", "r"], killed)
+
+# Every episode fail point, a later pass of each (after an episode's second turn; in round 1,
+# with round 0's episodes stored), and the stage boundaries around episode rows.
+EPISODE_CASES = [*EPISODE_POINTS, "generate.in_episode:2", "evaluate.in_episode:3",
+                 "generate.before_commit", "verify.in_batch", "evaluate.before_commit:2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", EPISODE_CASES)
+def test_a_kill_inside_the_episode_loop_then_resume_gives_the_same_rows(point, uninterrupted,
+                                                                         tmp_path):
+    dead = _cli(RUN + ["--name", "r"], tmp_path, LOOP_FAILPOINT=point)
+    assert dead.returncode == -9, (point, dead.returncode, dead.stderr[-2000:])
+    resumed = _cli(["resume", "r"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert _rows(killed / "loop.db") == rows
+    assert _rows(tmp_path / "loop.db") == uninterrupted[1]
 
 
 def test_a_registered_environment_is_chosen_by_name_and_a_non_environment_is_refused():

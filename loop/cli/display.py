@@ -172,8 +172,13 @@ def rounds_table(data: dict) -> Table:
     if ks:
         table.caption += (" · pass@k n=N: unbiased estimate from N sampled answers per "
                           "held-out problem (evaluate.samples)")
+    episodes = any(r.get("episodes") for r in data["rounds"])
+    if episodes:
+        table.caption += (" · tool use: held-out episodes with a tool call that worked · "
+                          "turns: mean model turns per held-out episode")
     columns = ["round", "solved", "passed", *(["repaired"] if refined else []), "cut", "pass@1",
                *[f"pass@{k}\nn={samples}" for k in ks],
+               *(["tool use", "turns"] if episodes else []),
                "eval cut", "eval len", "errors", "tok/s", "train s", "total s"]
     for column in columns:
         table.add_column(column, justify="right")
@@ -188,6 +193,7 @@ def rounds_table(data: dict) -> Table:
             _pct(train["truncated_share"]),
             f"{ev['pass_at_1']:.3f}" if ev["pass_at_1"] is not None else "–",
             *[_pass_cell((ev.get("pass_at_k") or {}).get(k)) for k in ks],
+            *(_episode_cells(r.get("episodes", {}).get("evaluate")) if episodes else []),
             _pct(ev["truncated_share"]),
             f"{ev['mean_completion_tokens']:.1f}" if ev["mean_completion_tokens"] else "–",
             str(errors.get("verifier", 0) + errors.get("reward", 0)),
@@ -196,6 +202,12 @@ def rounds_table(data: dict) -> Table:
             f"{sum(r['timings'].values()):.0f}",
         )
     return table
+
+
+def _episode_cells(stats: dict | None) -> list[str]:
+    if not stats or not stats.get("count"):
+        return ["–", "–"]
+    return [_pct(stats["tool_call_share"]), f"{stats['mean_turns']:.1f}"]
 
 
 def sampled_columns(rounds: list[dict]) -> tuple[list[str], str]:

@@ -13,9 +13,11 @@ traceback), running past `timeout_s`, being killed by a resource limit, a non-ze
 writing more than `output_kb` per stream. The tool then raises `PythonError`, so loop answers
 with a `tool` message starting `Error:` and stores the turn with its error; the episode goes on.
 
-The sandbox is probed once per environment (the verifier's start-up check, `probe.py`) when its
-first episode starts: where it cannot isolate, every episode ends with that line as its
-environment error (an `infra` verdict, reward NULL), never by running the code unsandboxed.
+The sandbox is probed once (the verifier's start-up check, `probe.py`) in `prepare()`, before a
+run starts: where it cannot isolate, the run stops with that one line. Episodes run without
+`prepare()` (a direct `run_episodes`) probe on their first episode, and then every episode ends
+with that line as its environment error (an `infra` verdict, reward NULL), never by running the
+code unsandboxed.
 `unsafe_no_sandbox: true` opts out of the sandbox, as for the verifier.
 
 The environment gives no reward of its own: the final answer (the model's turn without a tool
@@ -222,6 +224,9 @@ class PythonEnvironment(loop.Environment):
 
     def episode(self, task: loop.Task) -> PythonEpisode:
         return PythonEpisode(self, self.sandbox())
+
+    def prepare(self) -> None:
+        self.sandbox()  # SandboxUnavailable stops the run with its line
 
     def sandbox(self) -> Sandbox:
         """The sandbox for these options, probed once (raises SandboxUnavailable, one line)."""

@@ -131,12 +131,20 @@ class ArithmeticTasks(loop.TaskSource):
             a, b = divmod(rest, width_b)
             return lo + a, opts.operations[op_index], lo_b + b
 
-        stream = _distinct_indices(random.Random(seed), space)
+        # A question the prompt's worked examples already answer is never a task: held-out
+        # problems must not have their answer in the prompt.
+        shown = {m["content"] for m in opts.few_shot if m["role"] == "user"}
+        problems = (p for p in map(decode, _distinct_indices(random.Random(seed), space))
+                    if opts.prompt.format(a=p[0], op=p[1], b=p[2]) not in shown)
         # Eval is taken first from the stream, so it cannot depend on train_size.
-        eval_tasks = [self._task(opts, *decode(next(stream)), "eval")
-                      for _ in range(opts.eval_size)]
-        train_tasks = [self._task(opts, *decode(next(stream)), "train")
-                       for _ in range(opts.train_size)]
+        try:
+            eval_tasks = [self._task(opts, *next(problems), "eval")
+                          for _ in range(opts.eval_size)]
+            train_tasks = [self._task(opts, *next(problems), "train")
+                           for _ in range(opts.train_size)]
+        except StopIteration:
+            raise ValueError(f"arithmetic: only {space - len(shown)} problems are not among "
+                             "few_shot's questions; lower train_size or eval_size") from None
         return loop.TaskSet(train=train_tasks, eval=eval_tasks)
 
     def _task(self, opts: ArithmeticOptions, a: int, op: str, b: int, split: str) -> loop.Task:

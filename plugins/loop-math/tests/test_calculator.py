@@ -83,6 +83,20 @@ def test_second_operand_digits_and_few_shot_leave_other_tasks_unchanged():
                                 "train_size": 800, "eval_size": 20}, seed=0)
 
 
+def test_a_question_the_worked_examples_answer_is_never_a_task():
+    """The few-shot exchange shows 317*46 = 14582: that problem must be in neither split."""
+    options = {"digits": 1, "operations": ["*"], "train_size": 70, "eval_size": 10,
+               "few_shot": [{"role": "user", "content": "What is 3*4?"},
+                            {"role": "assistant", "content": "12"}]}
+    tasks = ArithmeticTasks().load(options, seed=0)
+    questions = [t.prompt[-1]["content"] for t in tasks.train + tasks.eval]
+    assert "What is 3*4?" not in questions and len(set(questions)) == 80
+    without = ArithmeticTasks().load({**options, "few_shot": []}, seed=0)
+    assert "What is 3*4?" in [t.prompt[-1]["content"] for t in without.train + without.eval]
+    with pytest.raises(ValueError, match="only 80 problems are not among few_shot"):
+        ArithmeticTasks().load({**options, "train_size": 71}, seed=0)
+
+
 def test_calculator_episodes_get_the_environments_results_and_math_judges_the_answer():
     """A scripted model calls the tool with the question's expression (or a wrong one, or a
     hostile one) and answers with whatever the tool said: the stored results are the
@@ -131,3 +145,38 @@ def test_calculator_episodes_get_the_environments_results_and_math_judges_the_an
         else:
             assert tool_turns == [] and episode.end_reason == "answer" and not verdict.passed
         assert episode.env_reward is None  # the calculator leaves judging to the verifier
+
+
+@pytest.mark.slow
+def test_loop_run_calculator_names_the_run_after_the_task_and_shows_tool_use(tmp_path):
+    """`loop run calculator` end to end on the scripted backend: the run is named after the task
+    file, every episode's tool result is the environment's, and `loop show` reports tool use
+    and turns per round."""
+    import os
+    import subprocess
+    import sys
+
+    reply = call("317*46").replace('"', '\\"').replace("\n", "\\n")
+    args = ["run", "calculator", "--rounds", "1", "--set", "backend.name=scripted",
+            "--set", f'backend.options.completions=["{reply}", "14582"]',
+            "--set", "train.method=noop", "--set", "select.prompts_per_round=3",
+            "--set", "evaluate.problems=4", "--set", "generate.n=2"]
+    env = {k: v for k, v in os.environ.items() if k != "LOOP_FAILPOINT"}
+    env["LOOP_DB"] = str(tmp_path / "loop.db")
+    cli = [sys.executable, "-m", "loop.cli"]
+    done = subprocess.run([*cli, *args], env=env, cwd=TASK_FILE.parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = subprocess.run([*cli, "show", "calculator-1", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    rounds = json.loads(shown.stdout)["rounds"]
+    assert [sorted(r["episodes"]) for r in rounds] == [["evaluate"], ["evaluate", "generate"]]
+    for r in rounds:
+        for stats in r["episodes"].values():
+            assert stats["tool_call_share"] == 1.0 and stats["mean_turns"] == 2.0
+            assert stats["tool_errors"] == 0 and stats["end_reasons"] == {"answer": stats["count"]}
+    assert rounds[1]["episodes"]["generate"]["count"] == 3 * 2
+    table = subprocess.run([*cli, "show", "calculator-1"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert "tool use" in table.stdout and "100.0%" in table.stdout

@@ -122,23 +122,29 @@ class Completion:
     prompt_tokens: int | None  # None: the server did not say
 
 
-def read_completion(response: httpx.Response, url: str, expected: int) -> Completion:
-    """The `expected` answers in a chat-completions response, in choice order."""
+def _parse(response: httpx.Response, url: str, expected: int, model: type, what: str) -> Any:
+    """The response as `model` with `expected` choices, or a ProtocolError with one line."""
     try:
         data = json.loads(response.content)
     except ValueError:
         start = " ".join(response.text[:60].split())
         raise ProtocolError(f"endpoint {url}: the answer is not JSON (starts with {start!r})")
     try:
-        parsed = _ChatCompletion.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ProtocolError(f"endpoint {url}: the answer is not a chat completion: {where}: "
+        raise ProtocolError(f"endpoint {url}: the answer is not {what}: {where}: "
                             f"{err['msg']}") from None
     if len(parsed.choices) != expected:
         raise ProtocolError(f"endpoint {url}: asked for {expected} answers (n), got "
                             f"{len(parsed.choices)}")
+    return parsed
+
+
+def read_completion(response: httpx.Response, url: str, expected: int) -> Completion:
+    """The `expected` answers in a chat-completions response, in choice order."""
+    parsed = _parse(response, url, expected, _ChatCompletion, "a chat completion")
     choices = sorted(parsed.choices, key=lambda c: c.index)
     prompt_tokens = parsed.usage.prompt_tokens if parsed.usage else None
     if prompt_tokens is None and parsed.prompt_token_ids is not None:
@@ -217,21 +223,7 @@ def read_token_completion(response: httpx.Response, url: str, expected: int,
     one line: no ids (a server without `return_token_ids`), log-probabilities missing or not one
     per id, two copies of the ids that disagree, or a prompt the server changed (e.g. by adding
     a BOS token), after which the ids would no longer be the sequence the model saw."""
-    try:
-        data = json.loads(response.content)
-    except ValueError:
-        start = " ".join(response.text[:60].split())
-        raise ProtocolError(f"endpoint {url}: the answer is not JSON (starts with {start!r})")
-    try:
-        parsed = _TextCompletion.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ProtocolError(f"endpoint {url}: the answer is not a completion: {where}: "
-                            f"{err['msg']}") from None
-    if len(parsed.choices) != expected:
-        raise ProtocolError(f"endpoint {url}: asked for {expected} answers (n), got "
-                            f"{len(parsed.choices)}")
+    parsed = _parse(response, url, expected, _TextCompletion, "a completion")
     answers = []
     for choice in sorted(parsed.choices, key=lambda c: c.index):
         if choice.prompt_token_ids is not None and choice.prompt_token_ids != list(prompt_ids):
