@@ -384,7 +384,10 @@ def main() -> int:
         args.results.write_text(json.dumps(results, indent=1))
         print(json.dumps(figures, indent=1, default=str), flush=True)
     if args.write:
-        PAGE.write_text(render(results))
+        from perf_page import keep_other_sections
+
+        old = PAGE.read_text() if PAGE.exists() else ""
+        PAGE.write_text(keep_other_sections(render(results), old))
         print(f"wrote {PAGE.relative_to(REPO)}")
     return 0
 

@@ -130,3 +130,15 @@ def test_plain_trl_script_trains_on_a_budget_and_saves_timed_checkpoints(tiny_mo
     for checkpoint in checkpoints:
         assert (Path(checkpoint["adapter"]) / "adapter_model.safetensors").is_file()
     assert len(timeline["rollout_rewards"]) == timeline["steps"]
+
+
+def test_write_keeps_the_sections_other_benchmarks_wrote():
+    new = "# Benchmarks\n\nintro\n\n## Summary\n\nnew\n\n## GPU check\n\nnew gpu\n"
+    old = ("# Benchmarks\n\nold intro\n\n## Summary\n\nold\n\n## Agent: the calculator demo\n\n"
+           "| a |\n\n## GPU check\n\nold gpu\n\n## Plugin workers\n\nfigures\n")
+    page = perf_page.keep_other_sections(new, old)
+    assert page.startswith(new)
+    assert page.count("## Summary") == 1 and "old gpu" not in page and "\nold\n" not in page
+    assert page.index("## Agent: the calculator demo") < page.index("## Plugin workers")
+    assert page.endswith("## Plugin workers\n\nfigures\n")
+    assert perf_page.keep_other_sections(new, "") == new

@@ -158,8 +158,11 @@ def test_loop_run_calculator_names_the_run_after_the_task_and_shows_tool_use(tmp
 
     reply = call("317*46").replace('"', '\\"').replace("\n", "\\n")
     args = ["run", "calculator", "--rounds", "1", "--set", "backend.name=scripted",
-            "--set", f'backend.options.completions=["{reply}", "14582"]',
+            # the scripted k-th assistant turn: the prompt's worked exchange holds two already
+            "--set", f'backend.options.completions=["", "", "{reply}", "14582"]',
             "--set", "train.method=noop", "--set", "select.prompts_per_round=3",
+            # one token per character on the scripted backend: a call alone is ~90 tokens
+            "--set", "task.environment.max_tokens=2000",
             "--set", "evaluate.problems=4", "--set", "generate.n=2"]
     env = {k: v for k, v in os.environ.items() if k != "LOOP_FAILPOINT"}
     env["LOOP_DB"] = str(tmp_path / "loop.db")
