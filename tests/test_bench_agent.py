@@ -1,12 +1,14 @@
 """bench/agent.py: the no-tool baseline asks the calculator task's own held-out problems without
 the environment or its prompt, and the table reads the rounds' episode stats (the benchmark
-itself runs `loop run calculator` for 20 minutes and is run by hand: BENCHMARKS.md)."""
+itself runs `loop run calculator` for 20 minutes and is run by hand: BENCHMARKS.md); and
+bench/shared_prefix.py runs and checks that both of its arms decode the same tokens."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,3 +44,14 @@ def test_the_table_has_a_row_per_round_with_tool_use_and_turns():
         == [(0, 0.5, 0.25, 1.5), (1, 0.9, 1.0, 2.0)]
     assert "| 1 | 0.900 | 100% | 2.00 | 0.020 | 11 |" in text
     assert "0.500 -> 0.900 (+40.0 pts" in text and "10.0 min" in text
+
+
+@pytest.mark.slow
+def test_the_shared_prefix_benchmark_runs_and_checks_the_tokens_agree():
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "shared_prefix.py"), "--prompts",
+                           "3", "--max-new-tokens", "4", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 prompts of " in done.stdout and "same tokens: True" in done.stdout
