@@ -345,3 +345,28 @@ def test_episodes_without_token_ids_are_refused_with_the_cause_and_the_fix(
     ctx = _context(tmp_path, chat_model, updater, options, samples)
     with pytest.raises(ValueError, match=rf"^{updater.name}: .*without token ids.*hf, vllm"):
         updater.update(ctx)
+
+
+@pytest.mark.parametrize("updater,options", [(GRPOUpdater(), GRPOOptions()),
+                                             (NFTUpdater(), NFTOptions()),
+                                             (REDIUpdater(), REDIOptions())],
+                         ids=["grpo", "nft", "redi"])
+def test_group_exports_of_episodes_hold_every_turn_and_the_ids_training_reads(
+        tmp_path, chat_model, updater, options):
+    """`loop export --what grpo|nft|redi` on episodes: the episode's own prompt, every message
+    after it, and the stored ids with the mask of the model's tokens."""
+    samples = _samples(chat_model)
+    by_id = {s.attempt.id: s.attempt for s in samples}
+    rows = updater.build_dataset(_context(tmp_path, chat_model, updater, options, samples))
+    assert rows and len({frozenset(r) for r in rows}) == 1  # one key set: one table
+    for row in rows:
+        attempt = by_id[row["attempt_id"]]
+        assert row["prompt"][0]["content"].endswith("Start at 0.")  # the reset text
+        assert [m["role"] for m in row["completion"]] == [t.role for t in attempt.turns]
+        assert row["completion"][-1]["content"] == attempt.completion
+        assert row["prompt_ids"] == attempt.prompt_ids
+        assert row["completion_ids"] == [i for t in attempt.turns for i in t.token_ids]
+        assert row["completion_mask"] == attempt.loss_mask()
+        assert (0 in row["completion_mask"]) == any(t.role == "tool" for t in attempt.turns)
+        model = [lp for t in attempt.turns if t.trained for lp in t.logprobs]
+        assert row["logprob_sum"] == pytest.approx(sum(model))

@@ -203,6 +203,12 @@ class GroupUpdater(loop.Updater):
         completion's tokens (log π_behaviour(y|x) at temperature 1), None when the backend
         stored none for every token. Groups the method skips (incomplete; all rewards equal,
         except for redi) are left out, as in training.
+
+        Episodes: `prompt` is the episode's own prompt (with the tool text and reset text),
+        `completion` every message after it (assistant turns, tool results, observations), and
+        three more columns hold what training reads: `prompt_ids`, `completion_ids` (every turn's
+        ids as sampled) and `completion_mask` (1 on the model's tokens, 0 on the environment's);
+        `logprob_sum` counts the model's tokens only.
         """
         groups = self.build_groups(context)
         names = context.reward_names or ["reward"]
@@ -212,7 +218,7 @@ class GroupUpdater(loop.Updater):
             for k, sample in enumerate(group.samples):
                 attempt = sample.attempt
                 logprobs = attempt.logprobs
-                rows.append({
+                row = {
                     "group_id": f"{context.round_index}:{group.task_id}",
                     "task_id": group.task_id, "attempt_id": attempt.id,
                     "sample_index": attempt.sample_index, "prompt": group.prompt,
@@ -223,7 +229,10 @@ class GroupUpdater(loop.Updater):
                        for name, v in zip(names, values)},
                     "logprob_sum": (math.fsum(logprobs) if logprobs
                                     and len(logprobs) == len(attempt.token_ids) else None),
-                })
+                }
+                if attempt.is_episode:
+                    row.update(_episode_columns(sample, self.name))
+                rows.append(row)
         return rows
 
     def trainer_cls(self, options: Any):
@@ -297,3 +306,22 @@ class GRPOUpdater(GroupUpdater):
         options = options or GRPOOptions()
         return {"loss_type": options.loss_type, "scale_rewards": options.scale_rewards,
                 "epsilon": options.epsilon, "beta": options.beta}
+
+
+def _episode_columns(sample: loop.Sample, method: str) -> dict[str, Any]:
+    """An episode's export columns: its own prompt and the messages after it, and the ids and
+    mask training reads (see `build_dataset`)."""
+    attempt = sample.attempt
+    ids, mask = episode_sequence(sample, method)
+    after = len(attempt.turns)
+    model_logprobs = [lp for t in attempt.turns if t.trained for lp in (t.logprobs or [])]
+    model_tokens = sum(len(t.token_ids) for t in attempt.turns if t.trained)
+    return {
+        "prompt": attempt.messages[:len(attempt.messages) - after],
+        "completion": attempt.messages[len(attempt.messages) - after:],
+        "prompt_ids": list(attempt.prompt_ids),
+        "completion_ids": ids[len(attempt.prompt_ids):],
+        "completion_mask": mask[len(attempt.prompt_ids):],
+        "logprob_sum": (math.fsum(model_logprobs)
+                        if model_tokens and len(model_logprobs) == model_tokens else None),
+    }
