@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,8 +46,7 @@ def no_tool_task(work: Path) -> Path:
 
 
 def run(db: Path, name: str, task: Path, *args: str) -> tuple[dict, float]:
-    import subprocess
-
+    """(show --json, wall seconds) of run `name` in `db`, run first unless it finished there."""
     done = finished_run(db, name)
     if done is None:
         subprocess.run([*LOOP, "run", str(task), "--db", str(db), "--name", name, *args],
