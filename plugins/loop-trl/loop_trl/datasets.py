@@ -94,6 +94,13 @@ def _answer_key(sample: loop.Sample) -> object:
     return attempt.completion.strip()
 
 
+def _length(sample: loop.Sample) -> int:
+    """An answer's length: its token ids (an episode's whole sequence after the prompt), or its
+    characters when the backend gave no ids."""
+    attempt = sample.attempt
+    return len(attempt.token_ids) if attempt.token_ids else len(attempt.completion)
+
+
 def _distinct(samples: list[loop.Sample]) -> list[loop.Sample]:
     """One sample per distinct answer (`_answer_key`), first one kept."""
     seen, out = set(), []
@@ -113,8 +120,10 @@ def _usable(sample: loop.Sample) -> bool:
 
 
 def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
-             max_per_prompt: int | None = None) -> list[dict]:
+             max_per_prompt: int | None = None, shortest_first: bool = False) -> list[dict]:
     """Verified-correct answers, one row each (identical answers to one prompt once if `dedupe`).
+    A prompt's answers keep their sampled order, or with `shortest_first` go shortest first (ties
+    in sampled order), so `max_per_prompt` keeps the shortest ones.
     Episodes: `input_ids` (prompt and turns) and `completion_mask` (1 on the model's tokens)."""
     samples, episodes = episodes_only(samples)
     rows = []
@@ -122,6 +131,8 @@ def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
         passed = [s for s in task_samples if s.passed]
         if dedupe:
             passed = _distinct(passed)
+        if shortest_first:
+            passed.sort(key=_length)
         for sample in passed[:max_per_prompt]:
             if episodes:
                 ids, mask = episode_sequence(sample, "sft")

@@ -29,6 +29,10 @@ class SFTOptions(BaseModel):
     dedupe: bool = Field(default=True, description="keep one copy of identical answers per prompt")
     max_per_prompt: int | None = Field(default=None, ge=1,
                                        description="cap on kept answers per prompt (None: all)")
+    shortest_first: bool = Field(default=False, description=(
+        "order each prompt's passing answers shortest first, so that max_per_prompt keeps the "
+        "shortest: a verifier that checks only the final answer also passes rambling answers "
+        "that happen to end right"))
     padding_free: bool = Field(default=False, description=(
         "flatten each batch into one sequence without padding (TRL's padding_free; the model "
         "keeps the examples apart by their position ids). Same loss, fewer tokens computed "
@@ -44,7 +48,8 @@ class SFTUpdater(loop.Updater):
     def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
         options: SFTOptions = context.options or SFTOptions()
         return sft_rows(context.samples, dedupe=options.dedupe,
-                        max_per_prompt=options.max_per_prompt)
+                        max_per_prompt=options.max_per_prompt,
+                        shortest_first=options.shortest_first)
 
     def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         rows = self.build_dataset(context)

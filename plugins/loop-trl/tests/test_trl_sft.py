@@ -139,3 +139,23 @@ def test_padding_free_batches_train_the_same_loss_as_padded_ones(tmp_path, tiny_
                                 result.metrics["train_loss"])
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert losses[False][0] != pytest.approx(losses[False][1], rel=1e-3)  # it did learn
+
+
+
+def test_shortest_first_keeps_each_prompts_shortest_passing_answers(tmp_path, tiny_model_dir):
+    """`shortest_first` with `max_per_prompt` keeps the shortest verified answers of a prompt
+    (a final-answer verifier also passes rambles that end right); without it the sampled order
+    decides, and failed answers are never kept either way."""
+    samples = _samples([(12, 35, "To add them, take 12, then 35, which gives 47", True),
+                        (12, 35, "47", True), (12, 35, "4", False),
+                        (30, 31, "30 + 31 = 61", True), (30, 31, "61", True)])
+    for sample in samples:  # the hf backend's ids: one per character here
+        sample.attempt.token_ids = list(range(len(sample.attempt.completion)))
+
+    def kept(**options) -> list[str]:
+        ctx = _context(tmp_path, tiny_model_dir, samples)
+        ctx.options = SFTOptions(max_per_prompt=1, **options)
+        return [row["completion"][0]["content"] for row in SFTUpdater().build_dataset(ctx)]
+
+    assert kept(shortest_first=True) == ["47", "61"]
+    assert kept() == ["To add them, take 12, then 35, which gives 47", "30 + 31 = 61"]
