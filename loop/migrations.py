@@ -574,3 +574,26 @@ def m011_episode_turns(db: Database) -> None:
           t.tool_calls_json, t.name as tool, t.arguments_json, t.error, t.reward, t.seconds,
           t.trained, json_array_length(t.token_ids_json) as tokens
         from turns t join attempts a on a.id = t.attempt_id""", replace=True)
+
+
+# Critique texts indexed in bulk as well (loop.search_index), like answers and feedback (m008):
+# the triggers sqlite-utils made in m004 tokenized each critique as it was written, which cost
+# more than the rest of writing it (bench/store.py). The index and its column are unchanged.
+LAZY_CRITIQUE_SEARCH = (("critiques", ("text", "kind")),)
+
+
+@migration
+def m012_critique_search_off_the_write_path(db: Database) -> None:
+    for table, columns in LAZY_CRITIQUE_SEARCH:
+        fts = f"{table}_fts"
+        for suffix in ("ai", "ad", "au"):  # sqlite-utils names them after the table
+            db.execute(f"drop trigger if exists {table}_{suffix}")
+        # Up to here the triggers kept the index whole: every row so far is indexed.
+        db.execute("insert or replace into search_index (fts, indexed_rowid, stale) values "
+                   f"(?, (select coalesce(max(rowid), 0) from {table}), 0)", [fts])
+        indexed = f"(select indexed_rowid from search_index where fts = '{fts}')"
+        mark = f"update search_index set stale = 1 where fts = '{fts}';"
+        db.execute(f"create trigger {fts}_stale_ad after delete on {table} "
+                   f"when old.rowid <= {indexed} begin {mark} end")
+        db.execute(f"create trigger {fts}_stale_au after update of {', '.join(columns)} on "
+                   f"{table} when old.rowid <= {indexed} begin {mark} end")

@@ -238,7 +238,9 @@ def _mistake_filter(store: Store, run_id: str, *, open_only: bool, recurring: bo
         params.append(kind)
     if query:
         # the feedback, kind or prompt contain the text, or a critique of one of the task's
-        # attempts in this run matches it (full-text search over critique texts)
+        # attempts in this run matches it (full-text search over critique texts, which are
+        # indexed in bulk: critiques written since the last round ended are indexed first)
+        refresh_search_index(store.db)
         candidates = _mistake_candidates(store, run_id, query)
         if candidates is not None:  # a rare text: the few mistakes that may hold it, by rowid
             where[0] = "+m.run_id = ?"

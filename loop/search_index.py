@@ -1,12 +1,12 @@
-"""The trigram search indexes over answers and verifier feedback, brought up to date in bulk.
+"""The search indexes over answers, verifier feedback and critiques, brought up to date in bulk.
 
-Writing an answer does not index it (migration m008: a trigger per row cost more than the rest of
-the write). `refresh(db)` indexes every row added since the last refresh in one statement per
-index, or rebuilds an index when a row it had indexed was deleted or changed since (rare: a
-resumed run redoing an evaluation). The engine refreshes after each round, and every search
-(`loop logs -q`, `loop mistakes -q`, `loop datasette`) refreshes first, so a search sees every
-committed row; a plain-SQL user of `attempts_fts`/`verdicts_fts` between rounds of a live run sees
-the rows up to the last finished round.
+Writing an answer or a critique does not index it (migrations m008 and m012: a trigger per row
+cost more than the rest of the write). `refresh(db)` indexes every row added since the last
+refresh in one statement per index, or rebuilds an index when a row it had indexed was deleted or
+changed since (rare: a resumed run redoing an evaluation). The engine refreshes after each round,
+and every search (`loop logs -q`, `loop mistakes -q`, `loop datasette`) refreshes first, so a
+search sees every committed row; a plain-SQL user of `attempts_fts`/`verdicts_fts`/`critiques_fts`
+between rounds of a live run sees the rows up to the last finished round.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import sqlite3
 
 from sqlite_utils import Database
 
-from loop.migrations import LAZY_SEARCH
+from loop.migrations import LAZY_CRITIQUE_SEARCH, LAZY_SEARCH
+
+# every index `refresh` keeps: (table, its indexed columns); its index is the table's `_fts`
+SEARCH_INDEXES = LAZY_SEARCH + LAZY_CRITIQUE_SEARCH
 
 
 def refresh(db: Database) -> int:
@@ -25,10 +28,10 @@ def refresh(db: Database) -> int:
     conn = db.conn
     try:
         if conn.in_transaction:  # inside a caller's transaction: part of it
-            return sum(_refresh_one(db, table, columns) for table, columns in LAZY_SEARCH)
+            return sum(_refresh_one(db, table, columns) for table, columns in SEARCH_INDEXES)
         conn.execute("BEGIN IMMEDIATE")  # one writer at a time: no row indexed twice
         try:
-            indexed = sum(_refresh_one(db, table, columns) for table, columns in LAZY_SEARCH)
+            indexed = sum(_refresh_one(db, table, columns) for table, columns in SEARCH_INDEXES)
         except BaseException:
             conn.rollback()
             raise

@@ -60,7 +60,7 @@ def test_a_deleted_indexed_row_makes_the_index_rebuild(store, tmp_path):
     assert _found(store, "attempts_fts", "oka") == set()
     assert len(_found(store, "attempts_fts", "pan")) == 1
     assert len(_found(store, "attempts_fts", "aar")) == 1
-    assert store.db.execute("select stale from search_index").fetchall() == [(0,), (0,)]
+    assert store.db.execute("select stale from search_index").fetchall() == [(0,)] * 3
 
 
 def test_loop_logs_search_sees_answers_written_since_the_last_round(store, tmp_path):
@@ -94,3 +94,21 @@ def test_loop_datasette_indexes_every_answer_before_serving(store, tmp_path, mon
     result = CliRunner().invoke(app, ["datasette", "--db", db])
     assert result.exit_code == 0, result.output
     assert len(_found(store, "attempts_fts", "nar")) == 1
+
+
+def test_critiques_are_indexed_by_the_refresh_and_loop_mistakes_search_finds_new_ones(store,
+                                                                                      tmp_path):
+    from loop.queries import mistake_rows
+    from loop.schema import Critique
+
+    task = _setup(store, tmp_path)
+    store.insert_attempts([_attempt(task, 0, "five")])
+    store.insert_critiques([("a0", Critique(kind="wrong_answer", critic="taxonomy",
+                                            text="the capybara forgot a carry"))])
+    match = "select rowid from critiques_fts where critiques_fts match 'capybara'"
+    assert store.db.execute(match).fetchall() == []  # the write did not index it
+    store.update_mistakes("r", 1, {(task.id, "wrong_answer"): ("a0", "expected 4", 1)}, set())
+    # the search indexes what was written since the last round ended before it looks
+    rows = mistake_rows(store, "r", query="capybara")
+    assert [(r["task_id"], r["kind"]) for r in rows] == [(task.id, "wrong_answer")]
+    assert len(store.db.execute(match).fetchall()) == 1

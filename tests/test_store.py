@@ -83,7 +83,8 @@ def test_migrate_is_idempotent(tmp_path):
                        "m004_create_critiques", "m005_read_side_indexes_and_views",
                        "m006_text_search_and_held_out_index", "m007_run_resumes",
                        "m008_search_index_off_the_write_path", "m009_binary_logprobs",
-                       "m010_eval_pass_at_k", "m011_episode_turns"]
+                       "m010_eval_pass_at_k", "m011_episode_turns",
+                       "m012_critique_search_off_the_write_path"]
     assert db.journal_mode == "wal"
 
 
