@@ -119,6 +119,43 @@ class TaskConfig(Section):
         "world); none: single answers"))
 
 
+class CurriculumConfig(Section):
+    """How the select stage spends a round's prompts from the run's solve history
+    (loop.selection). Written alone, `on`/`off` (or true/false) sets `enabled`."""
+
+    enabled: bool = Field(default=False, description=(
+        "use each train task's solve history: skip tasks every first try solved when last seen, "
+        "take `share` of the prompts from tasks solved sometimes; off: fresh tasks in order"))
+    share: float = Field(default=0.5, ge=0.0, le=1.0, description=(
+        "share of each round's prompts taken from tasks solved sometimes when last seen "
+        "(0 < first tries passed < n), those nearest half solved first; the rest are fresh"))
+    groups: Literal["auto", "on", "off"] = Field(default="auto", description=(
+        "dynamic sampling for updaters that learn from reward differences within a prompt's "
+        "group: also skip tasks no first try solved when last seen (their groups would be all "
+        "equal again); auto: when the update method drops all-equal groups (grpo, nft)"))
+    extra_share: float = Field(default=0.0, ge=0.0, le=1.0, description=(
+        "dynamic sampling: up to this share of prompts_per_round more prompts, sized by the "
+        "share of all-equal groups in the last round, so about prompts_per_round groups have "
+        "mixed results (costs samples; 0: the round's size is fixed)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_switch(cls, value: Any) -> Any:
+        # YAML reads a bare `on`/`off` as true/false; the strings come from JSON or env values
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if isinstance(value, str) and value.strip().lower() in ("on", "off"):
+            return {"enabled": value.strip().lower() == "on"}
+        return value
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _groups_switch(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # `groups: on` in YAML
+            return "on" if value else "off"
+        return value
+
+
 class SelectConfig(Section):
     prompts_per_round: int = Field(default=128, ge=1, le=1_000_000,
                                    description="training prompts per round")
@@ -134,6 +171,8 @@ class SelectConfig(Section):
         "solution as a hint, when its source has one (0: off)"))
     hint_share: float = Field(default=0.5, gt=0.0, lt=1.0, description=(
         "share of the reference solution's lines shown as the hint"))
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig, description=(
+        "spend the round's prompts where the solve history says they teach (off by default)"))
 
 
 class RefineConfig(Section):

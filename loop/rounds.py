@@ -48,7 +48,7 @@ from loop.schema import (
     Verdict,
 )
 from loop.search_index import refresh as refresh_search_index
-from loop.selection import choose_prompts, with_hint
+from loop.selection import choose_prompts, drops_equal_groups, with_hint
 from loop.stage_order import ROUND0_STAGES, TRAIN_STAGES
 from loop.store import Store
 from loop.timing import reported_timing, session_timing
@@ -163,11 +163,17 @@ class RoundEngine:
 
     def stage_select(self, idx: int) -> None:
         """Pick the round's prompts: replayed mistakes (with hints for long-unsolved ones), then
-        fresh training tasks; retired tasks stay out (loop.selection)."""
+        fresh training tasks; retired tasks stay out; with `select.curriculum` on, tasks solved
+        sometimes first and solved ones skipped (loop.selection). The choice depends only on
+        earlier rounds' stored rows and the seed, and lands with the stage: a resumed round
+        samples the stored task ids, a redone stage chooses the same ones."""
         started = time.perf_counter()
+        select = self.config.select
+        groups = select.curriculum.enabled and drops_equal_groups(
+            select.curriculum.groups, self.components.updater.component)
         choice = choose_prompts(self.tasks.train, self.store.task_history(self.run_id),
-                                self.store.open_mistake_counts(self.run_id), self.config.select,
-                                derive_seed(self.config.seed, idx, "select"))
+                                self.store.open_mistake_counts(self.run_id), select,
+                                derive_seed(self.config.seed, idx, "select"), groups=groups)
         if choice.reused:
             self.reporter.warn(f"round {idx}: only {len(choice.tasks) - len(choice.reused)} "
                                "unused training prompts left; reusing earlier ones")
@@ -176,6 +182,10 @@ class RoundEngine:
             stats.update(count=len(choice.tasks), task_ids=[t.id for t in choice.tasks],
                          replayed=choice.replayed, hinted=choice.hinted,
                          retired=len(choice.retired))
+            if select.curriculum.enabled:
+                stats["curriculum"] = {"frontier": choice.frontier,
+                                       "skipped": len(choice.skipped), "groups": groups,
+                                       "extra": choice.extra}
 
     def stage_generate(self, idx: int) -> None:
         """Sample `generate.n` answers for each selected prompt with the round's input model."""
