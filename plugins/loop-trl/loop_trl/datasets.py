@@ -197,21 +197,72 @@ def kto_rows(samples: list[loop.Sample], *, dedupe: bool = True) -> list[dict]:
     """Every usable attempt as an unpaired example: label True if it passed, False if not.
     Episodes: `prompt_ids`, `completion_ids` (every turn) and `completion_loss_mask`."""
     samples, episodes = episodes_only(samples)
-    rows = []
+    return [_kto_row(sample, label, episodes)
+            for sample, label in _kto_examples(samples, dedupe)]
+
+
+def kto_balanced_rows(samples: list[loop.Sample], *, undesirable_per_desirable: float | None,
+                      dedupe: bool = True) -> list[dict]:
+    """`kto_rows` with the undesirable side cut down and the rows mixed, the data `kto` trains on.
+
+    With `undesirable_per_desirable` = k, at most ceil(k x #desirable) undesirable examples are
+    kept (all of them when None; none when no answer passed), taken one per prompt in turn:
+    first from prompts that also have a passing answer (the failures a verified answer can be
+    told apart from), then from the rest, each prompt's in sample order. The rows are then put
+    in a fixed pseudo-random order (a hash of task and attempt id, so no seed: the exported rows
+    are the trained ones): TRL's KTO reads them in order and estimates its KL term from the
+    mismatched prompt-answer pairs of each batch, so a batch should hold several prompts and
+    both labels.
+    """
+    import hashlib
+    import math
+
+    samples, episodes = episodes_only(samples)
+    examples = _kto_examples(samples, dedupe)
+    good = [(s, label) for s, label in examples if label]
+    bad = [(s, label) for s, label in examples if not label]
+    if undesirable_per_desirable is not None:
+        keep = math.ceil(undesirable_per_desirable * len(good) - 1e-9)
+        solved = {s.task.id for s, _ in good}
+        queues: dict[str, list] = {}
+        for example in bad:
+            queues.setdefault(example[0].task.id, []).append(example)
+        chosen: list = []
+        for contrasted in (True, False):
+            tier = [q for task_id, q in queues.items() if (task_id in solved) == contrasted]
+            depth = 0
+            while len(chosen) < keep and any(depth < len(q) for q in tier):
+                chosen += [q[depth] for q in tier if depth < len(q)][:keep - len(chosen)]
+                depth += 1
+        bad = chosen
+
+    def position(example) -> str:
+        sample, _ = example
+        return hashlib.sha256(f"{sample.task.id}\0{sample.attempt.id}".encode()).hexdigest()
+
+    return [_kto_row(sample, label, episodes)
+            for sample, label in sorted(good + bad, key=position)]
+
+
+def _kto_examples(samples: list[loop.Sample], dedupe: bool) -> list[tuple[loop.Sample, bool]]:
+    """(sample, label) of every usable attempt: per task, its distinct passing answers, then its
+    distinct failing ones."""
+    out = []
     for task_samples in _by_task(samples).values():
         usable = [s for s in task_samples if _usable(s)]
         for label in (True, False):
             chosen = [s for s in usable if s.passed == label]
-            for sample in (_distinct(chosen) if dedupe else chosen):
-                if episodes:
-                    ids, mask = episode_sequence(sample, "kto")
-                    cut = len(sample.attempt.prompt_ids)
-                    rows.append({"prompt_ids": ids[:cut], "completion_ids": ids[cut:],
-                                 "completion_loss_mask": mask[cut:], "label": label})
-                else:
-                    rows.append({"prompt": sample.task.prompt, "completion": _answer(sample),
-                                 "label": label})
-    return rows
+            out += [(sample, label) for sample in (_distinct(chosen) if dedupe else chosen)]
+    return out
+
+
+def _kto_row(sample: loop.Sample, label: bool, episodes: bool) -> dict:
+    if episodes:
+        ids, mask = episode_sequence(sample, "kto")
+        cut = len(sample.attempt.prompt_ids)
+        return {"prompt_ids": ids[:cut], "completion_ids": ids[cut:],
+                "completion_loss_mask": mask[cut:], "label": label}
+    return {"prompt": sample.task.prompt, "completion": _answer(sample), "label": label}
 
 
 @dataclass
@@ -234,7 +285,8 @@ class Group:
 @dataclass
 class Groups:
     groups: list[Group] = field(default_factory=list)
-    skipped_equal: int = 0       # every reward equal: no relative signal (GRPO, NFT)
+    skipped_equal: int = 0       # every reward equal: no relative signal (GRPO, NFT); REDI:
+    #                              no attempt passed
     skipped_incomplete: int = 0  # fewer than n attempts with a reward (checker failures)
 
     def counts(self) -> dict[str, int]:
@@ -248,13 +300,14 @@ def _reward(sample: loop.Sample, name: str) -> float:
 
 
 def build_groups(samples: list[loop.Sample], n: int, names: list[str], *,
-                 skip_equal: bool = True) -> Groups:
+                 skip_equal: bool = True, skip_unsolved: bool = False) -> Groups:
     """Each prompt's first-try attempts (depth 0) as a group of exactly `n`.
 
     A group missing an attempt, or with an attempt whose every reward is None (the checker
     failed, not the model), is skipped and counted: GRPO's groups have one fixed size, and an
     unscored answer must not pull the group's baseline. With `skip_equal`, groups whose rewards
-    are all equal (all solved, or none) carry no relative signal and are skipped and counted.
+    are all equal (all solved, or none) carry no relative signal and are skipped and counted;
+    with `skip_unsolved` (REDI) so are groups in which no attempt passed.
     """
     out = Groups()
     for task_id, task_samples in _by_task(samples).items():
@@ -267,7 +320,8 @@ def build_groups(samples: list[loop.Sample], n: int, names: list[str], *,
         group = Group(task_id=task_id, prompt=first_try[0].task.prompt, samples=first_try)
         totals = [sum(v for v in (_reward(s, name) for name in names) if v == v)
                   for s in first_try]
-        if skip_equal and max(totals) == min(totals):
+        if ((skip_equal and max(totals) == min(totals))
+                or (skip_unsolved and not any(s.passed for s in first_try))):
             out.skipped_equal += 1
             continue
         out.groups.append(group)

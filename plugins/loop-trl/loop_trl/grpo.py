@@ -34,7 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import loop
 from loop_trl.datasets import Group, Groups, build_groups, episode_sequence
-from loop_trl.training import train_with_trl
+from loop_trl.training import learning_rate, train_with_trl
+
+# GRPO's default learning rate on a LoRA adapter (train.options.learning_rate, or a
+# train.learning_rate the run chose, overrides it; loop_trl.training.learning_rate): loop's
+# shared LoRA rate, kept until a lower one is measured better on the default task.
+GRPO_LEARNING_RATE = 2e-4
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict]) -> list[int]:
@@ -169,13 +174,16 @@ class GRPOOptions(BaseModel):
     beta: float = Field(default=0.0, ge=0, description="KL penalty to the round's starting model")
     behaviour_logprobs: bool = Field(
         default=True, description="use the stored sampling log-probs as the PPO ratio's π_old")
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
+        f"None: {GRPO_LEARNING_RATE:g}, or train.learning_rate when the run sets one"))
 
 
 class GroupUpdater(loop.Updater):
     """What grpo, nft and redi share: groups from the store, TRL's GRPO pipeline on them."""
 
     name = "group"
-    skip_equal = True  # redi learns from all-solved and all-failed groups too
+    skip_equal = True  # redi learns from all-solved groups too
+    skip_unsolved = False  # redi: a group without a passing answer has no positive to weigh
 
     def build_groups(self, context: loop.UpdateContext) -> Groups:
         n = context.config.generate.n
@@ -183,7 +191,8 @@ class GroupUpdater(loop.Updater):
             raise loop.EmptyDataset(f"{self.name}: needs at least 2 samples per prompt to form "
                                     f"groups; generate.n is {n}")
         names = context.reward_names or ["reward"]
-        groups = build_groups(context.samples, n, names, skip_equal=self.skip_equal)
+        groups = build_groups(context.samples, n, names, skip_equal=self.skip_equal,
+                              skip_unsolved=self.skip_unsolved)
         for group in groups.groups:
             for sample in group.samples:
                 if sample.attempt.is_episode:
@@ -202,7 +211,7 @@ class GroupUpdater(loop.Updater):
         applicable), and `logprob_sum`: the sum of the stored sampling log-probs of the
         completion's tokens (log π_behaviour(y|x) at temperature 1), None when the backend
         stored none for every token. Groups the method skips (incomplete; all rewards equal,
-        except for redi) are left out, as in training.
+        for redi only those where no answer passed) are left out, as in training.
 
         Episodes: `prompt` is the episode's own prompt (with the tool text and reset text),
         `completion` every message after it (assistant turns, tool results, observations), and
@@ -241,6 +250,11 @@ class GroupUpdater(loop.Updater):
     def grpo_settings(self, options: Any) -> dict:
         return {}
 
+    def learning_rate(self, context: loop.UpdateContext) -> float | None:
+        """The method's own learning rate (`loop_trl.training.learning_rate`); None: the
+        shared `train.learning_rate`."""
+        return None
+
     def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         import os
 
@@ -269,6 +283,7 @@ class GroupUpdater(loop.Updater):
                      for g in groups.groups for s in g.samples)
         options = context.options
         trainer_cls = self.trainer_cls(options)
+        rate = self.learning_rate(context)
         behaviour = getattr(options, "behaviour_logprobs", True)
         settings = {
             "num_generations": n,
@@ -279,6 +294,7 @@ class GroupUpdater(loop.Updater):
             "max_completion_length": longest,
             "temperature": 1.0,  # stored log-probs are raw (temperature 1) ones
             "log_completions": False,
+            **({"learning_rate": rate} if rate is not None else {}),
             **self.grpo_settings(options),
         }
         metrics = train_with_trl(
@@ -306,6 +322,9 @@ class GRPOUpdater(GroupUpdater):
         options = options or GRPOOptions()
         return {"loss_type": options.loss_type, "scale_rewards": options.scale_rewards,
                 "epsilon": options.epsilon, "beta": options.beta}
+
+    def learning_rate(self, context: loop.UpdateContext) -> float:
+        return learning_rate(context, GRPO_LEARNING_RATE)
 
 
 def _episode_columns(sample: loop.Sample, method: str) -> dict[str, Any]:

@@ -17,13 +17,19 @@ gradient equal to GRPO's with unscaled advantages (r − mean); ω = sqrt((1 −
 std-scaled advantages. Tokens are averaged over the batch (TRL's `bnpo` aggregation).
 
 REDI (Xu et al. 2025, "Harnessing Negative Signals: Reinforcement Distillation from Teacher Data
-for LLM Reasoning"): reference-free, per sequence, length-normalised,
+for LLM Reasoning"; checked against the authors' code, Tim-Siu/reinforcement-distillation, the
+`reinforce` loss of their DPO trainer) is two-stage: SFT on the positive traces, then the REDI
+objective on (positive, negative) pairs of one prompt, reference-free, per sequence,
+length-normalised,
 
     loss = mean over positives of −log π(y⁺|x)/|y⁺|  +  α · mean over negatives of log π(y⁻|x)/|y⁻|
 
-(the paper writes it per (positive, negative) pair, so each side is averaged on its own), α < 1:
-positives are pulled up like SFT and negatives pushed down, gently (α = 0.8 by default, the
-paper's stable setting). REDI keeps groups whose answers all passed or all failed.
+(each side averaged on its own, as over pairs), α < 1: negatives are pushed down more gently
+than positives are pulled up (α = 0.8, the paper's stable setting). loop applies the recipe to
+every round's own data: the round's update first fine-tunes on its verified answers (sft's
+dataset and TRL's SFTTrainer), then continues that adapter with the REDI loss on the round's
+groups. A group in which nothing passed is left out (its negatives have no positive to be
+weighed against); all-solved groups stay.
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import loop
+from loop_trl.datasets import sft_rows
 from loop_trl.grpo import GroupUpdater, stored_group_trainer
+from loop_trl.training import DEFAULT_LEARNING_RATE, learning_rate, train_with_trl
+
+# The methods' default learning rates on a LoRA adapter (train.options.learning_rate, or a
+# train.learning_rate the run chose, overrides them; loop_trl.training.learning_rate): loop's
+# shared LoRA rate, kept until a lower one is measured better on the default task.
+NFT_LEARNING_RATE = 2e-4
+REDI_LEARNING_RATE = 2e-4
 
 
 def _token_logps(trainer: Any, model: Any, inputs: dict):
@@ -101,12 +116,23 @@ class NFTOptions(BaseModel):
     negative_weight: float = Field(default=1.0, ge=0, description="0 turns NFT into RFT")
     behaviour_logprobs: bool = Field(
         default=True, description="use the stored sampling log-probs as π_old")
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
+        f"None: {NFT_LEARNING_RATE:g}, or train.learning_rate when the run sets one"))
 
 
 class REDIOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     alpha: float = Field(default=0.8, ge=0, le=1, description="weight of the negative term")
+    sft_stage: bool = Field(default=True, description=(
+        "fine-tune on the round's verified answers before the REDI loss (the paper's first "
+        "stage); false: the REDI loss alone"))
+    sft_share: float = Field(default=0.5, gt=0, lt=1, description=(
+        "the SFT stage's share of train.max_steps (at least one step each); without max_steps "
+        "each stage makes train.epochs passes over its own data"))
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
+        f"the REDI stage's rate; None: {REDI_LEARNING_RATE:g}, or train.learning_rate when the "
+        "run sets one (the SFT stage trains at sft's rate)"))
 
 
 def _nft_trainer():
@@ -157,13 +183,72 @@ class NFTUpdater(GroupUpdater):
         cls.nft_options = options or NFTOptions()
         return cls
 
+    def learning_rate(self, context: loop.UpdateContext) -> float:
+        return learning_rate(context, NFT_LEARNING_RATE)
+
 
 class REDIUpdater(GroupUpdater):
+    """REDI's two stages in every round's update: SFT on the round's verified answers, then the
+    REDI loss on its groups, continuing the SFT stage's adapter (see the module docstring).
+
+    The metrics are the REDI stage's (its groups, dataset and losses), with the SFT stage's
+    under `sft_*`; `steps`, `train_tokens` and the seconds count both stages."""
+
     name = "redi"
     Options = REDIOptions
     skip_equal = False
+    skip_unsolved = True
 
     def trainer_cls(self, options: REDIOptions | None):
         cls = _redi_trainer()
         cls.alpha = (options or REDIOptions()).alpha
         return cls
+
+    def learning_rate(self, context: loop.UpdateContext) -> float:
+        return learning_rate(context, REDI_LEARNING_RATE)
+
+    def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
+        import dataclasses
+        import shutil
+
+        options: REDIOptions = context.options or REDIOptions()
+        groups = self.build_groups(context)  # refuses n < 2 and episodes without token ids
+        rows = sft_rows(context.samples) if options.sft_stage and groups.groups else []
+        max_steps = context.config.train.max_steps
+        if max_steps is not None and max_steps < 2:
+            rows = []  # one step cannot hold two stages: the REDI loss alone
+        if not rows:
+            return super().update(context)  # without groups: EmptyDataset, saying what was skipped
+        sft_steps = redi_steps = None
+        if max_steps:
+            sft_steps = min(max_steps - 1, max(1, int(max_steps * options.sft_share + 0.5)))
+            redi_steps = max_steps - sft_steps
+        from trl import SFTConfig, SFTTrainer
+
+        folder = loop.scratch_dir(context, "redi-sft")
+        try:
+            # the SFT stage trains as sft does: redi's own learning_rate is the REDI stage's
+            stage = dataclasses.replace(context, output_dir=folder, options=None,
+                                        config=_with_max_steps(context.config, sft_steps))
+            first = train_with_trl(stage, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig,
+                                   config_kwargs={"completion_only_loss": True, "learning_rate":
+                                                  learning_rate(stage, DEFAULT_LEARNING_RATE)})
+            second = dataclasses.replace(context, adapter_in=str(folder),
+                                         config=_with_max_steps(context.config, redi_steps))
+            result = super().update(second)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        metrics = dict(result.metrics)
+        metrics.update({f"sft_{key}": first[key] for key in (
+            "dataset_size", "steps", "train_loss", "loss_first", "loss_last", "learning_rate")})
+        for key in ("steps", "train_tokens", "seconds", "load_seconds", "train_seconds"):
+            metrics[key] = metrics.get(key, 0) + first[key]
+        return loop.UpdateResult(adapter_path=result.adapter_path, metrics=metrics)
+
+
+def _with_max_steps(config: Any, steps: int | None) -> Any:
+    """`config` with `train.max_steps` = steps (None: unchanged)."""
+    if steps is None:
+        return config
+    train = config.train.model_copy(update={"max_steps": steps})
+    return config.model_copy(update={"train": train})

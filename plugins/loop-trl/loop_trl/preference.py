@@ -20,9 +20,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop_trl.datasets import episodes_truncated, kto_rows, preference_pairs
+from loop_trl.datasets import (episodes_truncated, kto_balanced_rows, kto_rows,
+                               preference_pairs)
 from loop_trl.episodes import episode_trainer
-from loop_trl.training import train_with_trl
+from loop_trl.training import learning_rate, train_with_trl
 
 
 class DPOOptions(BaseModel):
@@ -65,22 +66,43 @@ class DPOUpdater(loop.Updater):
                                  metrics={**metrics, "pairs": len(rows)})
 
 
+# KTO's default rate on a LoRA adapter (set in train.options.learning_rate or train.learning_rate
+# to change it): half loop's shared LoRA rate, as the KTO paper advises a lower rate than
+# SFT's (TRL's KTO default, 1e-6, is for full fine-tuning).
+KTO_LEARNING_RATE = 1e-4
+
+
 class KTOOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    beta: float = Field(default=0.1, gt=0, description="KTO temperature")
+    beta: float = Field(default=0.1, gt=0, description="KTO temperature (the paper's 0.1)")
+    undesirable_per_desirable: float | None = Field(default=1.0, gt=0, description=(
+        "keep at most this many failing answers per passing one (failures to prompts that also "
+        "have a passing answer first); None keeps every failure"))
     balance: bool = Field(default=True, description=(
-        "weight desirable and undesirable examples so both sides count equally (TRL's advice: "
-        "desirable_weight x #desirable / (undesirable_weight x #undesirable) in [1, 4/3])"))
+        "weight desirable and undesirable examples so both sides count equally, "
+        "desirable_weight x #desirable / (undesirable_weight x #undesirable) = 1 (the paper "
+        "advises [1, 4/3])"))
     loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
+        f"None: {KTO_LEARNING_RATE:g}, or train.learning_rate when the run sets one"))
 
 
 class KTOUpdater(loop.Updater):
+    """KTO (Ethayarajh et al. 2024) on the round's judged answers. A round of self-generated
+    answers to a hard task holds far more failures than successes (e.g. 13 against 180); the
+    paper's remedy, weighting the scarce side up, then puts a weight of 14-50 on a handful of
+    examples and the rest of each batch pushes probability away from wrong answers, which
+    degenerated the default model. So the failures are subsampled to at most
+    `undesirable_per_desirable` per success before the (then mild) weighting."""
+
     name = "kto"
     Options = KTOOptions
 
     def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
-        return kto_rows(context.samples)
+        options: KTOOptions = context.options or KTOOptions()
+        return kto_balanced_rows(context.samples,
+                                 undesirable_per_desirable=options.undesirable_per_desirable)
 
     def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         options: KTOOptions = context.options or KTOOptions()
@@ -88,6 +110,11 @@ class KTOUpdater(loop.Updater):
         good = sum(r["label"] for r in rows)
         bad = len(rows) - good
         if not rows:
+            if kto_rows(context.samples):
+                raise loop.EmptyDataset(
+                    f"kto: none of the round's {len(context.samples)} attempts passed, and "
+                    "undesirable_per_desirable keeps no failure without a passing answer to "
+                    "weigh it against")
             raise loop.EmptyDataset(f"kto: none of the round's {len(context.samples)} attempts "
                                     "has a usable verdict, so there is nothing to train on")
         if len(rows) < 2:
@@ -104,9 +131,13 @@ class KTOUpdater(loop.Updater):
         batch = max(2, context.config.train.batch_size)
         metrics = train_with_trl(context, rows, trainer_cls=trainer_cls, config_cls=KTOConfig,
                                  config_kwargs={"beta": options.beta, "loss_type": options.loss_type,
-                                                "per_device_train_batch_size": batch, **weights})
+                                                "per_device_train_batch_size": batch,
+                                                "learning_rate": learning_rate(
+                                                    context, KTO_LEARNING_RATE),
+                                                **weights})
         if episodes:
             metrics["episodes_truncated"] = episodes_truncated(rows,
                                                                context.config.train.max_length)
         return loop.UpdateResult(adapter_path=str(context.output_dir), metrics={
-            **metrics, "desirable": good, "undesirable": bad, **weights})
+            **metrics, "desirable": good, "undesirable": bad,
+            "undesirable_left_out": len(kto_rows(context.samples)) - len(rows), **weights})

@@ -25,7 +25,7 @@ def load_policy(context: loop.UpdateContext):
     the config's model. With an adapter from an earlier round, that adapter is loaded trainable
     and training continues it; the first round gets a fresh LoRA (peft_config passed to the
     trainer). A folder with its own config.json is a full model (full fine-tuning), loaded as it
-    is.
+    is, with its own tokenizer if it has one, else the base's.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,7 +35,9 @@ def load_policy(context: loop.UpdateContext):
     lora = context.config.train.lora
     adapter = context.adapter_in
     source = adapter if adapter and (Path(adapter) / "config.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    # a full model saved by an update holds the weights only; the tokenizer is the base's
+    has_tokenizer = (Path(source) / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(source if has_tokenizer else base)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -58,6 +60,35 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+# The rate of a TRL updater that names none of its own (a third party's, through
+# train_with_trl): an SFT rate on a LoRA adapter.
+DEFAULT_LEARNING_RATE = 2e-4
+
+
+def chosen_learning_rate(config: Any) -> float | None:
+    """`train.learning_rate` when the run chose one, else None: a value other than the config's
+    declared default (with a null default, any value). The rule reads stored values only, so a
+    resumed run or a launched worker (whose stored config spells out every field) resolves the
+    same rate as the run that started."""
+    train = config.train
+    declared = type(train).model_fields["learning_rate"].default
+    if train.learning_rate is None or train.learning_rate == declared:
+        return None
+    return float(train.learning_rate)
+
+
+def learning_rate(context: loop.UpdateContext, method_default: float) -> float:
+    """The learning rate a method trains with: its `learning_rate` option when given
+    (`train.options.learning_rate`), else the run's chosen `train.learning_rate`
+    (`chosen_learning_rate`), else `method_default`. A good SFT rate on a LoRA adapter is far
+    too large for some preference and policy-gradient losses, so each method brings its own."""
+    chosen = getattr(context.options, "learning_rate", None)
+    if chosen is not None:
+        return float(chosen)
+    run = chosen_learning_rate(context.config)
+    return float(method_default) if run is None else run
 
 
 def _progress_callback(context: loop.UpdateContext):
@@ -89,7 +120,10 @@ def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls
                    train_tokens: int | None = None) -> dict:
     """Train `trainer_cls` on `rows`, save the model/adapter into `context.output_dir`, return
     metrics (dataset_size, steps, train_loss, loss_first, loss_last, grad_norm_mean, train_tokens,
-    seconds).
+    learning_rate, seconds).
+
+    The trainer gets the shared `train:` settings; `config_kwargs` (the method's own settings,
+    e.g. its `learning_rate`) win over them, and `train.max_steps` wins over both.
 
     `trainer_kwargs` is a dict, or a callable `(tokenizer) -> dict` for trainers whose extra
     arguments need the tokenizer (GRPO's rollout function). `train_tokens` overrides the count
@@ -120,7 +154,7 @@ def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls
         settings = dict(
             output_dir=str(scratch),
             per_device_train_batch_size=train.batch_size,
-            learning_rate=train.learning_rate,
+            learning_rate=learning_rate(context, DEFAULT_LEARNING_RATE),
             num_train_epochs=train.epochs,
             logging_steps=1,
             save_strategy="no",
@@ -169,6 +203,7 @@ def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls
             "loss_last": progress.losses[-1] if progress.losses else None,
             "grad_norm_mean": sum(norms) / len(norms) if norms else None,
             "train_tokens": _tokens_seen(train_tokens, len(rows), trainer),
+            "learning_rate": args.learning_rate,
             "seconds": time.perf_counter() - started,
             "load_seconds": load_seconds,
             # inside the optimizer loop (the trainer's own clock): the model's share of the stage

@@ -7,7 +7,8 @@ import pytest
 
 from loop import Attempt, Task, Verdict
 from loop.updates import load_samples
-from loop_trl.datasets import build_groups, kto_rows, preference_pairs, sft_rows
+from loop_trl.datasets import (build_groups, kto_balanced_rows, kto_rows, preference_pairs,
+                               sft_rows)
 
 # task -> answers as (completion, passed, reward); None reward = the checker failed (infra).
 STORE = {
@@ -92,6 +93,28 @@ def test_kto_labels_every_usable_distinct_answer(samples):
     assert rows["6+1="] == [("7", True), ("0", False)]  # the unjudged "8" is left out
 
 
+def test_kto_keeps_at_most_k_failures_per_success_contrasted_ones_first(samples):
+    def picked(k):
+        rows = kto_balanced_rows(samples, undesirable_per_desirable=k)
+        return _by_prompt([r for r in rows if not r["label"]], "completion"), rows
+
+    # 4 distinct passing answers; failures taken one per prompt in turn, first from the prompts
+    # that also have a passing answer (2+3=, 6+1=), then from the unsolved 9+1=
+    bad, rows = picked(1.0)
+    assert bad == {"2+3=": [("6",), ("7",)], "6+1=": [("0",)], "9+1=": [("11",)]}
+    assert sum(r["label"] for r in rows) == 4 and len(rows) == 8
+    assert picked(0.5)[0] == {"2+3=": [("6",)], "6+1=": [("0",)]}
+    everything = sorted(map(repr, kto_rows(samples)))
+    assert sorted(map(repr, picked(None)[1])) == everything
+    # a fixed order that mixes prompts and labels (TRL reads KTO rows in order), seed-free
+    rows = picked(None)[1]
+    assert rows == kto_balanced_rows(list(reversed(samples)), undesirable_per_desirable=None)
+    assert [r["label"] for r in rows] != sorted((r["label"] for r in rows), reverse=True)
+    # no passing answer: no failure is kept
+    failed = [s for s in samples if not s.passed]
+    assert kto_balanced_rows(failed, undesirable_per_desirable=1.0) == []
+
+
 def test_groups_keep_first_tries_and_count_what_they_skip(samples):
     groups = build_groups(samples, 4, ["binary"])
     assert [_text(g.prompt) for g in groups.groups] == ["2+3="]
@@ -100,8 +123,12 @@ def test_groups_keep_first_tries_and_count_what_they_skip(samples):
     assert group.solve_rate == 0.5 and group.rewards(["binary"]) == [[1.0, 0.0, 1.0, 0.0]]
     assert groups.counts() == {"groups": 1, "groups_skipped_equal_rewards": 2,
                                "groups_skipped_incomplete": 1}
-    # REDI keeps the all-solved and all-failed groups
     kept = build_groups(samples, 4, ["binary"], skip_equal=False)
     assert sorted(_text(g.prompt) for g in kept.groups) == ["2+3=", "4+4=", "9+1="]
+    # REDI keeps the all-solved group but not the all-failed one: no positive to weigh it against
+    redi = build_groups(samples, 4, ["binary"], skip_equal=False, skip_unsolved=True)
+    assert sorted(_text(g.prompt) for g in redi.groups) == ["2+3=", "4+4="]
+    assert redi.counts() == {"groups": 2, "groups_skipped_equal_rewards": 1,
+                             "groups_skipped_incomplete": 1}
     # a group of the wrong size is incomplete
     assert build_groups(samples, 3, ["binary"]).skipped_incomplete == 4

@@ -109,15 +109,23 @@ def test_dpo_continues_an_adapter_against_its_own_starting_point(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_an_update_whose_gradient_is_always_zero_aborts(tmp_path, tiny_model_dir):
-    """REDI with alpha=0 on a round with only wrong answers has nothing to push: every step's
-    gradient norm is 0, and the updater says so instead of publishing an unchanged model."""
+    """A loss that does not depend on the weights (here REDI's, times 0) gives a zero gradient
+    norm on every step, and the updater says so instead of publishing an unchanged model."""
     from loop_trl.training import NoLearning
 
-    all_wrong = _samples({(1, 2): ["4", "5", "6", "7"]})
-    ctx = _context(tmp_path, tiny_model_dir, REDIUpdater(), REDIOptions(alpha=0.0),
-                   samples=all_wrong, max_steps=2)
+    class Frozen(REDIUpdater):
+        def trainer_cls(self, options):
+            base = super().trainer_cls(options)
+
+            class ZeroLoss(base):
+                def _compute_loss(self, model, inputs):
+                    return super()._compute_loss(model, inputs) * 0.0
+
+            return ZeroLoss
+
+    ctx = _context(tmp_path, tiny_model_dir, Frozen(), REDIOptions(sft_stage=False), max_steps=2)
     with pytest.raises(NoLearning, match="gradient norm was 0 on every one of 2 steps"):
-        REDIUpdater().update(ctx)
+        Frozen().update(ctx)
 
 
 @pytest.mark.slow
@@ -145,3 +153,87 @@ def test_redi_averages_positives_and_negatives_each_on_its_own():
     # −mean(−1, −2) + 0.5 × mean(−4 × 4): four negatives weigh as much as two positives
     assert redi_loss(logps, passed, 0.5).item() == pytest.approx(1.5 - 2.0)
     assert redi_loss(logps[2:], passed[2:], 0.5).item() == pytest.approx(-2.0)  # no positives
+
+
+def test_a_method_default_learning_rate_yields_to_a_rate_the_run_chose(tmp_path, tiny_model_dir):
+    from loop_trl.training import learning_rate
+
+    def rate(options, **train):
+        config = LoopConfig.model_validate({"model": str(tiny_model_dir), "train": train})
+        ctx = UpdateContext(run_id="r", round_index=1, samples=[], base_model="m",
+                            adapter_in=None, output_dir=tmp_path, config=config,
+                            options=options, seed=0)
+        return learning_rate(ctx, 5e-5)
+
+    assert rate(KTOOptions()) == 5e-5  # train.learning_rate at loop's default: the method's
+    assert rate(KTOOptions(), learning_rate=1e-3) == 1e-3  # the run chose a rate
+    assert rate(KTOOptions(learning_rate=2e-6), learning_rate=1e-3) == 2e-6  # the option wins
+    # a stored config names every field: the rule reads values, so a resumed run agrees
+    stored = LoopConfig.model_validate_json(LoopConfig().model_dump_json())
+    assert "learning_rate" in stored.train.model_fields_set
+    ctx = UpdateContext(run_id="r", round_index=1, samples=[], base_model="m", adapter_in=None,
+                        output_dir=tmp_path, config=stored, options=KTOOptions(), seed=0)
+    assert learning_rate(ctx, 5e-5) == 5e-5
+
+
+@pytest.mark.slow
+def test_kto_trains_on_balanced_sides_at_its_own_rate(tmp_path, tiny_model_dir):
+    """Two passing and four failing distinct answers: two failures are kept (one per success,
+    each from a prompt that has a success), the weights then equal, the paper's range holds."""
+    ctx = _context(tmp_path, tiny_model_dir, KTOUpdater(), KTOOptions(learning_rate=1e-4),
+                   max_steps=1)
+    metrics = KTOUpdater().update(ctx).metrics
+    assert (metrics["desirable"], metrics["undesirable"]) == (2, 2)
+    assert metrics["undesirable_left_out"] == 2 and metrics["learning_rate"] == 1e-4
+    ratio = (metrics["desirable_weight"] * metrics["desirable"]
+             / (metrics["undesirable_weight"] * metrics["undesirable"]))
+    assert 1.0 <= ratio <= 4 / 3
+
+
+@pytest.mark.slow
+def test_redi_fine_tunes_on_the_verified_answers_then_continues_with_its_loss(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """The SFT stage trains SFTTrainer on the round's distinct passing answers for its share of
+    the steps; the REDI stage starts from that model: with α = 0 its loss is the positives'
+    NLL, so it starts lower than without the SFT stage."""
+    import loop_trl.negative as negative
+    from trl import SFTTrainer
+
+    from loop_trl.datasets import sft_rows
+
+    calls = []
+    original = negative.train_with_trl
+
+    def spy(context, rows, **kwargs):
+        calls.append((kwargs["trainer_cls"], rows, context.config.train.max_steps,
+                      context.adapter_in))
+        return original(context, rows, **kwargs)
+
+    monkeypatch.setattr(negative, "train_with_trl", spy)
+    with_sft = REDIUpdater().update(_context(tmp_path / "two", tiny_model_dir, REDIUpdater(),
+                                             REDIOptions(alpha=0.0, learning_rate=1e-3),
+                                             max_steps=4)).metrics
+    assert len(calls) == 1  # the REDI stage trains through GroupUpdater.update
+    trainer, rows, steps, adapter_in = calls[0]
+    assert trainer is SFTTrainer and steps == 2 and adapter_in is None
+    assert rows == sft_rows(_samples()) and with_sft["sft_dataset_size"] == 2
+    assert with_sft["sft_steps"] == 2 and with_sft["steps"] == 4 and with_sft["groups"] == 2
+    # redi's learning_rate is the REDI stage's; the SFT stage trains at the run's rate, as sft
+    assert with_sft["learning_rate"] == 1e-3 and with_sft["sft_learning_rate"] == 5e-3
+    alone = REDIUpdater().update(_context(tmp_path / "one", tiny_model_dir, REDIUpdater(),
+                                          REDIOptions(alpha=0.0, sft_stage=False),
+                                          max_steps=2)).metrics
+    assert "sft_steps" not in alone and alone["steps"] == 2
+    assert with_sft["loss_first"] < alone["loss_first"] - 0.1, (with_sft, alone)
+
+
+@pytest.mark.slow
+def test_redi_leaves_out_groups_where_nothing_passed(tmp_path, tiny_model_dir):
+    samples = _samples({**ROUND, (1, 2): ["4", "5", "6", "7"]})
+    ctx = _context(tmp_path, tiny_model_dir, REDIUpdater(), REDIOptions(), samples=samples,
+                   max_steps=2)
+    metrics = REDIUpdater().update(ctx).metrics
+    assert metrics["groups"] == 2 and metrics["groups_skipped_equal_rewards"] == 1
+    with pytest.raises(EmptyDataset, match="redi: no usable group"):
+        REDIUpdater().update(_context(tmp_path / "none", tiny_model_dir, REDIUpdater(),
+                                      REDIOptions(), samples=_samples({(1, 2): ["4", "5"] * 2})))
