@@ -327,7 +327,9 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 class TrainConfig(Section):
     method: str = Field(default="sft", min_length=1,
                         description="registered updater: sft, dpo, kto, grpo, nft, redi, ...")
-    learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0)
+    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0, description=(
+        "null: the update method's own rate (on a LoRA adapter: sft 5e-4, kto 1e-4, dpo, grpo, "
+        "nft and redi 2e-4); a method's `learning_rate` option wins over both"))
     epochs: float = Field(default=1.0, gt=0.0, le=1000.0,
                           description="passes over the round's data (grpo/nft/redi: PPO "
                                       "iterations per batch, rounded)")

@@ -45,7 +45,7 @@ def test_the_default_job_is_loops_defaults():
     assert (plain.evaluate.max_new_tokens, plain.evaluate.batch_size) == (256, 100)
     t = plain.train
     assert (t.method, t.learning_rate, t.epochs, t.batch_size, t.max_length) == \
-        ("sft", 2e-4, 1, 8, 384)
+        ("sft", None, 1, 8, 384)  # null: each method's own rate (loop_trl)
     assert (t.lora.enabled, t.lora.r, t.lora.alpha, t.lora.dropout, t.lora.target_modules) == \
         (True, 16, 32, 0.0, "all-linear")
     assert [v.name for v in plain.task.verifiers] == ["math"]

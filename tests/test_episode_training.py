@@ -186,7 +186,30 @@ def test_the_episodes_are_not_what_re_rendering_would_give(chat_model):
     assert differ >= 6
 
 
-def test_sft_trains_on_the_stored_ids_of_the_passing_episodes(tmp_path, chat_model, first_batch):
+def _examples(batch) -> list[tuple[list[int], list[int], list[int]]]:
+    """(ids, loss mask, labels) of every example of a collated batch: a padded batch's rows
+    where the attention mask is 1, or a padding-free batch's one row cut where its position ids
+    start again at 0."""
+    if "attention_mask" in batch:
+        out = []
+        for i in range(batch["input_ids"].shape[0]):
+            keep = batch["attention_mask"][i].bool()
+            labels = batch["labels"][i][keep]
+            out.append((batch["input_ids"][i][keep].tolist(), (labels != -100).int().tolist(),
+                        labels.tolist()))
+        return out
+    assert batch["input_ids"].shape[0] == 1  # flattened
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    starts = [i for i, p in enumerate(batch["position_ids"][0].tolist()) if p == 0]
+    return [(ids[a:b], [int(t != -100) for t in labels[a:b]], labels[a:b])
+            for a, b in zip(starts, starts[1:] + [len(ids)])]
+
+
+@pytest.mark.parametrize("padding_free", [False, None], ids=["padded", "default"])
+def test_sft_trains_on_the_stored_ids_of_the_passing_episodes(tmp_path, chat_model, first_batch,
+                                                             padding_free):
+    """Padded, or padding-free (the default here: every episode fits train.max_length), the
+    trainer's examples are the stored episodes, trained exactly on the model's turns."""
     from trl import SFTTrainer
 
     samples = _samples(chat_model)
@@ -197,21 +220,20 @@ def test_sft_trains_on_the_stored_ids_of_the_passing_episodes(tmp_path, chat_mod
         "parent_id": samples[2].attempt.id, "completion": "It is 7.", "token_ids": []})
     repair.passed = True
     batches = first_batch(SFTTrainer)
-    ctx = _context(tmp_path, chat_model, SFTUpdater(), SFTOptions(), samples + [repair])
+    ctx = _context(tmp_path, chat_model, SFTUpdater(), SFTOptions(padding_free=padding_free),
+                   samples + [repair])
     result = SFTUpdater().update(ctx)
     assert result.metrics["dataset_size"] == 4 and result.metrics["steps"] == 1
+    assert result.metrics["padding_free"] is (padding_free is None)
     assert result.metrics["episodes_truncated"] == 0
     lengths = [len(s.attempt.prompt_ids) + len(s.attempt.token_ids) for s in samples if s.passed]
     assert episodes_truncated(SFTUpdater().build_dataset(ctx), 40) == sum(n > 40 for n in lengths)
-    batch = batches[0]
+    assert ("attention_mask" in batches[0]) is (padding_free is False)
     seen = []
-    for i in range(batch["input_ids"].shape[0]):
-        labels = batch["labels"][i]
-        ids, mask = _row(batch["input_ids"][i], batch["attention_mask"][i], labels != -100)
+    for ids, mask, labels in _examples(batches[0]):
         sample = _match(ids, samples)
         _check_turns(ids, mask, sample.attempt)
-        live = labels[batch["attention_mask"][i].bool()]
-        assert live[live != -100].tolist() == [t for t, m in zip(ids, mask) if m]
+        assert [t for t in labels if t != -100] == [t for t, m in zip(ids, mask) if m]
         seen.append(sample.attempt.id)
     assert sorted(seen) == sorted(s.attempt.id for s in samples if s.passed)
 

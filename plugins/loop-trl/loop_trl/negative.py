@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field
 import loop
 from loop_trl.datasets import sft_rows
 from loop_trl.grpo import GroupUpdater, stored_group_trainer
-from loop_trl.training import DEFAULT_LEARNING_RATE, learning_rate, train_with_trl
+from loop_trl.sft import SFT_LEARNING_RATE
+from loop_trl.training import learning_rate, train_with_trl
 
 # The methods' default learning rates on a LoRA adapter (train.options.learning_rate, or a
 # train.learning_rate the run chose, overrides them; loop_trl.training.learning_rate): loop's
@@ -232,7 +233,7 @@ class REDIUpdater(GroupUpdater):
                                         config=_with_max_steps(context.config, sft_steps))
             first = train_with_trl(stage, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig,
                                    config_kwargs={"completion_only_loss": True, "learning_rate":
-                                                  learning_rate(stage, DEFAULT_LEARNING_RATE)})
+                                                  learning_rate(stage, SFT_LEARNING_RATE)})
             second = dataclasses.replace(context, adapter_in=str(folder),
                                          config=_with_max_steps(context.config, redi_steps))
             result = super().update(second)

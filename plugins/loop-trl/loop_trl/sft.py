@@ -20,7 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import loop
 from loop_trl.datasets import episodes_truncated, sft_rows
-from loop_trl.training import train_with_trl
+from loop_trl.training import learning_rate, load_tokenizer, train_with_trl
+
+# sft's default rate on a LoRA adapter (train.learning_rate or the `learning_rate` option
+# overrides it): on the default task, two epochs a round at 5e-4 took held-out pass@1 from 0.070
+# to 0.510 in one round where 2e-4 reached 0.240 (BENCHMARKS.md, "The default job").
+SFT_LEARNING_RATE = 5e-4
 
 
 class SFTOptions(BaseModel):
@@ -33,12 +38,28 @@ class SFTOptions(BaseModel):
         "order each prompt's passing answers shortest first, so that max_per_prompt keeps the "
         "shortest: a verifier that checks only the final answer also passes rambling answers "
         "that happen to end right"))
-    padding_free: bool = Field(default=False, description=(
+    padding_free: bool | None = Field(default=None, description=(
         "flatten each batch into one sequence without padding (TRL's padding_free; the model "
-        "keeps the examples apart by their position ids). Same loss, fewer tokens computed "
-        "(BENCHMARKS.md, training). TRL enforces train.max_length only when packing, so under "
-        "this option an example is as long as its prompt plus answer (bounded by "
-        "generate.max_new_tokens)"))
+        "keeps the examples apart by their position ids): the same loss on fewer computed "
+        "tokens (BENCHMARKS.md, training). TRL enforces train.max_length only when packing, so "
+        "padding-free examples are never cut; None (the default): on exactly when every "
+        "example of the round fits train.max_length, where the loss is the same either way"))
+    learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
+        f"None: train.learning_rate when the run sets one, else {SFT_LEARNING_RATE:g}"))
+
+
+def row_lengths(rows: list[dict], tokenizer) -> list[int]:
+    """Tokens of each sft row as SFTTrainer tokenizes it: a pre-tokenized episode's input_ids,
+    or the chat template over prompt and completion (TRL's prompt-completion rendering)."""
+    out = []
+    for row in rows:
+        if "input_ids" in row:
+            out.append(len(row["input_ids"]))
+        else:
+            ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"],
+                                                tokenize=True, return_dict=False)
+            out.append(len(ids))
+    return out
 
 
 class SFTUpdater(loop.Updater):
@@ -59,12 +80,18 @@ class SFTUpdater(loop.Updater):
         from trl import SFTConfig, SFTTrainer
 
         options: SFTOptions = context.options or SFTOptions()
-        settings = {"completion_only_loss": True}
-        if options.padding_free:
+        settings = {"completion_only_loss": True,
+                    "learning_rate": learning_rate(context, SFT_LEARNING_RATE)}
+        padding_free = options.padding_free
+        if padding_free is None:  # on where it changes nothing but the speed
+            longest = max(row_lengths(rows, load_tokenizer(context)))
+            padding_free = longest <= context.config.train.max_length
+        if padding_free:
             settings.update(padding_free=True, max_length=None)
         metrics = train_with_trl(
             context, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig, config_kwargs=settings,
         )
+        metrics["padding_free"] = padding_free
         if "input_ids" in rows[0]:  # episodes
             metrics["episodes_truncated"] = episodes_truncated(
                 rows, settings.get("max_length", context.config.train.max_length))

@@ -28,19 +28,15 @@ def load_policy(context: loop.UpdateContext):
     is, with its own tokenizer if it has one, else the base's.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     base = context.model_path
     lora = context.config.train.lora
     adapter = context.adapter_in
     source = adapter if adapter and (Path(adapter) / "config.json").is_file() else base
-    # a full model saved by an update holds the weights only; the tokenizer is the base's
-    has_tokenizer = (Path(source) / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(source if has_tokenizer else base)
+    tokenizer = load_tokenizer(context)  # a full model saved by an update may hold weights only
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if not lora.enabled:
         return model, tokenizer, None
     from peft import LoraConfig, PeftModel
@@ -63,32 +59,34 @@ def quiet_transformers() -> None:
 
 
 # The rate of a TRL updater that names none of its own (a third party's, through
-# train_with_trl): an SFT rate on a LoRA adapter.
+# train_with_trl): loop's LoRA rate for preference and policy-gradient losses.
 DEFAULT_LEARNING_RATE = 2e-4
-
-
-def chosen_learning_rate(config: Any) -> float | None:
-    """`train.learning_rate` when the run chose one, else None: a value other than the config's
-    declared default (with a null default, any value). The rule reads stored values only, so a
-    resumed run or a launched worker (whose stored config spells out every field) resolves the
-    same rate as the run that started."""
-    train = config.train
-    declared = type(train).model_fields["learning_rate"].default
-    if train.learning_rate is None or train.learning_rate == declared:
-        return None
-    return float(train.learning_rate)
 
 
 def learning_rate(context: loop.UpdateContext, method_default: float) -> float:
     """The learning rate a method trains with: its `learning_rate` option when given
-    (`train.options.learning_rate`), else the run's chosen `train.learning_rate`
-    (`chosen_learning_rate`), else `method_default`. A good SFT rate on a LoRA adapter is far
-    too large for some preference and policy-gradient losses, so each method brings its own."""
+    (`train.options.learning_rate`), else `train.learning_rate` when the run set one, else
+    `method_default`. A good SFT rate on a LoRA adapter is far too large for some preference and
+    policy-gradient losses, so each method brings its own."""
     chosen = getattr(context.options, "learning_rate", None)
     if chosen is not None:
         return float(chosen)
-    run = chosen_learning_rate(context.config)
-    return float(method_default) if run is None else run
+    run = context.config.train.learning_rate
+    return float(method_default) if run is None else float(run)
+
+
+def load_tokenizer(context: loop.UpdateContext):
+    """The tokenizer training uses (load_policy's): a full model's own when it saved one, else
+    the base model's."""
+    from transformers import AutoTokenizer
+
+    adapter = context.adapter_in
+    source = (adapter if adapter and (Path(adapter) / "config.json").is_file()
+              and (Path(adapter) / "tokenizer_config.json").is_file() else context.model_path)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _progress_callback(context: loop.UpdateContext):

@@ -165,12 +165,12 @@ def test_a_method_default_learning_rate_yields_to_a_rate_the_run_chose(tmp_path,
                             options=options, seed=0)
         return learning_rate(ctx, 5e-5)
 
-    assert rate(KTOOptions()) == 5e-5  # train.learning_rate at loop's default: the method's
+    assert rate(KTOOptions()) == 5e-5  # train.learning_rate null (loop's default): the method's
     assert rate(KTOOptions(), learning_rate=1e-3) == 1e-3  # the run chose a rate
     assert rate(KTOOptions(learning_rate=2e-6), learning_rate=1e-3) == 2e-6  # the option wins
-    # a stored config names every field: the rule reads values, so a resumed run agrees
+    # a stored config names every field (null included), so a resumed run resolves the same rate
     stored = LoopConfig.model_validate_json(LoopConfig().model_dump_json())
-    assert "learning_rate" in stored.train.model_fields_set
+    assert "learning_rate" in stored.train.model_fields_set and stored.train.learning_rate is None
     ctx = UpdateContext(run_id="r", round_index=1, samples=[], base_model="m", adapter_in=None,
                         output_dir=tmp_path, config=stored, options=KTOOptions(), seed=0)
     assert learning_rate(ctx, 5e-5) == 5e-5

@@ -159,3 +159,49 @@ def test_shortest_first_keeps_each_prompts_shortest_passing_answers(tmp_path, ti
 
     assert kept(shortest_first=True) == ["47", "61"]
     assert kept() == ["To add them, take 12, then 35, which gives 47", "30 + 31 = 61"]
+
+
+def test_padding_free_is_the_default_exactly_when_every_example_fits(tmp_path, tiny_model_dir,
+                                                                     monkeypatch):
+    """Unset, `padding_free` is on when the round's longest example fits train.max_length (then
+    the loss is the same as padded: nothing would be cut) and off otherwise; an explicit value
+    wins. Lengths are counted as SFTTrainer tokenizes the rows."""
+    import loop_trl.sft as sft
+    from loop_trl.sft import row_lengths
+    from loop_trl.training import load_tokenizer
+
+    seen = []
+
+    def capture(context, rows, *, config_kwargs, **kwargs):
+        seen.append(config_kwargs)
+        return {"steps": 1}
+
+    monkeypatch.setattr(sft, "train_with_trl", capture)
+    samples = _samples(GOOD)
+    lengths = row_lengths(SFTUpdater().build_dataset(_context(tmp_path, tiny_model_dir, samples)),
+                          load_tokenizer(_context(tmp_path, tiny_model_dir, samples)))
+    longest = max(lengths)
+    for max_length, option, on in [(longest, None, True), (longest - 1, None, False),
+                                   (longest - 1, True, True), (longest, False, False)]:
+        ctx = _context(tmp_path, tiny_model_dir, samples, max_length=max_length)
+        ctx.options = SFTOptions(padding_free=option)
+        metrics = SFTUpdater().update(ctx).metrics
+        assert metrics["padding_free"] is on and seen[-1].get("padding_free", False) is on
+        assert ("max_length" in seen[-1]) is on  # padding-free: TRL must not cut (it would not)
+
+
+@pytest.mark.slow  # builds SFTTrainer's dataset on the tiny model
+def test_row_lengths_are_the_lengths_sfttrainer_tokenizes(tmp_path, tiny_model_dir):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from loop_trl.sft import row_lengths
+    from loop_trl.training import load_policy
+
+    ctx = _context(tmp_path, tiny_model_dir, _samples(GOOD))
+    rows = SFTUpdater().build_dataset(ctx)
+    model, tokenizer, _ = load_policy(ctx)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(
+        rows), args=SFTConfig(output_dir=str(tmp_path / "t"), max_length=None, report_to=[],
+                              completion_only_loss=True, use_cpu=True))
+    assert row_lengths(rows, tokenizer) == [len(ids) for ids in trainer.train_dataset["input_ids"]]
