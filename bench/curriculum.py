@@ -5,7 +5,8 @@
 
 Two runs of `loop run arithmetic --config configs/default.yaml` (subprocesses, as a user would)
 with the same seed, rounds, prompts per round, samples per prompt and optimizer steps per round
-(`train.max_steps`: the same training compute whatever the size of the dataset each arm builds):
+(`train.max_steps`: the same training compute whatever the size of the dataset each arm builds;
+`--steps 0` leaves it to the config's epochs):
 - `plain`: today's selection, fresh tasks in the source's order (reused in that order when none
   are left);
 - `curriculum`: `select.curriculum` on with `--share`: tasks every first try solved when last
@@ -51,7 +52,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=48, help="training prompts per round")
     parser.add_argument("--eval", type=int, default=100, help="held-out problems")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per round")
+    parser.add_argument("--steps", type=int, default=12,
+                        help="optimizer steps per round (0: the config's epochs decide)")
     parser.add_argument("--train-size", type=int, default=100,
                         help="training problems of the task (0: the task file's)")
     parser.add_argument("--share", type=float, default=0.5,
@@ -65,7 +67,9 @@ def main() -> int:
     db = Path(args.keep or tempfile.mkdtemp(prefix="loop-curriculum-")) / "loop.db"
     common = ["--method", args.method, "--rounds", str(args.rounds),
               "--set", f"select.prompts_per_round={args.prompts}",
-              "--set", f"evaluate.problems={args.eval}", "--set", f"train.max_steps={args.steps}"]
+              "--set", f"evaluate.problems={args.eval}"]
+    if args.steps:
+        common += ["--set", f"train.max_steps={args.steps}"]
     if args.train_size:
         common += ["--set", f"task.options.train_size={args.train_size}"]
     arms = {"plain": ["--set", "select.curriculum.enabled=false"],
@@ -81,7 +85,10 @@ def main() -> int:
         print(f"[{name}] done in {done[1]:.0f} s", flush=True)
 
     print(f"\nmachine: {machine()}")
-    print(f"command: python bench/curriculum.py --rounds {args.rounds} --prompts {args.prompts} "
+    config = Path(args.config).resolve()
+    shown = f"--config {config.relative_to(REPO)} " if config.is_relative_to(REPO) else ""
+    print(f"command: python bench/curriculum.py {shown}--rounds {args.rounds} "
+          f"--prompts {args.prompts} "
           f"--eval {args.eval} --steps {args.steps} --train-size {args.train_size} "
           f"--share {args.share:g} --method {args.method}")
     head = " | ".join(f"round {i}" for i in range(args.rounds + 1))

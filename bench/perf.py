@@ -8,7 +8,8 @@ training), each figure a ratio of two things measured in the same run on the sam
   generated token), and the generate stage's tokens/s as a share of it; transformers' plain
   batched `generate` measured beside it, and each lever (rows per batch, shared prefill,
   threads) on its own.
-- **p2** loop's overhead: `loop run` of the default config (`--p2-rounds` rounds), its time split
+- **p2** loop's overhead: `loop run` of the default job (the task's own rounds, or
+  `--p2-rounds`), its time split
   into model, verifiers and everything else (`loop show`'s breakdown, loop.timing), plus the
   command's start-up.
 - **p4** sandboxed verification against unsandboxed (`bench/sandbox.py`, needs root).
@@ -237,8 +238,9 @@ def section_p2(args) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     db = folder / "loop.db"
+    rounds = ["--rounds", str(args.p2_rounds)] if args.p2_rounds else []
     command = [*LOOP, "run", "arithmetic", "--config", str(REPO / "configs" / "default.yaml"),
-               "--rounds", str(args.p2_rounds), "--db", str(db), "--name", "perf-p2"]
+               *rounds, "--db", str(db), "--name", "perf-p2"]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=folder, stdout=subprocess.DEVNULL)
     command_wall = time.perf_counter() - started
@@ -256,8 +258,8 @@ def section_p2(args) -> dict:
             for key in total:
                 total[key] += s[key]
     between = sum(r["time"]["between_stages_seconds"] for r in data["rounds"])
-    return {"run_command": ("loop run arithmetic --config configs/default.yaml --rounds "
-                            f"{args.p2_rounds}"),
+    return {"run_command": " ".join(["loop run arithmetic --config configs/default.yaml",
+                                     *rounds]),
             "command_wall_s": command_wall, "run_wall_s": run["wall_seconds"],
             "startup_s": startup, "outside_rounds_s": run["outside_rounds_seconds"],
             "between_stages_s": between, "work_s": run["work_seconds"],
@@ -362,8 +364,8 @@ def main() -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"which to measure: {','.join(SECTIONS)} (none: only --write)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
-    parser.add_argument("--p2-rounds", type=int, default=3,
-                        help="rounds of the default run measured for p2 (3: the whole run)")
+    parser.add_argument("--p2-rounds", type=int, default=None,
+                        help="rounds of the default run measured for p2 (default: the whole run)")
     parser.add_argument("--write", action="store_true", help="render BENCHMARKS.md")
     parser.add_argument("--results", type=Path, default=PERF_JSON)
     args = parser.parse_args()

@@ -278,9 +278,9 @@ def _train(s: dict, goals: dict) -> str:
         lines.append(f"| {mode.replace('_', '-')} | {m['tok_s']:,.0f} | "
                      f"{m['share_of_limit']:.2f} | {m['loss']:.3f} |")
     lines += ["", f"Padding-free batches train {s['speedup']:.2f}x as many tokens per second, "
-              "with the same loss. loop's `sft` has them as an option (`train.options: "
-              "{padding_free: true}`), off by default (the README's default-run figures "
-              "were measured with padded batches).", ""]
+              "with the same loss. loop's `sft` trains padding-free by default whenever every "
+              "example of a round fits `train.max_length` (then nothing is cut either way); "
+              "`train.options: {padding_free: false}` turns it off.", ""]
     return "\n".join(lines)
 
 
