@@ -6,7 +6,8 @@ round was such sampling). Its continuous-batching `generate_batch` avoids that b
 static batching on our 2-core CPU (paged attention overhead: 103 vs 153 tok/s, SmolLM2, 64 prompts).
 So this loop drives the model's own forward pass with transformers' DynamicCache and logits
 processors, and after each step removes finished rows from the batch and the KV cache
-(`DynamicCache.batch_select_indices`). The n samples of one prompt share a single prefill
+(`DynamicCache.batch_select_indices`); each cache layer writes into room reserved for the whole
+decode instead of growing by concatenation. The n samples of one prompt share a single prefill
 (`batch_repeat_interleave`). Measured on the same 64 prompts: 223 tok/s, identical greedy output.
 """
 
@@ -71,6 +72,9 @@ def decode_batch(
     positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
 
     cache = DynamicCache()
+    # every layer writes into room reserved for the whole decode (see _reserved_cache_layer)
+    cache.layer_class_to_replicate = _reserved_cache_layer(
+        shared + width + max_new_tokens)
     # The cache's keyword: the locked transformers (5.24) calls it `cache` and warns on every call
     # that passes the old `past_key_values`; earlier releases know only `past_key_values`.
     cache_kw = {_cache_keyword(model): cache}
@@ -131,6 +135,66 @@ def decode_batch(
 
     results = [Decoded(tokens[r], finish[r], logps[r]) for r in range(rows)]
     return [results[p * n:(p + 1) * n] for p in range(batch)]
+
+
+def _reserved_cache_layer(capacity: int):
+    """A DynamicLayer whose keys and values live in a buffer with room for `capacity` positions:
+    each step writes its new position into the buffer and the layer exposes the filled part as a
+    view, where DynamicLayer's `torch.cat` copied the layer's whole cache every step (about 30 %
+    of a decode step at the generate stage's shape, BENCHMARKS.md P1). Dropping finished rows or
+    repeating rows copies only the filled part. Same values, so the same tokens."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        def lazy_initialization(self, key_states, value_states) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self.length = 0
+            self._keys = self._values = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if self._keys is None or end > self._keys.shape[-2]:
+                self._keys, self._values = (self._room(self._keys, key_states, end),
+                                            self._room(self._values, value_states, end))
+            self._keys[..., self.length:end, :] = key_states
+            self._values[..., self.length:end, :] = value_states
+            self.length = end
+            self.keys = self._keys[..., :end, :]
+            self.values = self._values[..., :end, :]
+            return self.keys, self.values
+
+        def _room(self, old, new, end: int):
+            batch, heads, _, dim = new.shape
+            buffer = new.new_empty((batch, heads, max(capacity, end), dim))
+            if old is not None:
+                buffer[..., :self.length, :] = old[..., :self.length, :]
+            return buffer
+
+        def _select(self, pick) -> None:
+            # only the filled positions are copied, into buffers that keep their room
+            for name in ("_keys", "_values"):
+                old = getattr(self, name)
+                filled = pick(old[..., :self.length, :])
+                buffer = filled.new_empty((filled.shape[0], *old.shape[1:]))
+                buffer[..., :self.length, :] = filled
+                setattr(self, name, buffer)
+            self.keys = self._keys[..., :self.length, :]
+            self.values = self._values[..., :self.length, :]
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized and self.length:
+                self._select(lambda t: t.repeat_interleave(repeats, dim=0))
+
+        def batch_select_indices(self, indices) -> None:
+            if self.is_initialized and self.length:
+                self._select(lambda t: t[indices, ...])
+
+        def crop(self, tokens_to_remove: int) -> None:
+            raise NotImplementedError("decode_batch never crops its cache")
+
+    return ReservedLayer
 
 
 def _common_prefix(prompts: list[list[int]]) -> int:
