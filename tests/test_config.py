@@ -32,24 +32,28 @@ def test_shipped_configs_exist():
 
 def test_the_default_job_is_loops_defaults():
     """`loop run arithmetic` runs the README's measured job: configs/default.yaml changes
-    nothing, and the defaults are that job's settings."""
+    nothing, and loop's defaults with the task file's `run:` settings are that job's settings."""
     plain = build_config("arithmetic", None, environ={}, task_dirs=[REPO / "tasks"])
     with_file = build_config("arithmetic", REPO / "configs" / "default.yaml", environ={},
                              task_dirs=[REPO / "tasks"])
     assert plain == with_file
     assert (plain.seed, plain.rounds, plain.model, plain.backend.name) == \
-        (0, 3, "smollm2-135m-instruct", "hf")
-    assert plain.select.prompts_per_round == 128
+        (0, 4, "smollm2-135m-instruct", "hf")
+    assert plain.select.prompts_per_round == 64
     g = plain.generate
-    assert (g.n, g.temperature, g.top_p, g.max_new_tokens, g.batch_size) == (4, 0.7, 1.0, 256, 128)
+    assert (g.n, g.temperature, g.top_p, g.max_new_tokens, g.batch_size) == (4, 0.7, 1.0, 128, 128)
     assert (plain.evaluate.max_new_tokens, plain.evaluate.batch_size) == (256, 100)
     t = plain.train
     assert (t.method, t.learning_rate, t.epochs, t.batch_size, t.max_length) == \
-        ("sft", None, 1, 8, 384)  # null: each method's own rate (loop_trl)
+        ("sft", None, 2, 8, 384)  # null: each method's own rate (sft: 5e-4)
     assert (t.lora.enabled, t.lora.r, t.lora.alpha, t.lora.dropout, t.lora.target_modules) == \
         (True, 16, 32, 0.0, "all-linear")
     assert [v.name for v in plain.task.verifiers] == ["math"]
     assert [r.name for r in plain.task.rewards] == ["binary"]
+    assert plain.train.options == {} and not plain.select.curriculum.enabled
+    # the task's run: settings are defaults of its own, below a config file and flags
+    assert build_config("arithmetic", None, flags={"rounds": 2}, environ={},
+                        task_dirs=[REPO / "tasks"]).rounds == 2
     assert "loop run arithmetic --config configs/default.yaml" in (REPO / "Makefile").read_text()
 
 

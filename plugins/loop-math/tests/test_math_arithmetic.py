@@ -134,7 +134,7 @@ def test_task_file_matches_the_source_options():
     if not path.is_file():
         pytest.skip("not inside the loop checkout")
     data = yaml.safe_load(path.read_text())
-    assert set(data) == {"source", "options", "verifiers", "rewards"}
+    assert set(data) == {"source", "options", "verifiers", "rewards", "run"}
     assert data["source"] == "arithmetic" and data["verifiers"] == ["math"]
     assert data["rewards"] == ["binary"]
     ts = SOURCE.load(ArithmeticOptions(**data["options"]), 0)
