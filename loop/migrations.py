@@ -498,17 +498,25 @@ def m008_search_index_off_the_write_path(db: Database) -> None:
     db.execute("create table if not exists search_index (fts text primary key, "
                "indexed_rowid integer not null default 0, stale integer not null default 0)")
     for table, columns in LAZY_SEARCH:
-        fts = f"{table}_fts"
-        for suffix in ("ai", "ad", "au"):
-            db.execute(f"drop trigger if exists {fts}_{suffix}")
-        db.execute("insert or replace into search_index (fts, indexed_rowid, stale) values "
-                   f"(?, (select coalesce(max(rowid), 0) from {table}), 0)", [fts])
-        indexed = f"(select indexed_rowid from search_index where fts = '{fts}')"
-        mark = f"update search_index set stale = 1 where fts = '{fts}';"
-        db.execute(f"create trigger {fts}_stale_ad after delete on {table} "
-                   f"when old.rowid <= {indexed} begin {mark} end")
-        db.execute(f"create trigger {fts}_stale_au after update of {', '.join(columns)} on "
-                   f"{table} when old.rowid <= {indexed} begin {mark} end")
+        _index_in_bulk(db, table, columns, triggers_of=f"{table}_fts")
+
+
+def _index_in_bulk(db: Database, table: str, columns: tuple[str, ...], triggers_of: str) -> None:
+    """Move `table`'s search index off the write path: drop the per-row triggers that kept it
+    (named `{triggers_of}_ai/_ad/_au`), record every row so far as indexed, and mark the index
+    stale when an indexed row is deleted or its indexed columns change (loop.search_index)."""
+    fts = f"{table}_fts"
+    for suffix in ("ai", "ad", "au"):
+        db.execute(f"drop trigger if exists {triggers_of}_{suffix}")
+    # Up to here the triggers kept the index whole: every row so far is indexed.
+    db.execute("insert or replace into search_index (fts, indexed_rowid, stale) values "
+               f"(?, (select coalesce(max(rowid), 0) from {table}), 0)", [fts])
+    indexed = f"(select indexed_rowid from search_index where fts = '{fts}')"
+    mark = f"update search_index set stale = 1 where fts = '{fts}';"
+    db.execute(f"create trigger {fts}_stale_ad after delete on {table} "
+               f"when old.rowid <= {indexed} begin {mark} end")
+    db.execute(f"create trigger {fts}_stale_au after update of {', '.join(columns)} on "
+               f"{table} when old.rowid <= {indexed} begin {mark} end")
 
 
 @migration
@@ -585,15 +593,5 @@ LAZY_CRITIQUE_SEARCH = (("critiques", ("text", "kind")),)
 @migration
 def m012_critique_search_off_the_write_path(db: Database) -> None:
     for table, columns in LAZY_CRITIQUE_SEARCH:
-        fts = f"{table}_fts"
-        for suffix in ("ai", "ad", "au"):  # sqlite-utils names them after the table
-            db.execute(f"drop trigger if exists {table}_{suffix}")
-        # Up to here the triggers kept the index whole: every row so far is indexed.
-        db.execute("insert or replace into search_index (fts, indexed_rowid, stale) values "
-                   f"(?, (select coalesce(max(rowid), 0) from {table}), 0)", [fts])
-        indexed = f"(select indexed_rowid from search_index where fts = '{fts}')"
-        mark = f"update search_index set stale = 1 where fts = '{fts}';"
-        db.execute(f"create trigger {fts}_stale_ad after delete on {table} "
-                   f"when old.rowid <= {indexed} begin {mark} end")
-        db.execute(f"create trigger {fts}_stale_au after update of {', '.join(columns)} on "
-                   f"{table} when old.rowid <= {indexed} begin {mark} end")
+        # m004's triggers: sqlite-utils names them after the table
+        _index_in_bulk(db, table, columns, triggers_of=table)

@@ -96,7 +96,7 @@ def _json(value: Any) -> str | None:
     if type(value) is dict and not value:  # most details and metadata
         return "{}"
     text = _JSON_TEXT(value)
-    if not text.isascii() and not _encodable(text):
+    if not _encodable(text):
         text = json.dumps(value, ensure_ascii=True)
     return text
 

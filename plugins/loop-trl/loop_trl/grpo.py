@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import loop
 from loop_trl.datasets import Group, Groups, build_groups, episode_sequence
-from loop_trl.training import learning_rate, train_with_trl
+from loop_trl.training import DEFAULT_LEARNING_RATE, train_with_trl
 
 # GRPO's default learning rate on a LoRA adapter (train.options.learning_rate, or a
 # train.learning_rate the run chose, overrides it; loop_trl.training.learning_rate): loop's
@@ -184,6 +184,8 @@ class GroupUpdater(loop.Updater):
     name = "group"
     skip_equal = True  # redi learns from all-solved groups too
     skip_unsolved = False  # redi: a group without a passing answer has no positive to weigh
+    # the method's own rate (loop_trl.training.learning_rate says what overrides it)
+    default_learning_rate = DEFAULT_LEARNING_RATE
 
     def build_groups(self, context: loop.UpdateContext) -> Groups:
         n = context.config.generate.n
@@ -250,11 +252,6 @@ class GroupUpdater(loop.Updater):
     def grpo_settings(self, options: Any) -> dict:
         return {}
 
-    def learning_rate(self, context: loop.UpdateContext) -> float | None:
-        """The method's own learning rate (`loop_trl.training.learning_rate`); None: the
-        shared `train.learning_rate`."""
-        return None
-
     def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         import os
 
@@ -283,7 +280,6 @@ class GroupUpdater(loop.Updater):
                      for g in groups.groups for s in g.samples)
         options = context.options
         trainer_cls = self.trainer_cls(options)
-        rate = self.learning_rate(context)
         behaviour = getattr(options, "behaviour_logprobs", True)
         settings = {
             "num_generations": n,
@@ -294,12 +290,12 @@ class GroupUpdater(loop.Updater):
             "max_completion_length": longest,
             "temperature": 1.0,  # stored log-probs are raw (temperature 1) ones
             "log_completions": False,
-            **({"learning_rate": rate} if rate is not None else {}),
             **self.grpo_settings(options),
         }
         metrics = train_with_trl(
             context, rows, trainer_cls=trainer_cls, config_cls=GRPOConfig,
             config_kwargs=settings, train_tokens=tokens,
+            default_learning_rate=self.default_learning_rate,
             trainer_kwargs=lambda tokenizer: {
                 "reward_funcs": [stored_reward(name) for name in names],
                 "rollout_func": StoredRollouts(groups.groups, tokenizer, names, behaviour),
@@ -317,14 +313,12 @@ class GroupUpdater(loop.Updater):
 class GRPOUpdater(GroupUpdater):
     name = "grpo"
     Options = GRPOOptions
+    default_learning_rate = GRPO_LEARNING_RATE
 
     def grpo_settings(self, options: GRPOOptions | None) -> dict:
         options = options or GRPOOptions()
         return {"loss_type": options.loss_type, "scale_rewards": options.scale_rewards,
                 "epsilon": options.epsilon, "beta": options.beta}
-
-    def learning_rate(self, context: loop.UpdateContext) -> float:
-        return learning_rate(context, GRPO_LEARNING_RATE)
 
 
 def _episode_columns(sample: loop.Sample, method: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import loop
 from loop_trl.datasets import sft_rows
 from loop_trl.grpo import GroupUpdater, stored_group_trainer
 from loop_trl.sft import SFT_LEARNING_RATE
-from loop_trl.training import learning_rate, train_with_trl
+from loop_trl.training import train_with_trl
 
 # The methods' default learning rates on a LoRA adapter (train.options.learning_rate, or a
 # train.learning_rate the run chose, overrides them; loop_trl.training.learning_rate): loop's
@@ -178,14 +178,12 @@ def _redi_trainer():
 class NFTUpdater(GroupUpdater):
     name = "nft"
     Options = NFTOptions
+    default_learning_rate = NFT_LEARNING_RATE
 
     def trainer_cls(self, options: NFTOptions | None):
         cls = _nft_trainer()
         cls.nft_options = options or NFTOptions()
         return cls
-
-    def learning_rate(self, context: loop.UpdateContext) -> float:
-        return learning_rate(context, NFT_LEARNING_RATE)
 
 
 class REDIUpdater(GroupUpdater):
@@ -197,6 +195,7 @@ class REDIUpdater(GroupUpdater):
 
     name = "redi"
     Options = REDIOptions
+    default_learning_rate = REDI_LEARNING_RATE
     skip_equal = False
     skip_unsolved = True
 
@@ -204,9 +203,6 @@ class REDIUpdater(GroupUpdater):
         cls = _redi_trainer()
         cls.alpha = (options or REDIOptions()).alpha
         return cls
-
-    def learning_rate(self, context: loop.UpdateContext) -> float:
-        return learning_rate(context, REDI_LEARNING_RATE)
 
     def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         import dataclasses
@@ -232,8 +228,8 @@ class REDIUpdater(GroupUpdater):
             stage = dataclasses.replace(context, output_dir=folder, options=None,
                                         config=_with_max_steps(context.config, sft_steps))
             first = train_with_trl(stage, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig,
-                                   config_kwargs={"completion_only_loss": True, "learning_rate":
-                                                  learning_rate(stage, SFT_LEARNING_RATE)})
+                                   config_kwargs={"completion_only_loss": True},
+                                   default_learning_rate=SFT_LEARNING_RATE)
             second = dataclasses.replace(context, adapter_in=str(folder),
                                          config=_with_max_steps(context.config, redi_steps))
             result = super().update(second)

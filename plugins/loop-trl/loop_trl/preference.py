@@ -23,7 +23,7 @@ import loop
 from loop_trl.datasets import (episodes_truncated, kto_balanced_rows, kto_rows,
                                preference_pairs)
 from loop_trl.episodes import episode_trainer
-from loop_trl.training import learning_rate, train_with_trl
+from loop_trl.training import train_with_trl
 
 
 class DPOOptions(BaseModel):
@@ -131,10 +131,8 @@ class KTOUpdater(loop.Updater):
         batch = max(2, context.config.train.batch_size)
         metrics = train_with_trl(context, rows, trainer_cls=trainer_cls, config_cls=KTOConfig,
                                  config_kwargs={"beta": options.beta, "loss_type": options.loss_type,
-                                                "per_device_train_batch_size": batch,
-                                                "learning_rate": learning_rate(
-                                                    context, KTO_LEARNING_RATE),
-                                                **weights})
+                                                "per_device_train_batch_size": batch, **weights},
+                                 default_learning_rate=KTO_LEARNING_RATE)
         if episodes:
             metrics["episodes_truncated"] = episodes_truncated(rows,
                                                                context.config.train.max_length)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import loop
 from loop_trl.datasets import episodes_truncated, sft_rows
-from loop_trl.training import learning_rate, load_tokenizer, train_with_trl
+from loop_trl.training import load_tokenizer, train_with_trl
 
 # sft's default rate on a LoRA adapter (train.learning_rate or the `learning_rate` option
 # overrides it): on the default task, two epochs a round at 5e-4 took held-out pass@1 from 0.070
@@ -80,8 +80,7 @@ class SFTUpdater(loop.Updater):
         from trl import SFTConfig, SFTTrainer
 
         options: SFTOptions = context.options or SFTOptions()
-        settings = {"completion_only_loss": True,
-                    "learning_rate": learning_rate(context, SFT_LEARNING_RATE)}
+        settings = {"completion_only_loss": True}
         padding_free = options.padding_free
         if padding_free is None:  # on where it changes nothing but the speed
             longest = max(row_lengths(rows, load_tokenizer(context)))
@@ -90,7 +89,7 @@ class SFTUpdater(loop.Updater):
             settings.update(padding_free=True, max_length=None)
         metrics = train_with_trl(
             context, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig, config_kwargs=settings,
-        )
+            default_learning_rate=SFT_LEARNING_RATE)
         metrics["padding_free"] = padding_free
         if "input_ids" in rows[0]:  # episodes
             metrics["episodes_truncated"] = episodes_truncated(

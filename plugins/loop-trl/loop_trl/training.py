@@ -115,13 +115,15 @@ def _progress_callback(context: loop.UpdateContext):
 
 def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls: Any,
                    config_cls: Any, config_kwargs: dict | None = None, trainer_kwargs: Any = None,
-                   train_tokens: int | None = None) -> dict:
+                   train_tokens: int | None = None,
+                   default_learning_rate: float = DEFAULT_LEARNING_RATE) -> dict:
     """Train `trainer_cls` on `rows`, save the model/adapter into `context.output_dir`, return
     metrics (dataset_size, steps, train_loss, loss_first, loss_last, grad_norm_mean, train_tokens,
     learning_rate, seconds).
 
-    The trainer gets the shared `train:` settings; `config_kwargs` (the method's own settings,
-    e.g. its `learning_rate`) win over them, and `train.max_steps` wins over both.
+    The trainer gets the shared `train:` settings, its learning rate by `learning_rate` with the
+    method's `default_learning_rate`; `config_kwargs` (the method's own settings) win over them,
+    and `train.max_steps` wins over both.
 
     `trainer_kwargs` is a dict, or a callable `(tokenizer) -> dict` for trainers whose extra
     arguments need the tokenizer (GRPO's rollout function). `train_tokens` overrides the count
@@ -152,7 +154,7 @@ def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls
         settings = dict(
             output_dir=str(scratch),
             per_device_train_batch_size=train.batch_size,
-            learning_rate=learning_rate(context, DEFAULT_LEARNING_RATE),
+            learning_rate=learning_rate(context, default_learning_rate),
             num_train_epochs=train.epochs,
             logging_steps=1,
             save_strategy="no",

@@ -205,3 +205,25 @@ def test_row_lengths_are_the_lengths_sfttrainer_tokenizes(tmp_path, tiny_model_d
         rows), args=SFTConfig(output_dir=str(tmp_path / "t"), max_length=None, report_to=[],
                               completion_only_loss=True, use_cpu=True))
     assert row_lengths(rows, tokenizer) == [len(ids) for ids in trainer.train_dataset["input_ids"]]
+
+
+def test_sft_trains_at_its_own_rate_unless_the_run_or_its_option_sets_one(tmp_path,
+                                                                          tiny_model_dir,
+                                                                          monkeypatch):
+    """train.learning_rate unset: sft's own 5e-4; a run's rate wins over it, the option over
+    both (loop_trl.training.learning_rate, given sft's default)."""
+    import loop_trl.sft as sft
+    from loop_trl.training import learning_rate
+
+    rates = []
+
+    def capture(context, rows, *, default_learning_rate, **kwargs):
+        rates.append(learning_rate(context, default_learning_rate))
+        return {"steps": 1}
+
+    monkeypatch.setattr(sft, "train_with_trl", capture)
+    for run_rate, option in [(None, None), (1e-3, None), (1e-3, 3e-5)]:
+        ctx = _context(tmp_path, tiny_model_dir, _samples(GOOD), learning_rate=run_rate)
+        ctx.options = SFTOptions(learning_rate=option)
+        SFTUpdater().update(ctx)
+    assert rates == [5e-4, 1e-3, 3e-5]
