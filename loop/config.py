@@ -497,8 +497,16 @@ def build_config(
         data["task"] = section
     if config_path is not None:
         file_data = read_yaml(Path(config_path))
+        _drop_options_of_another_method(data, file_data)
         data = _deep_merge(data, file_data)
-    data = _deep_merge(data, env_overrides(environ))
+    environ_data = env_overrides(environ)
+    _drop_options_of_another_method(data, environ_data)
+    data = _deep_merge(data, environ_data)
+    flag_data: dict[str, Any] = {}
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_path(flag_data, key, value)
+    _drop_options_of_another_method(data, flag_data)
     for key, value in (flags or {}).items():
         if value is not None:
             _set_path(data, key, value)
@@ -506,12 +514,30 @@ def build_config(
         if "=" not in item:
             raise ConfigError(f"config error: --set {item!r}: expected KEY=VALUE")
         key, _, value = item.partition("=")
-        _set_path(data, key.strip(), parse_value(value))
+        key, value = key.strip(), parse_value(value)
+        layer: dict[str, Any] = {}
+        _set_path(layer, key, value)
+        _drop_options_of_another_method(data, layer)
+        _set_path(data, key, value)
     _reject_nonfinite(data, ())
     try:
         return LoopConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def _drop_options_of_another_method(data: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """`train.options` are the options of `train.method`. A layer (config file, env, flags, one
+    --set) that picks another method drops the options set below it (its own, if any, are all
+    that remain): a task file's options for sft must not reach `--method kto`, which would
+    reject them or train at sft's rate."""
+    train = layer.get("train")
+    if not isinstance(train, Mapping) or "method" not in train:
+        return
+    below = data.get("train")
+    if isinstance(below, dict) and "options" in below and \
+            train["method"] != below.get("method", TrainConfig.model_fields["method"].default):
+        data["train"] = {k: v for k, v in below.items() if k != "options"}  # not in place
 
 
 def task_run_settings(section: dict[str, Any]) -> dict[str, Any]:

@@ -95,6 +95,26 @@ def test_a_task_files_run_settings_sit_below_the_config_file_and_name_the_runs(t
     assert build_config("jsonl", None, environ={}, task_dirs=[]).task.name is None
 
 
+def test_train_options_belong_to_the_method_they_were_set_for(tmp_path):
+    task = tmp_path / "mytask.yaml"
+    task.write_text("source: arithmetic\nrun:\n  train: {options: {max_per_prompt: 1}}\n")
+    build = lambda **kw: build_config(str(task), environ=kw.pop("environ", {}), **kw)  # noqa: E731
+    assert build().train.options == {"max_per_prompt": 1}  # sft, the default method
+    # another method, from a flag, --set, env or a config file: the task file's sft options go
+    assert build(flags={"train.method": "kto"}).train.options == {}
+    assert build(sets=["train.method=dpo"]).train.options == {}
+    assert build(environ={"LOOP_TRAIN__METHOD": "grpo"}).train.options == {}
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train: {method: nft}\n")
+    assert build(config_path=cfg_file).train.options == {}
+    # the same method, or another method with options of its own: kept, or replaced
+    assert build(flags={"train.method": "sft"}).train.options == {"max_per_prompt": 1}
+    assert build(flags={"train.method": "kto"}, sets=["train.options.beta=0.2"]).train.options == \
+        {"beta": 0.2}
+    cfg_file.write_text("train: {method: kto, options: {beta: 0.3}}\n")
+    assert build(config_path=cfg_file).train.options == {"beta": 0.3}
+
+
 @pytest.mark.parametrize("text, needle", [
     ("source: arithmetic\nrun: 3\n", "the task file's run: must be a mapping"),
     ("source: arithmetic\nrun: {task: {source: x}}\n", "cannot hold task:"),

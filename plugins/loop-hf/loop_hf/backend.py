@@ -55,9 +55,12 @@ class HFSession(loop.GenerationSession):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         full_model = bool(ref.adapter) and (Path(ref.adapter) / "config.json").is_file()
+        tokenizer_path = path
         if full_model:  # full fine-tuning writes a whole model, not an adapter
             path = ref.adapter
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+            if (Path(path) / "tokenizer_config.json").is_file():  # else weights only: the base's
+                tokenizer_path = path
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, options.dtype))
         if ref.adapter and not full_model:
             from peft import PeftModel

@@ -138,6 +138,20 @@ def test_adapter_is_applied(weak_adder_dir, tmp_path):
         g[0].token_ids for g in tuned.generate(PROMPTS, sampling)]
 
 
+def test_a_full_model_without_tokenizer_files_uses_the_bases(weak_adder_dir, tmp_path):
+    """A fully fine-tuned round may be weights only (written by an older loop, or by a plugin):
+    the session takes the base's tokenizer instead of failing to build one."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(weak_adder_dir).save_pretrained(tmp_path / "full")
+    assert not (tmp_path / "full" / "tokenizer_config.json").exists()
+    sampling = Sampling(n=1, temperature=0, max_new_tokens=6)
+    base = HFBackend().open(ModelRef(base=str(weak_adder_dir)))
+    full = HFBackend().open(ModelRef(base=str(weak_adder_dir), adapter=str(tmp_path / "full")))
+    assert [g[0].token_ids for g in base.generate(PROMPTS, sampling)] == [
+        g[0].token_ids for g in full.generate(PROMPTS, sampling)]
+
+
 def test_resolve_local_folder_and_errors(tiny_model_dir, tmp_path):
     assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir.resolve())
     (tmp_path / "empty").mkdir()

@@ -188,7 +188,7 @@ def train_with_trl(context: loop.UpdateContext, rows: list[dict], *, trainer_cls
         if progress.grad_norms and not any(g > 0 for g in norms):
             raise NoLearning(f"{trainer_cls.__name__}: gradient norm was 0 on every one of "
                              f"{len(progress.grad_norms)} steps; the update would be a no-op")
-        _save(trainer.model, Path(context.output_dir))
+        _save(trainer.model, Path(context.output_dir), tokenizer)
         _sort_target_modules(Path(context.output_dir))
         if train_tokens is None:
             columns = trainer.train_dataset.column_names
@@ -223,14 +223,18 @@ def _tokens_seen(dataset_tokens: int, rows: int, trainer: Any) -> int:
     return int(per_row * per_step * trainer.state.global_step)
 
 
-def _save(model: Any, folder: Path) -> None:
+def _save(model: Any, folder: Path, tokenizer: Any) -> None:
     """Write the trained model or adapter. DPO and KTO keep a frozen copy of the round's starting
-    adapter under the name "ref" as their reference model; only the trained one is saved."""
+    adapter under the name "ref" as their reference model; only the trained one is saved. A full
+    model is written with its tokenizer, so the folder is a model that transformers, vLLM and
+    the next round load as it is."""
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict) and len(peft_config) > 1:
         model.save_pretrained(folder, selected_adapters=["default"])
     else:
         model.save_pretrained(folder)
+    if peft_config is None:
+        tokenizer.save_pretrained(folder)
 
 
 def _sort_target_modules(folder: Path) -> None:

@@ -87,6 +87,11 @@ def test_full_finetuning_writes_a_model(tmp_path, tiny_model_dir):
     result = SFTUpdater().update(ctx)
     tuned = AutoModelForCausalLM.from_pretrained(result.adapter_path)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # a whole model folder: its tokenizer is written with it, so anything loads it as it is
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(result.adapter_path).get_vocab() == \
+        AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab()
     diffs = [(p - q).abs().sum().item() for p, q in zip(tuned.parameters(), base.parameters())]
     assert any(d > 0 for d in diffs)
 
