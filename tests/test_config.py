@@ -39,10 +39,10 @@ def test_the_default_job_is_loops_defaults():
     assert plain == with_file
     assert (plain.seed, plain.rounds, plain.model, plain.backend.name) == \
         (0, 4, "smollm2-135m-instruct", "hf")
-    assert plain.select.prompts_per_round == 64
+    assert plain.select.prompts_per_round == 128
     g = plain.generate
-    assert (g.n, g.temperature, g.top_p, g.max_new_tokens, g.batch_size) == (4, 0.7, 1.0, 128, 128)
-    assert (plain.evaluate.max_new_tokens, plain.evaluate.batch_size) == (256, 100)
+    assert (g.n, g.temperature, g.top_p, g.max_new_tokens, g.batch_size) == (2, 0.7, 1.0, 48, 256)
+    assert (plain.evaluate.max_new_tokens, plain.evaluate.batch_size) == (256, 200)
     t = plain.train
     assert (t.method, t.learning_rate, t.epochs, t.batch_size, t.max_length) == \
         ("sft", None, 2, 8, 384)  # null: each method's own rate (sft: 5e-4)
@@ -50,7 +50,8 @@ def test_the_default_job_is_loops_defaults():
         (True, 16, 32, 0.0, "all-linear")
     assert [v.name for v in plain.task.verifiers] == ["math"]
     assert [r.name for r in plain.task.rewards] == ["binary"]
-    assert plain.train.options == {} and not plain.select.curriculum.enabled
+    assert plain.train.options == {"max_per_prompt": 1, "shortest_first": True}  # sft's
+    assert not plain.select.curriculum.enabled
     # the task's run: settings are defaults of its own, below a config file and flags
     assert build_config("arithmetic", None, flags={"rounds": 2}, environ={},
                         task_dirs=[REPO / "tasks"]).rounds == 2
