@@ -45,7 +45,7 @@ PERF_JSON = RESULTS / "perf.json"
 VS_TRL_JSON = RESULTS / "vs_trl.json"
 GPU_CHECK_JSON = RESULTS / "gpu_check.json"  # bench/gpu_check.py on a GPU
 PAGE = REPO / "BENCHMARKS.md"
-GOALS = {"p1": 0.7, "p2": 0.05, "p3": 0.5, "p4": 1.5, "p5_insert": 20_000.0, "p5_query_ms": 100.0}
+GOALS = {"p1": 0.7, "p2": 0.05, "p3": 0.25, "p4": 1.5, "p5_insert": 20_000.0, "p5_query_ms": 100.0}
 SECTIONS = ("p1", "p2", "p4", "p5", "train")
 
 

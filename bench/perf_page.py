@@ -186,13 +186,14 @@ def _p3(v: dict | None, goals: dict) -> str:
              f"{v['budget_s']:g} --every {v['every_s']:g} --config {v['config']}`.", "",
              "Both arms: the default model, the `arithmetic` task's problems (seed 0), the same "
              "reward (`loop_math.reward.binary`, the `math` verifier), LoRA r=16/alpha 32 on all "
-             "linear layers, fp32, 128 completion tokens, the same machine and wall-clock budget. "
+             "linear layers, fp32, the same machine and wall-clock budget. "
              "The plain arm is `bench/plain_trl_grpo.py`: TRL's GRPOTrainer as its docs show it, "
-             "2 prompts x 4 completions per step with fresh rollouts, lr 2e-4 constant, "
-             "temperature 1.0, beta 0 (every setting in its docstring). Both "
-             "are evaluated the same way (greedy pass@1 on the 200 held-out problems, loop's "
-             "evaluate path); evaluation time is off both clocks. loop's clock includes its "
-             "process start-up, model loading and store.", "",
+             "2 prompts x 4 completions per step with fresh rollouts, 128 completion tokens, "
+             "lr 2e-4 constant, temperature 1.0, beta 0 (every setting in its docstring). loop's "
+             f"arm is `loop run arithmetic --config {v['config']}`. Both "
+             "are evaluated the same way (greedy pass@1 on the 200 held-out problems at 128 new "
+             "tokens, loop's evaluate path); evaluation time is off both clocks. loop's clock "
+             "includes its process start-up, model loading and store.", "",
              "![held-out pass@1 against training wall-clock time](bench/results/vs_trl.png)", "",
              "| arm | clock s | pass@1 |", "|---|---|---|"]
     for arm in ("plain", "loop"):

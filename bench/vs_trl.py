@@ -17,7 +17,7 @@ reward, LoRA settings, machine and wall-clock budget.
   tokens). The plain arm's checkpoints are evaluated afterwards through the same backend and
   verifier; the loop arm's evaluations are its own rounds'.
 - Result: target = the plain script's accuracy at the end of its budget; for each arm the first
-  clock time at which it reaches the target; ratio = loop's time / plain's time (goal <= 0.5).
+  clock time at which it reaches the target; ratio = loop's time / plain's time (goal <= 0.25).
   Written to `bench/results/vs_trl.json` and the curve to `bench/results/vs_trl.png`, which
   `bench/perf.py --write` puts in BENCHMARKS.md. An arm whose results exist in WORK is not run
   again (delete the folder, or name the arms to redo with `--arms`).
@@ -205,7 +205,7 @@ def compare(plain: dict, loop_arm: dict, args) -> dict:
         "config": str(Path(args.config).resolve().relative_to(REPO)
                       if Path(args.config).resolve().is_relative_to(REPO) else args.config),
         "target_pass_at_1": target, "plain_time_to_target_s": t_plain,
-        "loop_time_to_target_s": t_loop, "ratio": ratio, "goal": 0.5,
+        "loop_time_to_target_s": t_loop, "ratio": ratio, "goal": 0.25,
         "loop_final_pass_at_1": loop_arm["points"][-1]["pass_at_1"],
         "loop_best_pass_at_1": max(p["pass_at_1"] for p in loop_arm["points"]),
         "plain": {**plain, "points": plain_points}, "loop": loop_arm,

@@ -314,6 +314,8 @@ RUN = ["run", "arithmetic", "--rounds", "1", "--set", "backend.name=scripted",
        "--set", "train.method=noop", "--set", "task.environment.factory=env.py:Multiply",
        "--set", "task.verifiers=[]", "--set", "select.prompts_per_round=6",
        "--set", "evaluate.problems=5", "--set", "generate.n=2",
+       # the scripted backend's tokens are bytes: the tool call needs more than the task's 48
+       "--set", "generate.max_new_tokens=128",
        "--set", 'backend.options.completions=["' + call("multiply", a=3, b=4).replace('"', '\\"')
        + '", "The answer is 12."]']
 
