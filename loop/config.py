@@ -496,20 +496,13 @@ def build_config(
         data = task_run_settings(section)
         data["task"] = section
     if config_path is not None:
-        file_data = read_yaml(Path(config_path))
-        _drop_options_of_another_method(data, file_data)
-        data = _deep_merge(data, file_data)
-    environ_data = env_overrides(environ)
-    _drop_options_of_another_method(data, environ_data)
-    data = _deep_merge(data, environ_data)
+        data = _over(data, read_yaml(Path(config_path)))
+    data = _over(data, env_overrides(environ))
     flag_data: dict[str, Any] = {}
     for key, value in (flags or {}).items():
         if value is not None:
             _set_path(flag_data, key, value)
-    _drop_options_of_another_method(data, flag_data)
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _set_path(data, key, value)
+    data = _over(data, flag_data)
     for item in sets or []:
         if "=" not in item:
             raise ConfigError(f"config error: --set {item!r}: expected KEY=VALUE")
@@ -524,6 +517,12 @@ def build_config(
         return LoopConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def _over(data: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """`layer` merged over `data`, the options of a method it replaces dropped first."""
+    _drop_options_of_another_method(data, layer)
+    return _deep_merge(data, layer)
 
 
 def _drop_options_of_another_method(data: dict[str, Any], layer: Mapping[str, Any]) -> None:
