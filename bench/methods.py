@@ -1,7 +1,7 @@
 """Update methods compared: the default task with each method, equal sampling and training.
 
     python bench/methods.py [--methods sft,dpo,kto,grpo,nft,redi] [--rounds 3] [--prompts 128]
-                            [--eval 200] [--steps 16] [--keep DIR]
+                            [--eval 200] [--steps 16] [--samples 4] [--seed 0] [--keep DIR]
 
 Every method runs `loop run arithmetic --config configs/default.yaml --method M` (a subprocess,
 as a user would) with the same seed, so all of them evaluate the same untouched model in round 0
@@ -31,6 +31,9 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=128, help="training prompts per round")
     parser.add_argument("--eval", type=int, default=200, help="held-out problems")
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps per round")
+    parser.add_argument("--samples", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the run's seed (sampling, training, which prompts)")
     parser.add_argument("--keep", default=None, help="keep the store in this folder")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs already in the --keep store (wall time from "
@@ -41,7 +44,9 @@ def main() -> int:
     settings = ["--rounds", str(args.rounds),
                 "--set", f"select.prompts_per_round={args.prompts}",
                 "--set", f"evaluate.problems={args.eval}",
-                "--set", f"train.max_steps={args.steps}"]
+                "--set", f"generate.n={args.samples}",
+                "--set", f"train.max_steps={args.steps}",
+                "--set", f"seed={args.seed}"]
     results = {}
     for method in args.methods.split(","):
         done = finished_run(db, method) if args.reuse else None
@@ -54,7 +59,8 @@ def main() -> int:
 
     print(f"\nmachine: {machine()}")
     print(f"command: python bench/methods.py --methods {args.methods} --rounds {args.rounds} "
-          f"--prompts {args.prompts} --eval {args.eval} --steps {args.steps}")
+          f"--prompts {args.prompts} --eval {args.eval} --steps {args.steps} "
+          f"--samples {args.samples} --seed {args.seed}")
     head = " | ".join(f"round {i}" for i in range(args.rounds + 1))
     print(f"\nheld-out pass@1 (n={args.eval}, greedy)\n\n| method | {head} | gain vs round 0 "
           "| wall s |\n|---|" + "---|" * (args.rounds + 3))

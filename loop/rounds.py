@@ -9,7 +9,8 @@ make re-done work land on the same rows. Plugins are reached only through the re
 `Components` and the guarded calls of loop.guarded: an exception inside a verifier, reward
 function or critic becomes an `infra` verdict, a None reward or a warning, never a crashed round.
 `refine` (critics explain failures, the model repairs its answers) is a no-op unless
-`refine.depth` > 0; its parts are in loop.refine.
+`refine.depth` > 0; its parts are in loop.refine. A round's evaluation and the next round's
+generation sample from the same checkpoint through one backend session (loop.kept_session).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from loop.failpoints import failpoint
 import loop.guarded
 import loop.updates
 from loop.guarded import call_critic, call_reward, notify
+from loop.kept_session import KeptSession, usage
 from loop.refine import EngineCriticContext, critic_view, model_failure, repair_messages
 from loop.resolve import Components
 from loop.schema import (
@@ -51,7 +53,11 @@ from loop.search_index import refresh as refresh_search_index
 from loop.selection import choose_prompts, drops_equal_groups, with_hint
 from loop.stage_order import ROUND0_STAGES, TRAIN_STAGES
 from loop.store import Store
-from loop.timing import reported_timing, session_timing
+from loop.timing import reported_timing
+
+# Stages that sample from the model (or, select, touch only the store): the session of one
+# stays open for the next while they run on the same model. Any other stage starts by closing it.
+SAMPLING_STAGES = ("select", "generate", "refine", "evaluate")
 from loop.updates import derive_seed, passed, update_context
 
 # Attempts handed to a verifier's verify_batch at once: enough to keep parallel workers busy,
@@ -105,6 +111,11 @@ class RoundEngine:
     pm: Any = None
     tasks: TaskSet | None = None
     model_path: str = ""
+    # the session kept from the last sampling stage, for the next one on the same model
+    sessions: KeptSession = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = KeptSession(self._open)
 
     # ----- the run --------------------------------------------------------------------------
 
@@ -113,8 +124,11 @@ class RoundEngine:
         if self.tasks is None:
             source = self.components.task_source
             self.tasks = source.component.load(source.options, self.config.seed)
-        for idx in range(self.config.rounds + 1):
-            self.run_round(idx)
+        try:
+            for idx in range(self.config.rounds + 1):
+                self.run_round(idx)
+        finally:
+            self.sessions.release()
 
     def run_round(self, idx: int) -> dict:
         previous = self.store.get_round(self.run_id, idx - 1) if idx > 0 else None
@@ -127,6 +141,8 @@ class RoundEngine:
         failpoint("round.start")
         for stage in ROUND0_STAGES if idx == 0 else TRAIN_STAGES:
             if stage not in self._done_stages(idx):
+                if stage not in SAMPLING_STAGES:  # its plugins (the trainer) get the memory
+                    self.sessions.release()
                 self.STAGES[stage](self, idx)
         failpoint("round.before_done")
         refresh_search_index(self.store.db)  # the round's answers become searchable
@@ -233,13 +249,13 @@ class RoundEngine:
         verdict_rows: list[VerdictRow] = []
         critique_rows: list[tuple[str, Critique]] = []
         per_turn: list[dict[str, int]] = []
-        sessions: list[Any] = []
+        sessions: list[Any] = []  # [(session, its timing when taken)] once taken
         verify_seconds = 0.0
 
-        def policy():  # opened on first use: a round with nothing to repair loads no model
+        def policy():  # taken on first use: a round with nothing to repair loads no model
             if not sessions:
-                sessions.append(self._open(model))
-            return sessions[0]
+                sessions.append(self.sessions.take(model))
+            return sessions[0][0]
 
         critic_context = EngineCriticContext(policy, self.pm,
                                              derive_seed(self.config.seed, idx, "critique"),
@@ -274,9 +290,12 @@ class RoundEngine:
                 repaired = sum(passed(verdicts[c.id]) for c in children)
                 per_turn.append({"depth": depth, "attempts": len(children), "repaired": repaired})
                 frontier = [c for c in children if model_failure(verdicts[c.id])]
-        finally:
-            for session in sessions:
-                session.close()
+        except BaseException:
+            for session, _ in sessions:
+                self.sessions.discard(session)
+            raise
+        for session, _ in sessions:
+            self.sessions.keep(model, session)
         with self._landing(idx, "refine", started) as stats:
             self.store.insert_attempts(new_attempts)
             self.store.insert_verdicts(verdict_rows)
@@ -286,7 +305,7 @@ class RoundEngine:
                 repaired=sum(t["repaired"] for t in per_turn), turns=per_turn,
                 critiques=len(critique_rows), verify_seconds=verify_seconds,
                 # no repair asked for: no model opened, no model time
-                **(session_timing(sessions[0]) if sessions else {"model_seconds": 0.0}))
+                **(usage(*sessions[0]) if sessions else {"model_seconds": 0.0}))
 
     def stage_reward(self, idx: int) -> None:
         """Every reward function on every train answer of the round (TRL's contract)."""
@@ -551,7 +570,7 @@ class RoundEngine:
         an environment, each answer is an episode (loop.episodes)."""
         started = time.perf_counter()
         with self.reporter.stage(idx, stage, len(tasks)) as progress:
-            session = self._open(model)
+            session, since = self.sessions.take(model)
             try:
                 if self.components.environment is not None:
                     episodes = run_episodes(session, self.components.environment.component,
@@ -562,8 +581,10 @@ class RoundEngine:
                     generations = session.generate([t.prompt for t in tasks], sampling,
                                                    progress=self._advance(progress, stage),
                                                    batch_size=batch_size)
-            finally:
-                session.close()
+            except BaseException:
+                self.sessions.discard(session)
+                raise
+            self.sessions.keep(model, session)
         seconds = time.perf_counter() - started
         if self.components.environment is not None:
             attempts = [self._episode_attempt(idx, task.id, purpose, k, e, model, sampling.seed)
@@ -576,7 +597,7 @@ class RoundEngine:
         stats = {"seconds": seconds, "count": len(attempts),
                  "tokens": sum(a.completion_tokens for a in attempts),
                  "truncated": sum(a.finish_reason == "length" for a in attempts),
-                 **session_timing(session)}
+                 **usage(session, since)}
         if self.components.environment is not None:
             stats["episodes"] = episode_stats(attempts)
         return attempts, stats

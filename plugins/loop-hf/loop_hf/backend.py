@@ -1,7 +1,8 @@
 """The `hf` generation backend: transformers models (base + LoRA adapter) on CPU or one GPU.
 
-A session loads the model once per phase; the round engine opens one for generation and one for
-evaluation and closes it before training, so memory is free for the trainer. A LoRA adapter is
+A session loads the model once; the round engine keeps it from a round's evaluation to the next
+round's generation (the same checkpoint) and closes it before training, so memory is free for the
+trainer. A LoRA adapter is
 merged into the weights for generation (same outputs, no adapter overhead per token).
 """
 
