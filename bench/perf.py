@@ -128,6 +128,18 @@ def default_prompts(count: int) -> list[list[dict]]:
     return [t.prompt for t in tasks.train[:count]]
 
 
+def default_stage() -> dict:
+    """The default job's generate stage: prompts a round, samples per prompt, rows per decoder
+    call and the token limit, as `loop run arithmetic --config configs/default.yaml` has them."""
+    from loop.runs import plan_run
+
+    config = plan_run("arithmetic", REPO / "configs" / "default.yaml").config
+    gen = config.generate
+    return {"prompts": config.select.prompts_per_round, "n": gen.n,
+            "rows": min(gen.batch_size, config.select.prompts_per_round * gen.n),
+            "max_new_tokens": gen.max_new_tokens}
+
+
 def section_p1(args) -> dict:
     import torch
 
@@ -145,7 +157,10 @@ def section_p1(args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     limit = peaks["float32"] / (2 * params)
     new_tokens = 32 if args.quick else 64
-    prompts = default_prompts(64)
+    shape = default_stage()
+    n, rows = shape["n"], shape["rows"]
+    per_call = rows // n  # prompts per decoder call
+    prompts = default_prompts(max(64, per_call))
     encoded = [session.encode(p) for p in prompts]
 
     def forced(prompt_ids: list[list[int]], n: int, per_call_rows: int) -> float:
@@ -182,50 +197,54 @@ def section_p1(args) -> dict:
         return tokens / (time.perf_counter() - started), tokens
 
     torch.manual_seed(0)
-    prompts_stage = encoded[:32]  # the default generate stage: 32 prompts x 4 samples per call
+    prompts_stage = encoded[:per_call]  # the default generate stage's decoder call
     naive16, _ = plain_generate([p for p in prompts_stage[:16]], 16, stop=False,
                                 max_new=new_tokens)
-    stage = forced(prompts_stage, 4, 128)
-    levers = [
-        {"lever": "transformers generate, batch 16 (the reference)", "tok_s": naive16},
-        {"lever": "loop decoder, 16 rows (4 prompts x 4)", "tok_s": forced(encoded[:4], 4, 16)},
-        {"lever": "loop decoder, 64 rows (16 prompts x 4)", "tok_s": forced(encoded[:16], 4, 64)},
-        {"lever": "loop decoder, 128 rows (32 prompts x 4): the default stage", "tok_s": stage},
-        {"lever": "loop decoder, 128 rows without shared prefill (128 prompts x 1)",
-         "tok_s": forced([p for p in prompts_stage for _ in range(4)], 1, 128)},
+    stage = forced(prompts_stage, n, rows)
+    levers = [{"lever": "transformers generate, batch 16 (the reference)", "tok_s": naive16}]
+    for smaller in (16, 64, 128):
+        if smaller < rows:
+            levers.append({"lever": f"loop decoder, {smaller} rows ({smaller // n} prompts x {n})",
+                           "tok_s": forced(encoded[:smaller // n], n, smaller)})
+    levers += [
+        {"lever": f"loop decoder, {rows} rows ({per_call} prompts x {n}): the default stage",
+         "tok_s": stage},
+        {"lever": f"loop decoder, {rows} rows without shared prefill ({rows} prompts x 1)",
+         "tok_s": forced([p for p in prompts_stage for _ in range(n)], 1, rows)},
     ]
     if not args.quick:
-        levers.append({"lever": "loop decoder, 256 rows (64 prompts x 4)",
-                       "tok_s": forced(encoded[:64], 4, 256)})
         threads = torch.get_num_threads()
         if threads > 1:
             torch.set_num_threads(1)
-            one = forced(prompts_stage, 4, 128)
+            one = forced(prompts_stage, n, rows)
             torch.set_num_threads(threads)
-            levers.append({"lever": f"loop decoder, 128 rows, 1 thread instead of {threads}",
+            levers.append({"lever": f"loop decoder, {rows} rows, 1 thread instead of {threads}",
                            "tok_s": one})
     for lever in levers:
         lever["share_of_limit"] = lever["tok_s"] / limit
-    matmuls_only = matmuls_only_tok_s(model, 128)
+    matmuls_only = matmuls_only_tok_s(model, rows)
 
-    # Real answers, as the generate stage makes them (end-of-sequence on, the default limit):
-    # what dropping finished rows is worth against static batches.
-    sampling = Sampling(n=4, temperature=0.7, top_p=1.0, max_new_tokens=256, seed=0)
-    real_prompts = prompts[: 8 if args.quick else 32]
+    # Real answers, as the generate stage makes them (end-of-sequence on, the stage's token
+    # limit): what dropping finished rows is worth against static batches.
+    sampling = Sampling(n=n, temperature=0.7, top_p=1.0,
+                        max_new_tokens=shape["max_new_tokens"], seed=0)
+    real_prompts = prompts[: 8 if args.quick else 64]
     started = time.perf_counter()
-    generations = session.generate(real_prompts, sampling, batch_size=128)
+    generations = session.generate(real_prompts, sampling, batch_size=rows)
     real_tokens = sum(g.completion_tokens for gens in generations for g in gens)
     real_loop = real_tokens / (time.perf_counter() - started)
-    repeated = [session.encode(p) for p in real_prompts for _ in range(4)]
-    real_plain, plain_tokens = plain_generate(repeated, 16, stop=True, max_new=256)
+    repeated = [session.encode(p) for p in real_prompts for _ in range(n)]
+    real_plain, plain_tokens = plain_generate(repeated, 16, stop=True,
+                                              max_new=shape["max_new_tokens"])
     session.close()
     return {
         "peak_flops": peaks, "params": params, "flops_per_token": 2 * params,
-        "limit_tok_s": limit, "new_tokens": new_tokens, "stage_tok_s": stage,
+        "limit_tok_s": limit, "new_tokens": new_tokens, "stage": shape, "stage_tok_s": stage,
         "ratio": stage / limit, "reference_ratio": naive16 / limit, "levers": levers,
         "matmuls_only_tok_s": matmuls_only, "matmuls_only_ratio": matmuls_only / limit,
         "real": {"loop_tok_s": real_loop, "loop_tokens": real_tokens, "plain16_tok_s": real_plain,
-                 "plain16_tokens": plain_tokens, "rows": len(repeated)},
+                 "plain16_tokens": plain_tokens, "rows": len(repeated),
+                 "max_new_tokens": shape["max_new_tokens"]},
     }
 
 

@@ -110,6 +110,8 @@ def _summary(results: dict, vs_trl: dict | None, goals: dict) -> str:
 
 
 def _p1(s: dict, goals: dict) -> str:
+    stage = s.get("stage") or {"prompts": 32, "n": 4, "rows": 128}  # results before it was stored
+    per_call = stage["rows"] // stage["n"]
     peaks = ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in s["peak_flops"].items())
     lines = [
         f"## {TITLES['p1']}\n", _machine(s), "",
@@ -117,7 +119,8 @@ def _p1(s: dict, goals: dict) -> str:
         f"{s['params'] / 1e6:.1f} M parameters, so a generated token costs about "
         f"{s['flops_per_token'] / 1e6:.0f} MFLOP and the fp32 limit is "
         f"**{s['limit_tok_s']:,.0f} tokens/s**.", "",
-        f"The generate stage's shape (32 prompts x 4 samples = 128 rows per decoder call, "
+        f"The generate stage's shape ({per_call} prompts x {stage['n']} samples = "
+        f"{stage['rows']} rows per decoder call, "
         f"temperature 0.7) with every row forced to {s['new_tokens']} new tokens: "
         f"**{s['stage_tok_s']:,.0f} tokens/s = {s['ratio']:.2f} of the limit** (goal ≥ "
         f"{goals['p1']}: {_met(s['ratio'] >= goals['p1'])}). transformers' batched `generate` at "
@@ -126,16 +129,18 @@ def _p1(s: dict, goals: dict) -> str:
     lines += [f"| {lv['lever']} | {lv['tok_s']:,.0f} | {lv['share_of_limit']:.2f} |"
               for lv in s["levers"]]
     real = s["real"]
-    lines += ["", f"Real answers (end of sequence on, 256-token limit, {real['rows']} rows): the "
+    lines += ["", f"Real answers (end of sequence on, {real.get('max_new_tokens', 256)}-token "
+              f"limit, {real['rows']} rows): the "
               f"stage's decoder makes {real['loop_tok_s']:,.0f} useful tokens/s, transformers' "
               f"`generate` in static batches of 16 {real['plain16_tok_s']:,.0f} "
               f"({real['loop_tok_s'] / real['plain16_tok_s']:.2f}x): finished rows leave loop's "
               "batch, while a static batch decodes until its longest answer ends.", ""]
     if "matmuls_only_tok_s" in s:
-        lines += [f"The same 128 rows through nothing but the model's matmuls (every linear layer "
+        lines += [f"The same {stage['rows']} rows through nothing but the model's matmuls (every linear layer "
                   f"and the vocabulary projection, timed alone): {s['matmuls_only_tok_s']:,.0f} "
                   f"tokens/s = {s['matmuls_only_ratio']:.2f} of the limit. That is the ceiling "
-                  "of fp32 decoding at this batch on this machine: matrices 128 rows thin run "
+                  "of fp32 decoding at this batch on this machine: matrices "
+                  f"{stage['rows']} rows thin run "
                   "below the square-matmul peak.", ""]
     if s["ratio"] < goals["p1"]:
         lines += [f"Missed by {goals['p1'] - s['ratio']:.2f} of the limit. " + P1_WHY, ""]

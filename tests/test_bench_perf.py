@@ -54,6 +54,7 @@ def _results():
     return {
         "p1": {**common, "peak_flops": {"float32": 1.0e11}, "params": 134_515_008,
                "flops_per_token": 269_030_016, "limit_tok_s": 371.7, "new_tokens": 64,
+               "stage": {"prompts": 128, "n": 2, "rows": 256, "max_new_tokens": 48},
                "stage_tok_s": 290.0, "ratio": 0.78, "reference_ratio": 0.40,
                "levers": [{"lever": "loop decoder, 128 rows", "tok_s": 290.0,
                            "share_of_limit": 0.78}],
@@ -82,6 +83,17 @@ def _results():
     }
 
 
+def test_p1_measures_the_default_jobs_generate_stage():
+    """P1's shape is the task file's, read here from the YAML itself."""
+    import yaml
+
+    run = yaml.safe_load((REPO / "tasks" / "arithmetic.yaml").read_text())["run"]
+    prompts, gen = run["select"]["prompts_per_round"], run["generate"]
+    assert perf.default_stage() == {
+        "prompts": prompts, "n": gen["n"], "rows": min(gen["batch_size"], prompts * gen["n"]),
+        "max_new_tokens": gen["max_new_tokens"]}
+
+
 def test_page_reports_every_goal_with_its_status_and_how_much_a_miss_is():
     vs = {"machine": "x86_64, 2 cores", "budget_s": 600, "every_s": 60,
           "config": "configs/vs-trl.yaml", "target_pass_at_1": 0.55,
@@ -93,6 +105,7 @@ def test_page_reports_every_goal_with_its_status_and_how_much_a_miss_is():
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 8  # header, P1, P2, P3, P4, P5 answers, P5 round, P5 query, training
     assert "| P1 generate stage / compute limit (fp32) | 0.78 | ≥ 0.7 | met |" in summary
+    assert "shape (128 prompts x 2 samples = 256 rows per decoder call" in text
     assert "| 7.5% | ≤ 5% | **missed** |" in summary
     assert "| 0.62 | ≤ 0.25 | **missed** |" in summary
     assert "Missed by 2.5 points." in text  # P2's miss, said in its section
