@@ -154,8 +154,13 @@ P1_WHY = ("The matmuls alone come within reach of the goal (above); the rest of 
           "49,152-word vocabulary (sampling, log-probabilities) and 4 % in attention. The "
           "decoder now writes each step into KV room reserved for the whole decode (rows that "
           "finish still leave it): 1.10x at the default stage's shape, the same tokens, on the "
-          "EPYC (DynamicLayer against the reserved layer, alternating, best of 3). Next levers, "
-          "not done: fewer passes over the vocabulary, and `torch.compile` of the step.")
+          "EPYC (DynamicLayer against the reserved layer, alternating, best of 3). "
+          "`torch.compile` of the model's forward was tried (torch 2.13, CPU inductor): with "
+          "dynamic shapes it fails to compile (inductor raises \"Expected "
+          "!size_bytes_is_heap_allocated_\"), and static shapes would compile again for every "
+          "length of the growing key/value cache. The passes over the vocabulary (sampling, and "
+          "the logsumexp of the log-probabilities: about 0.2 s a step at 256 rows on one busy "
+          "thread) take a few sweeps each in eager PyTorch; fusing them needs a compiler too.")
 
 
 def _p2(s: dict, goals: dict) -> str:
