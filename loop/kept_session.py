@@ -59,11 +59,6 @@ class KeptSession:
             self._kept = None
             session.close()
 
-    @property
-    def held(self) -> ModelRef | None:
-        """The model of the kept session, if one is kept."""
-        return self._kept[0] if self._kept else None
-
 
 def usage(session: Any, since: dict[str, float]) -> dict[str, float]:
     """The session's `load_seconds`/`model_seconds` accrued after the `since` snapshot (a

@@ -54,11 +54,11 @@ from loop.selection import choose_prompts, drops_equal_groups, with_hint
 from loop.stage_order import ROUND0_STAGES, TRAIN_STAGES
 from loop.store import Store
 from loop.timing import reported_timing
+from loop.updates import derive_seed, passed, update_context
 
 # Stages that sample from the model (or, select, touch only the store): the session of one
 # stays open for the next while they run on the same model. Any other stage starts by closing it.
 SAMPLING_STAGES = ("select", "generate", "refine", "evaluate")
-from loop.updates import derive_seed, passed, update_context
 
 # Attempts handed to a verifier's verify_batch at once: enough to keep parallel workers busy,
 # few enough that progress moves and a chunk's timeout stays meaningful.

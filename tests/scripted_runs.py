@@ -111,6 +111,30 @@ def scripted_run(folder: Path, args: list[str], plugins: str = "math",
     return result.output
 
 
+def cli_with_plugin(folder: Path, filename: str, source: str, args: list[str],
+                    env: dict[str, str] | None = None):
+    """`loop ARGS` in this process with `source` written as the loose plugin FOLDER/plugins/
+    `filename` (`run` gets `--plugins-dir` for it), the math plugin loaded, no LOOP_ settings
+    from outside and `env` set; returns the CliRunner result."""
+    import loop.cli.common
+    from loop.cli import app
+
+    plugins = folder / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / filename).write_text(source)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOP_LOAD_PLUGINS", "math")
+        mp.delenv("LOOP_PLUGINS_DIR", raising=False)
+        for key in [k for k in os.environ if k.startswith("LOOP_") and "__" in k]:
+            mp.delenv(key)
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        mp.setattr(loop.cli.common, "_PM", None)
+        mp.chdir(folder)
+        return CliRunner().invoke(app, [*args, "--plugins-dir", str(plugins)]
+                                  if args[0] in ("run", "resume") else list(args))
+
+
 def question_of(prompt_json: str) -> str:
     return next(m["content"] for m in json.loads(prompt_json) if m["role"] == "user")
 

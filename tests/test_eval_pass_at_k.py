@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sqlite3
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from loop.updates import derive_seed
+from scripted_runs import cli_with_plugin
 from tiny_model import tiny_task_yaml
 
 SAMPLER_PLUGIN = '''
@@ -65,21 +64,7 @@ SAMPLED = ["--set", f"evaluate.samples={SAMPLES}", "--set", "evaluate.temperatur
 
 
 def loop_cli(folder: Path, *args: str):
-    import loop.cli.common
-    from loop.cli import app
-
-    plugins = folder / "plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    (plugins / "sampler.py").write_text(SAMPLER_PLUGIN)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOP_LOAD_PLUGINS", "math")
-        mp.delenv("LOOP_PLUGINS_DIR", raising=False)
-        for key in [k for k in os.environ if k.startswith("LOOP_") and "__" in k]:
-            mp.delenv(key)
-        mp.setattr(loop.cli.common, "_PM", None)
-        mp.chdir(folder)
-        return CliRunner().invoke(app, [*args, "--plugins-dir", str(plugins)]
-                                  if args[0] == "run" else list(args))
+    return cli_with_plugin(folder, "sampler.py", SAMPLER_PLUGIN, list(args))
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ reports no load time, and one that opens a session reports its load time.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from scripted_runs import cli_with_plugin
 from tiny_model import tiny_task_yaml
 
 LEDGER_PLUGIN = '''
@@ -91,21 +90,8 @@ SETTINGS = ["--model", "scripted-ledger", "--set", "backend.name=ledger", "--met
 
 
 def loop_cli(folder: Path, *args: str):
-    import loop.cli.common
-    from loop.cli import app
-
-    plugins = folder / "plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    (plugins / "ledger.py").write_text(LEDGER_PLUGIN)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOP_LOAD_PLUGINS", "math")
-        mp.setenv("LEDGER", str(folder / "ledger.jsonl"))
-        mp.delenv("LOOP_PLUGINS_DIR", raising=False)
-        for key in [k for k in os.environ if k.startswith("LOOP_") and "__" in k]:
-            mp.delenv(key)
-        mp.setattr(loop.cli.common, "_PM", None)
-        mp.chdir(folder)
-        return CliRunner().invoke(app, [*args, "--db", "loop.db", "--plugins-dir", str(plugins)])
+    return cli_with_plugin(folder, "ledger.py", LEDGER_PLUGIN, [*args, "--db", "loop.db"],
+                           env={"LEDGER": str(folder / "ledger.jsonl")})
 
 
 def loop_run(folder: Path, *args: str):
