@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import sqlite_utils
 
 from loop.migrations import migrations
 from loop.schema import Attempt, Task, Verdict
-from loop.store import Store, StoreError, open_db
+from loop.store import PAGE_SIZE, Store, StoreError, open_db
 
 EXPECTED_COLUMNS = {
     "runs": {"id": str, "name": str, "task": str, "model": str, "status": str, "config_json": str,
@@ -84,8 +85,64 @@ def test_migrate_is_idempotent(tmp_path):
                        "m006_text_search_and_held_out_index", "m007_run_resumes",
                        "m008_search_index_off_the_write_path", "m009_binary_logprobs",
                        "m010_eval_pass_at_k", "m011_episode_turns",
-                       "m012_critique_search_off_the_write_path"]
+                       "m012_critique_search_off_the_write_path",
+                       "m013_drop_redundant_verdict_index"]
     assert db.journal_mode == "wal"
+
+
+def test_new_stores_get_large_pages_and_old_stores_keep_theirs(tmp_path):
+    new = open_db(tmp_path / "new.db")
+    assert new.execute("pragma page_size").fetchone()[0] == PAGE_SIZE > 4096
+    assert new.execute("pragma journal_mode").fetchone()[0] == "wal"
+    # a store made with SQLite's default 4 KiB pages (an older loop) opens as it is
+    old_path = tmp_path / "old.db"
+    conn = sqlite3.connect(old_path)
+    conn.execute("create table t (x)")
+    conn.execute("insert into t values ('kept')")
+    conn.commit()
+    conn.close()
+    old = open_db(old_path)
+    assert old.execute("pragma page_size").fetchone()[0] == 4096
+    assert old.execute("select x from t").fetchall() == [("kept",)]
+    assert "attempts" in old.table_names()
+
+
+def test_old_store_loses_only_the_redundant_verdict_index(tmp_path):
+    """m013 drops the unique index on verdicts (attempt_id, verifier) of a store written before
+    it: the rows are untouched, a second verdict of the same (attempt, verifier) is still not
+    stored (the id is their hash, and the primary key), and lookups by attempt still use an
+    index."""
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    migrations.apply(db, stop_before="m013_drop_redundant_verdict_index")
+    assert "idx_verdicts_attempt_id_verifier" in {i.name for i in db["verdicts"].indexes}
+    old = Store(db)
+    _run(old)
+    task = _task()
+    old.upsert_tasks([task])
+    ids = [Attempt.make_id("r1", 1, task.id, "train", k) for k in range(2)]
+    old.insert_attempts([Attempt(id=i, run_id="r1", round_index=1, task_id=task.id,
+                                 purpose="train", sample_index=k, messages=[], completion=str(k))
+                         for k, i in enumerate(ids)])
+    old.insert_verdicts([(ids[0], "math", Verdict(passed=True), 1.0),
+                         (ids[1], "math", Verdict(passed=False, feedback="no"), 1.0)])
+    rows = db.execute("select * from verdicts order by id").fetchall()
+    db.conn.close()
+
+    store = Store.open(path)
+    assert "idx_verdicts_attempt_id_verifier" not in {i.name for i in
+                                                      store.db["verdicts"].indexes}
+    assert store.db.execute("select * from verdicts order by id").fetchall() == rows
+    store.insert_verdicts([(ids[1], "math", Verdict(passed=True, feedback="again"), 1.0)])
+    assert store.db["verdicts"].count == 2
+    assert store.verdicts([ids[1]])[ids[1]]["math"].feedback == "no"
+    plan = " ".join(r[-1] for r in store.db.execute(
+        "explain query plan select verifier, passed from verdicts where attempt_id = ?",
+        [ids[0]]).fetchall())
+    assert "USING INDEX idx_verdicts_attempt_passed" in plan
+    # a new store never has it
+    assert "idx_verdicts_attempt_id_verifier" not in {
+        i.name for i in open_db(memory=True)["verdicts"].indexes}
 
 
 def test_prepare_db_hook_lets_plugins_add_tables(tmp_path):

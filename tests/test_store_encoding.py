@@ -9,7 +9,7 @@ import json
 import pytest
 
 from loop.schema import stable_id
-from loop.store import _json, _json_ints
+from loop.store import _json, _json_ints, _json_text
 
 PARTS = [
     ("run-1", "task-2"),
@@ -62,6 +62,26 @@ def test_json_text_matches_json_dumps_and_keeps_lone_surrogates(value):
         assert text == json.dumps(value, ensure_ascii=False)
 
 
+@pytest.mark.parametrize("value", [
+    [{"role": "system", "content": "Answer."}, {"role": "user", "content": "ünï \"q\" \\ \n"}],
+    {"b": 1, "a": [1.5, -0.0, 1e300, 2**70, True, False, None]}, {1: "int key", 2.5: "x",
+    True: "y", None: "z"}, [float("nan"), float("inf"), -float("inf")], "\u2028 \x00", 7,
+    3.25, (1, (2, 3)), {"nested": {"deep": [{"k": "v"}]}}, [], {}], ids=repr)
+def test_json_text_is_json_dumps(value):
+    """The encoder built once writes exactly what json.dumps(ensure_ascii=False) writes."""
+    assert _json_text(value) == json.dumps(value, ensure_ascii=False)
+
+
+def test_json_text_refuses_what_json_dumps_refuses():
+    with pytest.raises(TypeError):
+        _json_text({"a": object()})
+    loop = []
+    loop.append(loop)
+    with pytest.raises((ValueError, RecursionError)):  # no circular check: it recurses
+        _json_text(loop)
+    assert _json_text({"after": "errors"}) == '{"after": "errors"}'  # no state left behind
+
+
 def test_rows_inserted_sorted_keep_the_first_of_duplicates(store, tmp_path):
     from loop.schema import Verdict
     from test_search_index import _attempt, _setup
@@ -77,3 +97,29 @@ def test_rows_inserted_sorted_keep_the_first_of_duplicates(store, tmp_path):
     assert {a: v["math"].passed for a, v in kept.items()} == {"a0": True, "a1": False,
                                                               "a2": True}
     assert kept["a1"]["math"].feedback == "first"
+
+
+def test_rows_go_in_batches_and_land_in_one_transaction(store, tmp_path, monkeypatch):
+    """Store._insert_many builds ROWS_PER_INSERT rows at a time: every row is stored, in the order
+    given, a duplicate in a later batch is still ignored, and a row that fails in a later batch
+    takes the earlier batches with it (one transaction), inside a stage's or on its own."""
+    import sqlite3
+
+    import loop.store
+    from test_search_index import _attempt, _setup
+
+    monkeypatch.setattr(loop.store, "ROWS_PER_INSERT", 3)
+    task = _setup(store, tmp_path)
+    attempts = [_attempt(task, i, str(i)) for i in range(7)]
+    store.insert_attempts([*attempts, attempts[1].model_copy(update={"completion": "dup"})])
+    rows = store.db.execute("select id, completion from attempts order by rowid").fetchall()
+    assert rows == [(f"a{i}", str(i)) for i in range(7)]
+
+    dangling = _attempt(task, 9, "orphan").model_copy(update={"parent_id": "no-such-attempt"})
+    fresh = [_attempt(task, i, str(i)) for i in range(10, 15)]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert_attempts([*fresh, dangling])  # on its own: its own transaction
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.transaction():  # a stage's
+            store.insert_attempts([*fresh, dangling])
+    assert store.db["attempts"].count == 7
