@@ -47,11 +47,12 @@ def test_the_table_has_a_row_per_round_with_tool_use_and_turns():
 
 
 @pytest.mark.slow
-def test_the_shared_prefix_benchmark_runs_and_checks_the_tokens_agree():
+@pytest.mark.parametrize("task", ["calculator", "arithmetic"])
+def test_the_shared_prefix_benchmark_runs_and_checks_the_tokens_agree(task):
     import subprocess
 
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "shared_prefix.py"), "--prompts",
-                           "3", "--max-new-tokens", "4", "--repeat", "1"],
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "shared_prefix.py"), "--task",
+                           task, "--prompts", "3", "--max-new-tokens", "4", "--repeat", "1"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 prompts of " in done.stdout and "same tokens: True" in done.stdout

@@ -82,6 +82,32 @@ def test_shared_prefix_is_computed_once_with_the_same_result(session):
             assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
 
 
+def test_a_short_system_message_is_shared_by_default(session):
+    """A prefix as short as the default task's (a one-line system message: 8-31 tokens) is
+    prefilled once by default, with the same greedy tokens as every prompt whole."""
+    from loop_hf.decoding import decode_batch
+
+    system = "Answer with only the number. "
+    encode = session.tokenizer
+    prompts = [encode(system + p[0]["content"], add_special_tokens=False).input_ids
+               for p in PROMPTS]
+    prefix = len(encode(system, add_special_tokens=False).input_ids)
+    assert 8 <= prefix < 32
+    calls = []
+    hook = session.model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        common = dict(n=1, max_new_tokens=5, temperature=0, top_p=1.0,
+                      eos_token_ids=session.eos_token_ids, pad_token_id=session.pad_token_id)
+        shared = decode_batch(session.model, prompts, **common)
+        first_call = calls[0]
+        whole = decode_batch(session.model, prompts, min_shared_prefix=10**9, **common)
+    finally:
+        hook.remove()
+    assert first_call[0] == 1 and first_call[1] >= prefix  # the prefix alone, once
+    assert [d[0].token_ids for d in shared] == [d[0].token_ids for d in whole]
+
+
 def test_sampling_n_per_prompt_seeded_and_reproducible(session):
     sampling = Sampling(n=6, temperature=1.5, max_new_tokens=5, seed=7)
     a = session.generate(PROMPTS, sampling)
