@@ -330,6 +330,10 @@ class TrainConfig(Section):
     learning_rate: float | None = Field(default=None, gt=0.0, le=1.0, description=(
         "null: the update method's own rate (on a LoRA adapter: sft 5e-4, kto 1e-4, dpo, grpo, "
         "nft and redi 2e-4); a method's `learning_rate` option wins over both"))
+    learning_rate_decay: float = Field(default=1.0, gt=0.0, le=1.0, description=(
+        "each round after the first trains at the previous round's rate times this (round r: "
+        "rate x decay^(r-1)): large steps while the model learns the task's form, smaller ones "
+        "once its own answers are mostly right"))
     epochs: float = Field(default=1.0, gt=0.0, le=1000.0,
                           description="passes over the round's data (grpo/nft/redi: PPO "
                                       "iterations per batch, rounded)")

@@ -46,6 +46,9 @@ class SFTOptions(BaseModel):
         "example of the round fits train.max_length, where the loss is the same either way"))
     learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
         f"None: train.learning_rate when the run sets one, else {SFT_LEARNING_RATE:g}"))
+    learning_rate_decay: float | None = Field(default=None, gt=0, le=1, description=(
+        "each round after the first trains at the previous round's rate times this; None: "
+        "train.learning_rate_decay"))
 
 
 def row_lengths(rows: list[dict], tokenizer) -> list[int]:

@@ -66,13 +66,18 @@ DEFAULT_LEARNING_RATE = 2e-4
 def learning_rate(context: loop.UpdateContext, method_default: float) -> float:
     """The learning rate a method trains with: its `learning_rate` option when given
     (`train.options.learning_rate`), else `train.learning_rate` when the run set one, else
-    `method_default`. A good SFT rate on a LoRA adapter is far too large for some preference and
-    policy-gradient losses, so each method brings its own."""
+    `method_default`; times the decay for each round after the first (the method's
+    `learning_rate_decay` option when it has one and it is set, else `train.learning_rate_decay`).
+    A good SFT rate on a LoRA adapter is far too large for some preference and policy-gradient
+    losses, so each method brings its own."""
     chosen = getattr(context.options, "learning_rate", None)
-    if chosen is not None:
-        return float(chosen)
-    run = context.config.train.learning_rate
-    return float(method_default) if run is None else float(run)
+    if chosen is None:
+        run = context.config.train.learning_rate
+        chosen = method_default if run is None else run
+    decay = getattr(context.options, "learning_rate_decay", None)
+    if decay is None:
+        decay = context.config.train.learning_rate_decay
+    return float(chosen) * decay ** max(0, context.round_index - 1)
 
 
 def load_tokenizer(context: loop.UpdateContext):

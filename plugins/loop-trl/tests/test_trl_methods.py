@@ -14,6 +14,7 @@ from loop.updates import EmptyDataset, UpdateContext
 from loop_trl.grpo import GRPOOptions, GRPOUpdater
 from loop_trl.negative import NFTOptions, NFTUpdater, REDIOptions, REDIUpdater
 from loop_trl.preference import DPOOptions, DPOUpdater, KTOOptions, KTOUpdater
+from loop_trl.sft import SFTOptions
 
 # Two prompts, four first-try answers each, half of them right: every method has data.
 ROUND = {(12, 35): ["47", "46", "47", "57"], (40, 41): ["81", "18", "80", "81"]}
@@ -174,6 +175,29 @@ def test_a_method_default_learning_rate_yields_to_a_rate_the_run_chose(tmp_path,
     ctx = UpdateContext(run_id="r", round_index=1, samples=[], base_model="m", adapter_in=None,
                         output_dir=tmp_path, config=stored, options=KTOOptions(), seed=0)
     assert learning_rate(ctx, 5e-5) == 5e-5
+
+
+def test_the_learning_rate_decays_by_round_when_asked(tmp_path, tiny_model_dir):
+    from loop_trl.training import learning_rate
+
+    def rate(round_index, options=KTOOptions(), **train):
+        config = LoopConfig.model_validate({"model": str(tiny_model_dir), "train": train})
+        ctx = UpdateContext(run_id="r", round_index=round_index, samples=[], base_model="m",
+                            adapter_in=None, output_dir=tmp_path, config=config,
+                            options=options, seed=0)
+        return learning_rate(ctx, 5e-5)
+
+    assert [rate(r) for r in (1, 2, 3)] == [5e-5] * 3  # no decay by default
+    decayed = [rate(r, learning_rate=1e-3, learning_rate_decay=0.5) for r in (1, 2, 3)]
+    assert decayed == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    # the decay applies to whichever rate was chosen, a method's own option included
+    assert rate(3, KTOOptions(learning_rate=2e-6), learning_rate_decay=0.5) == pytest.approx(5e-7)
+    # sft's own decay option wins over the run's
+    sft = SFTOptions(learning_rate=1e-3, learning_rate_decay=0.5)
+    assert rate(2, sft, learning_rate_decay=0.9) == pytest.approx(5e-4)
+    assert rate(2, SFTOptions(), learning_rate_decay=0.9) == pytest.approx(4.5e-5)
+    with pytest.raises(ValueError):
+        LoopConfig.model_validate({"train": {"learning_rate_decay": 1.5}})
 
 
 @pytest.mark.slow
