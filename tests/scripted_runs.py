@@ -85,26 +85,34 @@ def write_parity_plugin(folder: Path) -> Path:
     return folder
 
 
+def _cli_environment(mp: pytest.MonkeyPatch, folder: Path, plugins: str,
+                     env: dict[str, str] | None) -> None:
+    """An in-process `loop` command's surroundings: LOOP_LOAD_PLUGINS=`plugins`, no plugins
+    folder and no LOOP_ settings from outside, `env` set, a fresh plugin manager, cwd `folder`."""
+    import loop.cli.common
+
+    mp.setenv("LOOP_LOAD_PLUGINS", plugins)
+    mp.delenv("LOOP_PLUGINS_DIR", raising=False)
+    for key in [k for k in os.environ if k.startswith("LOOP_") and "__" in k]:
+        mp.delenv(key)
+    for key, value in (env or {}).items():
+        mp.setenv(key, value)
+    mp.setattr(loop.cli.common, "_PM", None)
+    mp.chdir(folder)
+
+
 def scripted_run(folder: Path, args: list[str], plugins: str = "math",
                  env: dict[str, str] | None = None) -> str:
     """`loop run ARGS --plugins-dir FOLDER/plugins` in this process, on the parity backend, with
     the environment conftest's isolated_env gives a test (usable from a module-scoped fixture);
     returns its output. `plugins`: LOOP_LOAD_PLUGINS."""
-    import loop.cli.common
     from loop.cli import app
 
     plugins_dir = write_parity_plugin(folder / "plugins")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOP_LOAD_PLUGINS", plugins)
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        mp.delenv("LOOP_PLUGINS_DIR", raising=False)
-        for key in [k for k in os.environ if k.startswith("LOOP_") and "__" in k]:
-            mp.delenv(key)
-        for key, value in (env or {}).items():
-            mp.setenv(key, value)
-        mp.setattr(loop.cli.common, "_PM", None)
-        mp.chdir(folder)
+        _cli_environment(mp, folder, plugins, env)
         result = CliRunner().invoke(app, ["run", *map(str, args), *PARITY_SETTINGS,
                                           "--plugins-dir", str(plugins_dir)])
     assert result.exit_code == 0, result.output
@@ -116,21 +124,13 @@ def cli_with_plugin(folder: Path, filename: str, source: str, args: list[str],
     """`loop ARGS` in this process with `source` written as the loose plugin FOLDER/plugins/
     `filename` (`run` gets `--plugins-dir` for it), the math plugin loaded, no LOOP_ settings
     from outside and `env` set; returns the CliRunner result."""
-    import loop.cli.common
     from loop.cli import app
 
     plugins = folder / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)
     (plugins / filename).write_text(source)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOP_LOAD_PLUGINS", "math")
-        mp.delenv("LOOP_PLUGINS_DIR", raising=False)
-        for key in [k for k in os.environ if k.startswith("LOOP_") and "__" in k]:
-            mp.delenv(key)
-        for key, value in (env or {}).items():
-            mp.setenv(key, value)
-        mp.setattr(loop.cli.common, "_PM", None)
-        mp.chdir(folder)
+        _cli_environment(mp, folder, "math", env)
         return CliRunner().invoke(app, [*args, "--plugins-dir", str(plugins)]
                                   if args[0] in ("run", "resume") else list(args))
 
