@@ -163,7 +163,8 @@ class CriticContext:
 class Critic(Component):
     """Explains a failure: `critique(task, attempt, verdicts) -> Critique | None`.
 
-    Critics see the task without its reference, and verdicts with the reference masked, unless
+    Critics see the task without its reference (nor `metadata["solution"]`), and verdicts with
+    the reference masked, unless
     the task config sets `hints: true`. Returning None means "nothing to say" (the repair prompt
     then carries the other critics' texts, or none). Critics that need a model override
     `critique_batch(items, context)` to batch their generation; it gets `(task, attempt,

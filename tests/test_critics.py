@@ -88,6 +88,19 @@ def test_critics_do_not_see_the_reference_without_hints():
     assert task.reference == "85" and seen["math"].feedback.startswith("expected 85")
 
 
+def test_critics_do_not_see_a_reference_solution_in_the_metadata_without_hints():
+    worked = TASK.model_copy(update={"metadata": {"a": 47, "b": 38,
+                                                  "solution": "7 + 8 = 15\n#### 85"}})
+    task, _ = critic_view(worked, {"math": _wrong()}, hints=False)
+    assert task.metadata == {"a": 47, "b": 38}
+    assert worked.metadata["solution"] == "7 + 8 = 15\n#### 85"  # not mutated
+    # a task judged by tests, not a reference (code), hides its canonical solution all the same
+    code = worked.model_copy(update={"reference": None})
+    assert critic_view(code, {}, hints=False)[0].metadata == {"a": 47, "b": 38}
+    task, _ = critic_view(worked, {"math": _wrong()}, hints=True)
+    assert task.metadata == worked.metadata
+
+
 def test_repair_request_continues_the_conversation():
     messages = repair_messages(_attempt(), "Off by one.", "Wrong.\n{critique}\nAgain.")
     assert messages[:2] == _attempt().messages
