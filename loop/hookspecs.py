@@ -37,9 +37,9 @@ def register_verifiers(register):
 def register_critics(register):
     """Register critics: `register(critic)`, a `loop.Critic` with `critique(task, attempt, verdicts)
     -> Critique | None` (or `critique_batch(items, context)` to batch a model's generation).
-    Critics see the task without its reference (or a reference solution in its metadata)
-    unless the task sets `hints: true`; a critic that
-    raises is reported and contributes nothing to that round's repairs."""
+    Critics see the task without its reference (or a reference solution in its metadata) unless
+    the task sets `hints: true`; a critic that raises is reported and contributes nothing to that
+    round's repairs."""
 
 
 @hookspec

@@ -164,11 +164,11 @@ class Critic(Component):
     """Explains a failure: `critique(task, attempt, verdicts) -> Critique | None`.
 
     Critics see the task without its reference (nor `metadata["solution"]`), and verdicts with
-    the reference masked, unless
-    the task config sets `hints: true`. Returning None means "nothing to say" (the repair prompt
-    then carries the other critics' texts, or none). Critics that need a model override
-    `critique_batch(items, context)` to batch their generation; it gets `(task, attempt,
-    verdicts)` triples and must return one Critique or None per item, in order.
+    the reference masked, unless the task config sets `hints: true`. Returning None means
+    "nothing to say" (the repair prompt then carries the other critics' texts, or none). Critics
+    that need a model override `critique_batch(items, context)` to batch their generation; it
+    gets `(task, attempt, verdicts)` triples and must return one Critique or None per item, in
+    order.
 
     Optional: `classifies = True` makes the critic's `Critique.kind` key the mistake log (the
     taxonomy critic); the mistakes stage then runs it on failures the refine stage did not reach.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from loop.schema import Attempt, Message, ModelRef, Sampling, Task, Verdict
+from loop.schema import SOLUTION_KEY, Attempt, Message, ModelRef, Sampling, Task, Verdict
 from loop.interfaces import CriticContext, GenerationSession
 
 HIDDEN = "[hidden]"
@@ -29,20 +29,17 @@ def model_failure(verdicts: dict[str, Verdict]) -> bool:
     return bool(failed) and not any(v.error_kind == "infra" for v in failed)
 
 
-# Task metadata that holds a reference solution (the select stage's hints come from it).
-SOLUTION_KEYS = frozenset({"solution"})
-
-
 def critic_view(task: Task, verdicts: dict[str, Verdict],
                 hints: bool) -> tuple[Task, dict[str, Verdict]]:
     """The task and verdicts as critics see them: without hints, the task has no reference, no
-    reference solution in its metadata (`SOLUTION_KEYS`: a worked solution holds the answer),
+    reference solution in its metadata (`SOLUTION_KEY`: a worked solution holds the answer),
     and every occurrence of the reference in the verdicts' feedback and details is masked."""
     if hints:
         return task, verdicts
-    metadata = {k: v for k, v in task.metadata.items() if k not in SOLUTION_KEYS}
+    metadata = {k: v for k, v in task.metadata.items() if k != SOLUTION_KEY}
+    hidden = task.model_copy(update={"reference": None, "metadata": metadata})
     if not task.reference:
-        return task.model_copy(update={"metadata": metadata}), verdicts
+        return hidden, verdicts
     reference = str(task.reference).strip()
     pattern = re.compile(rf"(?<![\w.]){re.escape(reference)}(?![\w.])") if reference else None
 
@@ -55,7 +52,6 @@ def critic_view(task: Task, verdicts: dict[str, Verdict],
             return [mask(v) for v in value]
         return value
 
-    hidden = task.model_copy(update={"reference": None, "metadata": metadata})
     masked = {name: v.model_copy(update={"feedback": mask(v.feedback), "details": mask(v.details)})
               for name, v in verdicts.items()}
     return hidden, masked

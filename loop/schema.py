@@ -44,6 +44,11 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The `Task.metadata` key of a reference solution (a worked answer), for sources that have one:
+# the select stage shows its start as a hint (ReGFT); critics never see it without `hints`.
+SOLUTION_KEY = "solution"
+
+
 class Task(Record):
     """One problem. `id` is content-addressed: the same source, prompt and reference give one id.
 

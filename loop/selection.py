@@ -46,7 +46,7 @@ import random
 from dataclasses import dataclass, field
 
 from loop.config import SelectConfig
-from loop.schema import Message, Task
+from loop.schema import SOLUTION_KEY, Message, Task
 
 HINT_INTRO = "Hint: a worked solution begins like this:"
 
@@ -147,7 +147,7 @@ def choose_prompts(train: list[Task], history: dict[str, dict[int, tuple[int, in
     if config.hint_unsolved_after:
         hinted = [t for t in replay
                   if _never_solved_for(history.get(t, {}), config.hint_unsolved_after)
-                  and isinstance(by_id[t].metadata.get("solution"), str)]
+                  and isinstance(by_id[t].metadata.get(SOLUTION_KEY), str)]
 
     chosen = [by_id[t] for t in replay]
     taken = set(replay)
@@ -189,7 +189,7 @@ def choose_prompts(train: list[Task], history: dict[str, dict[int, tuple[int, in
 def with_hint(task: Task, share: float) -> Task:
     """The task with the first `share` of its reference solution's lines added to the last user
     message (the id stays the task's: attempts and updates belong to the original task)."""
-    solution = str(task.metadata.get("solution", ""))
+    solution = str(task.metadata.get(SOLUTION_KEY, ""))
     lines = [line for line in solution.splitlines() if line.strip() and "####" not in line]
     shown = lines[: max(1, int(len(lines) * share))] if lines else []
     if not shown:
