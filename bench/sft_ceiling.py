@@ -26,11 +26,11 @@ import argparse
 import json
 import random
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,26 +40,25 @@ def reference_answer(task) -> str:
     return f"{meta['a']} {meta['op']} {meta['b']} = {task.reference}"
 
 
-def run_answers(db: Path, run: str | None) -> dict[str, str]:
-    """{task_id: the shortest verified train answer} of a run (the latest when `run` is None)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    if run is None:
-        found = conn.execute("select id from runs order by created desc, rowid desc limit 1")
-    else:
-        found = conn.execute("select id from runs where id = ? or name = ?", (run, run))
-    row = found.fetchone()
-    if row is None:
-        raise SystemExit(f"sft_ceiling: no run {run or ''} in {db}".replace("  ", " "))
-    run = row[0]
-    rows = conn.execute(
-        "select a.task_id, a.completion from attempts a where a.run_id = ? and a.purpose = 'train'"
-        " and not exists (select 1 from verdicts v where v.attempt_id = a.id and not v.passed)"
-        " and exists (select 1 from verdicts v where v.attempt_id = a.id)"
-        " order by length(a.completion), a.id", (run,))
-    best: dict[str, str] = {}
-    for task_id, completion in rows:
-        best.setdefault(task_id, completion)
-    return best
+def run_answers(db: Path, run: str | None) -> list[tuple[Any, str]]:
+    """[(task, answer)]: a loop run's own training data pooled over all its rounds, as the `sft`
+    updater builds it (loop_trl.datasets.sft_rows, the shortest verified answer to each train
+    task) from every round's train samples at once; `run` is an id or name, None the latest."""
+    from loop.store import Store, StoreError
+    from loop.updates import load_samples
+    from loop_trl.datasets import sft_rows
+
+    store = Store.open(db)
+    try:
+        row = store.get_run(run) if run else store.list_runs()[-1]
+    except (StoreError, IndexError) as exc:
+        raise SystemExit(f"sft_ceiling: {exc if isinstance(exc, StoreError) else 'no run'} "
+                         f"in {db}") from None
+    samples = [s for r in store.rounds(row["id"])
+               for s in load_samples(store, row["id"], r["idx"], [])]
+    task_of = {json.dumps(s.task.prompt): s.task for s in samples}
+    return [(task_of[json.dumps(r["prompt"])], r["completion"][0]["content"])
+            for r in sft_rows(samples, max_per_prompt=1, shortest_first=True)]
 
 
 def main() -> int:
@@ -91,15 +90,12 @@ def main() -> int:
 
     config = build_config("arithmetic", environ={})  # loop's defaults under the task file's
     tasks = ArithmeticTasks().load(config.task.options, seed=config.seed)
-    by_id = {t.id: t for t in tasks.train}
     if args.answers == "reference":
         chosen = random.Random(args.sample_seed).sample(tasks.train, args.problems)
         pairs = [(t, reference_answer(t)) for t in chosen]
     else:
-        verified = run_answers(args.db, args.run)
-        chosen = [by_id[i] for i in verified if i in by_id]
-        pairs = [(t, verified[t.id] if args.answers == "verified" else reference_answer(t))
-                 for t in chosen]
+        pairs = [(t, text if args.answers == "verified" else reference_answer(t))
+                 for t, text in run_answers(args.db, args.run)]
     rows = [{"prompt": t.prompt, "completion": [{"role": "assistant", "content": text}]}
             for t, text in pairs]
 

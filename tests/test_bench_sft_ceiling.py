@@ -5,9 +5,9 @@ the default model for minutes and is run by hand: BENCHMARKS.md)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,34 +18,57 @@ import sft_ceiling  # noqa: E402
 
 
 def _store(path: Path) -> Path:
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        create table runs (id text, name text, created text);
-        create table attempts (id text, run_id text, task_id text, purpose text, completion text);
-        create table verdicts (attempt_id text, passed integer);
-    """)
-    conn.executemany("insert into runs values (?, ?, ?)",
-                     [("r1", "old", "2026-01-01"), ("r2", "new", "2026-01-02")])
-    attempts = [  # (id, run, task, purpose, completion, verdicts)
-        ("a1", "r2", "t1", "train", "So 47 + 38 = 85, which is the sum.", [1]),
-        ("a2", "r2", "t1", "train", "47 + 38 = 85", [1]),
-        ("a3", "r2", "t1", "train", "85", [1, 0]),    # one verifier failed it
-        ("a4", "r2", "t2", "train", "9", [0]),        # failed
-        ("a5", "r2", "t3", "train", "12", []),        # never judged
-        ("a6", "r2", "t4", "eval", "1 + 1 = 2", [1]),  # held out: never trained on
-        ("a7", "r1", "t5", "train", "2 + 2 = 4", [1]),  # another run
+    """Two runs; the newer one answers t1 in two rounds (passing, longest first), t2 wrongly, t3
+    with one verifier failing it, and a held-out task that passed."""
+    from loop.schema import Attempt, Task, Verdict
+    from loop.store import Store
+
+    store = Store.open(path)
+
+    def task(question: str, split: str = "train") -> Task:
+        return Task(source="arithmetic", split=split,
+                    prompt=[{"role": "user", "content": question}], reference="85")
+
+    t1, t2, t3, t4, t5 = (task("What is 47+38?"), task("What is 40+45?"), task("What is 80+5?"),
+                          task("What is 50+35?", "eval"), task("What is 85+0?"))
+    store.upsert_tasks([t1, t2, t3, t4, t5])
+    rows = [  # (run, round, task, purpose, k, completion, verdicts as passed flags)
+        ("old", 1, t5, "train", 0, "85 + 0 = 85", [True]),
+        ("new", 1, t1, "train", 0, "So 47 + 38 = 85, which is the sum.", [True]),
+        ("new", 1, t2, "train", 0, "9", [False]),
+        ("new", 1, t3, "train", 0, "85", [True, False]),  # one verifier failed it
+        ("new", 1, t4, "eval", 0, "85", [True]),  # held out: never trained on
+        ("new", 2, t1, "train", 0, "47 + 38 = 85", [True]),
+        ("new", 2, t1, "train", 1, "85 it is, because 47 + 38 = 85", [True]),
     ]
-    for aid, run, task, purpose, text, verdicts in attempts:
-        conn.execute("insert into attempts values (?, ?, ?, ?, ?)", (aid, run, task, purpose, text))
-        conn.executemany("insert into verdicts values (?, ?)", [(aid, v) for v in verdicts])
-    conn.commit()
+    for run in ("old", "new"):
+        time.sleep(0.005)  # runs are ordered by their creation time, in milliseconds
+        store.create_run(run_id=run, name=run, task="arithmetic", model="tiny", config={},
+                         seed=0, rounds_planned=2, versions={}, git_sha=None, run_dir=run)
+        for idx in (0, 1, 2):
+            store.ensure_round(run, idx, None)
+    attempts, verdicts = [], []
+    for run, idx, t, purpose, k, text, passed in rows:
+        attempt = Attempt(id=Attempt.make_id(run, idx, t.id, purpose, k), run_id=run,
+                          round_index=idx, task_id=t.id, purpose=purpose, sample_index=k,
+                          messages=[*t.prompt, {"role": "assistant", "content": text}],
+                          completion=text)
+        attempts.append(attempt)
+        verdicts += [(attempt.id, f"v{i}", Verdict(passed=ok, score=float(ok)), 1.0)
+                     for i, ok in enumerate(passed)]
+    store.insert_attempts(attempts)
+    store.insert_verdicts(verdicts)
     return path
 
 
 def test_verified_answers_are_the_shortest_passing_train_answer_of_each_task(tmp_path):
     db = _store(tmp_path / "loop.db")
-    assert sft_ceiling.run_answers(db, None) == {"t1": "47 + 38 = 85"}  # the latest run
-    assert sft_ceiling.run_answers(db, "old") == {"t5": "2 + 2 = 4"}
+    latest = sft_ceiling.run_answers(db, None)  # over both rounds of the newer run
+    assert [(t.prompt[-1]["content"], text) for t, text in latest] == [
+        ("What is 47+38?", "47 + 38 = 85")]
+    assert [text for _, text in sft_ceiling.run_answers(db, "old")] == ["85 + 0 = 85"]
+    with pytest.raises(SystemExit, match="no run 'gone'"):
+        sft_ceiling.run_answers(db, "gone")
 
 
 @pytest.mark.slow  # trains and evaluates the tiny model (~20 s)
