@@ -7,7 +7,8 @@ Every method runs `loop run arithmetic --config configs/default.yaml --method M`
 as a user would) with the same seed, so all of them evaluate the same untouched model in round 0
 and sample the same prompts with the same n per round (equal sampling budget), and each trains
 exactly `--steps` optimizer steps of `train.batch_size` per round (`train.max_steps`: equal
-training steps, whatever the size of the dataset a method builds). Prints held-out pass@1 per
+training steps, whatever the size of the dataset a method builds); sft trains on verified answers
+only, without the default job's references. Prints held-out pass@1 per
 round per method, the gain over round 0 as a ratio against that baseline (measured in the same
 run), wall time, and each round's dataset size and what the group methods skipped.
 """
@@ -51,7 +52,10 @@ def main() -> int:
     for method in args.methods.split(","):
         done = finished_run(db, method) if args.reuse else None
         if done is None:
-            run_loop(db, method, "arithmetic", args.config, "--method", method, *settings)
+            # Every method learns from the model's own answers alone: the default job's sft
+            # also trains on references to the problems it leaves unsolved, data the others lack.
+            own = ["--set", "train.options.references=never"] if method == "sft" else []
+            run_loop(db, method, "arithmetic", args.config, "--method", method, *settings, *own)
             done = finished_run(db, method)
         results[method] = done  # wall time: the run's stored start to finish (rounds 0..N)
         wall = done[1]

@@ -55,6 +55,7 @@ from loop.schema import (
     Turn,
     UpdateResult,
     Verdict,
+    SOLUTION_KEY,
     stable_id,
 )
 from loop.tool_calls import format_tool_call, parse_tool_calls
@@ -66,7 +67,7 @@ __version__ = "0.1.0"
 __all__ = [
     # records
     "Attempt", "Critique", "Generation", "Message", "ModelRef", "Sample", "Sampling", "Task",
-    "TaskSet", "UpdateResult", "Verdict", "stable_id", "Step", "ToolCall", "Turn",
+    "TaskSet", "UpdateResult", "Verdict", "stable_id", "Step", "ToolCall", "Turn", "SOLUTION_KEY",
     # base classes
     "Backend", "Component", "Critic", "CriticContext", "GenerationSession", "TaskSource",
     "Updater", "Verifier", "coerce_options", "Environment", "Episode",

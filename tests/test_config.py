@@ -51,7 +51,8 @@ def test_the_default_job_is_loops_defaults():
     assert [v.name for v in plain.task.verifiers] == ["math"]
     assert [r.name for r in plain.task.rewards] == ["binary"]
     assert plain.train.options == {"max_per_prompt": 1, "shortest_first": True,  # sft's
-                                   "learning_rate": 1e-3, "learning_rate_decay": 0.7}
+                                   "references": "unsolved", "learning_rate": 1e-3,
+                                   "learning_rate_decay": 0.7}
     assert not plain.select.curriculum.enabled
     # the task's run: settings are defaults of its own, below a config file and flags
     assert build_config("arithmetic", None, flags={"rounds": 2}, environ={},

@@ -105,7 +105,8 @@ class ArithmeticTasks(loop.TaskSource):
     - disjoint: no (a, op, b) is in both train and eval;
     - eval depends on seed, digits and operations only (and grows by appending with eval_size), so
       changing train_size never changes the held-out set;
-    - the reference is the exact integer result as a string ("85", "-12"); metadata holds a, op, b;
+    - the reference is the exact integer result as a string ("85", "-12"); metadata holds a, op,
+      b and the one-line worked solution ("47 + 38 = 85");
     - raises ValueError (one line) when the space has fewer than train_size + eval_size problems.
     """
 
@@ -153,8 +154,12 @@ class ArithmeticTasks(loop.TaskSource):
             messages.append({"role": "system", "content": opts.system_prompt})
         messages += [dict(m) for m in opts.few_shot]
         messages.append({"role": "user", "content": opts.prompt.format(a=a, op=op, b=b)})
-        return loop.Task(source=self.name, split=split, prompt=messages,
-                         reference=str(_apply(a, op, b)), metadata={"a": a, "op": op, "b": b})
+        result = _apply(a, op, b)
+        # The worked solution is the one line the model is asked for: what a hint shows and
+        # what an updater trains on when it learns from references (never shown to critics).
+        return loop.Task(source=self.name, split=split, prompt=messages, reference=str(result),
+                         metadata={"a": a, "op": op, "b": b,
+                                   loop.SOLUTION_KEY: f"{a} {op} {b} = {result}"})
 
 
 def _distinct_indices(rng: random.Random, space: int) -> Iterator[int]:

@@ -25,6 +25,7 @@ def test_defaults_give_two_digit_addition_with_exact_references():
         a, op, b = task.metadata["a"], task.metadata["op"], task.metadata["b"]
         assert 10 <= a <= 99 and 10 <= b <= 99 and op == "+"
         assert task.reference == str(a + b)
+        assert task.metadata["solution"] == f"{a} + {b} = {a + b}"
         assert task.source == "arithmetic"
         assert task.prompt == [
             {"role": "system", "content": "Answer with only the number."},
@@ -68,6 +69,7 @@ def test_subtraction_and_multiplication_references():
     for task in ts.train:
         a, op, b = task.metadata["a"], task.metadata["op"], task.metadata["b"]
         assert task.reference == str(a - b if op == "-" else a * b)
+        assert task.metadata["solution"] == f"{a} {op} {b} = {task.reference}"
     assert {t.metadata["op"] for t in ts.train} == {"-", "*"}
 
 

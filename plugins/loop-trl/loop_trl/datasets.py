@@ -4,7 +4,8 @@ Pure functions of `context.samples` (no model, no trainer), so each rule is test
 hand-made store. Every builder keeps the task's own prompt: an attempt that repairs an earlier
 answer (refinement, `attempt.parent_id`) is learned as an answer to the original prompt.
 
-- `sft_rows`: verified answers (prompt/completion, TRL's conversational format).
+- `sft_rows`: verified answers (prompt/completion, TRL's conversational format), and where
+  asked the task's reference solution.
 - `preference_pairs`: DPO rows (prompt/chosen/rejected): a passing and a failing answer to one
   prompt, and a repaired answer over the answer it repaired.
 - `kto_rows`: unpaired rows (prompt/completion/label), label = passed.
@@ -120,15 +121,27 @@ def _usable(sample: loop.Sample) -> bool:
 
 
 def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
-             max_per_prompt: int | None = None, shortest_first: bool = False) -> list[dict]:
+             max_per_prompt: int | None = None, shortest_first: bool = False,
+             references: str = "never") -> list[dict]:
     """Verified-correct answers, one row each (identical answers to one prompt once if `dedupe`).
     A prompt's answers keep their sampled order, or with `shortest_first` go shortest first (ties
     in sampled order), so `max_per_prompt` keeps the shortest ones.
+
+    `references` adds the task's worked reference solution (`metadata["solution"]`, where its
+    source has one) as one more row, before the prompt's own answers: `unsolved` for a prompt
+    none of whose samples passed, `always` for every prompt, `never` (the default) for none.
+    Single answers only: an episode has no reference to replay token-exactly.
     Episodes: `input_ids` (prompt and turns) and `completion_mask` (1 on the model's tokens)."""
     samples, episodes = episodes_only(samples)
     rows = []
     for task_samples in _by_task(samples).values():
         passed = [s for s in task_samples if s.passed]
+        task = task_samples[0].task
+        solution = task.metadata.get(loop.SOLUTION_KEY)
+        if (not episodes and isinstance(solution, str) and solution.strip()
+                and (references == "always" or (references == "unsolved" and not passed))):
+            rows.append({"prompt": task.prompt,
+                         "completion": [{"role": "assistant", "content": solution.strip()}]})
         if dedupe:
             passed = _distinct(passed)
         if shortest_first:

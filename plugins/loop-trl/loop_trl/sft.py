@@ -7,6 +7,11 @@ kept once by default, so a prompt the model already answers the same way four ti
 count four times. Training continues the run's LoRA adapter from the previous round (or starts
 one), with TRL's SFTTrainer and PEFT; the result is written to `context.output_dir`.
 
+A model learns only the problems it can already solve from its own answers. The `references`
+option also trains on a task's worked reference solution (where the task source gives one) for
+the prompts the round left unsolved, or for every prompt: STaR's rationalization and the RFT of
+Yuan et al. (2023), which adds the model's verified answers to the supervised data.
+
 Episodes (agent rejection sampling: fine-tuning on the successful episodes): one pre-tokenized
 example per passing episode, `input_ids` = the prompt's and every turn's stored ids and
 `completion_mask` = 1 on the model's own tokens only, so SFTTrainer trains on exactly the
@@ -15,6 +20,8 @@ episodes (same ids) are kept once.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +45,13 @@ class SFTOptions(BaseModel):
         "order each prompt's passing answers shortest first, so that max_per_prompt keeps the "
         "shortest: a verifier that checks only the final answer also passes rambling answers "
         "that happen to end right"))
+    references: Literal["never", "unsolved", "always"] = Field(default="never", description=(
+        "also train on the task's worked reference solution (metadata 'solution', where its "
+        "source has one: the gsm8k-style jsonl files, arithmetic, code files with a solution): "
+        "`unsolved` for a prompt no sample solved, so the model also learns the problems it "
+        "cannot solve yet (STaR's rationalization, with the reference as the rationale); "
+        "`always` for every prompt (RFT as Yuan et al. 2023: the supervised data plus the "
+        "model's own verified answers); `never`: only the model's own answers"))
     padding_free: bool | None = Field(default=None, description=(
         "flatten each batch into one sequence without padding (TRL's padding_free; the model "
         "keeps the examples apart by their position ids): the same loss on fewer computed "
@@ -65,15 +79,20 @@ def row_lengths(rows: list[dict], tokenizer) -> list[int]:
     return out
 
 
+def _rows(samples: list[loop.Sample], options: SFTOptions,
+          references: str | None = None) -> list[dict]:
+    """sft's dataset under `options` (`references` overrides the option's)."""
+    return sft_rows(samples, dedupe=options.dedupe, max_per_prompt=options.max_per_prompt,
+                    shortest_first=options.shortest_first,
+                    references=references or options.references)
+
+
 class SFTUpdater(loop.Updater):
     name = "sft"
     Options = SFTOptions
 
     def build_dataset(self, context: loop.UpdateContext) -> list[dict]:
-        options: SFTOptions = context.options or SFTOptions()
-        return sft_rows(context.samples, dedupe=options.dedupe,
-                        max_per_prompt=options.max_per_prompt,
-                        shortest_first=options.shortest_first)
+        return _rows(context.samples, context.options or SFTOptions())
 
     def update(self, context: loop.UpdateContext) -> loop.UpdateResult:
         rows = self.build_dataset(context)
@@ -94,6 +113,8 @@ class SFTUpdater(loop.Updater):
             context, rows, trainer_cls=SFTTrainer, config_cls=SFTConfig, config_kwargs=settings,
             default_learning_rate=SFT_LEARNING_RATE)
         metrics["padding_free"] = padding_free
+        if options.references != "never":  # how many of the rows are reference solutions
+            metrics["reference_rows"] = len(rows) - len(_rows(context.samples, options, "never"))
         if "input_ids" in rows[0]:  # episodes
             metrics["episodes_truncated"] = episodes_truncated(
                 rows, settings.get("max_length", context.config.train.max_length))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop import Attempt, Task, Verdict
+from loop import SOLUTION_KEY, Attempt, Task, Verdict
 from loop.updates import load_samples
 from loop_trl.datasets import (build_groups, kto_balanced_rows, kto_rows, preference_pairs,
                                sft_rows)
@@ -26,8 +26,10 @@ def samples(store):
     store.ensure_round("r", 1, None)
     tasks, attempts, verdicts, rewards = [], [], [], []
     for prompt, answers in STORE.items():
+        # every task but "6+1=" has a worked solution, as a gsm8k-style file's tasks do
+        metadata = {} if prompt == "6+1=" else {SOLUTION_KEY: f"{prompt} {eval(prompt[:-1])} "}
         task = Task(source="t", split="train", prompt=[{"role": "user", "content": prompt}],
-                    reference=str(eval(prompt[:-1])))
+                    reference=str(eval(prompt[:-1])), metadata=metadata)
         tasks.append(task)
         for i, (text, passed, reward) in enumerate(answers):
             attempt = Attempt(id=f"{prompt}{i}", run_id="r", round_index=1, task_id=task.id,
@@ -72,6 +74,18 @@ def test_samples_carry_every_reward_and_the_repair_link(samples):
 def test_sft_learns_distinct_verified_answers_including_repairs(samples):
     rows = _by_prompt(sft_rows(samples), "completion")
     assert rows == {"2+3=": [("5",), ("5 (fixed)",)], "4+4=": [("8",)], "6+1=": [("7",)]}
+
+
+def test_sft_adds_reference_solutions_where_asked(samples):
+    """`unsolved`: the stored solution (stripped) for the prompt no sample solved; `always`: for
+    every prompt with one, before its own answers; a task without a solution gets none."""
+    assert sft_rows(samples) == sft_rows(samples, references="never")
+    unsolved = _by_prompt(sft_rows(samples, references="unsolved"), "completion")
+    assert unsolved == {"2+3=": [("5",), ("5 (fixed)",)], "4+4=": [("8",)],
+                        "9+1=": [("9+1= 10",)], "6+1=": [("7",)]}
+    always = _by_prompt(sft_rows(samples, references="always", max_per_prompt=1), "completion")
+    assert always == {"2+3=": [("2+3= 5",), ("5",)], "4+4=": [("4+4= 8",), ("8",)],
+                      "9+1=": [("9+1= 10",)], "6+1=": [("7",)]}
 
 
 def test_dpo_pairs_good_over_bad_and_repair_over_original(samples):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loop.config import LoopConfig
-from loop import Attempt, Sample, Task
+from loop import SOLUTION_KEY, Attempt, Sample, Task
 from loop.updates import EmptyDataset, UpdateContext
 from loop_trl.sft import SFTOptions, SFTUpdater
 
@@ -164,6 +164,35 @@ def test_shortest_first_keeps_each_prompts_shortest_passing_answers(tmp_path, ti
 
     assert kept(shortest_first=True) == ["47", "61"]
     assert kept() == ["To add them, take 12, then 35, which gives 47", "30 + 31 = 61"]
+
+
+def test_references_add_the_solution_of_each_prompt_no_sample_solved(tmp_path, tiny_model_dir,
+                                                                     monkeypatch):
+    """`references: unsolved` trains on the worked solution of a prompt whose samples all failed
+    (and only there), so a round nothing passed still has data; `never`, the default, does not.
+    The update's metrics count the reference rows."""
+    import loop_trl.sft as sft
+
+    samples = _samples([(12, 35, "47", True), (12, 35, "46", False),
+                        (30, 31, "60", False), (30, 31, "62", False)])
+    solutions = {"12+35=": "12 + 35 = 47", "30+31=": "30 + 31 = 61"}
+    for sample in samples:
+        sample.task.metadata[SOLUTION_KEY] = solutions[sample.task.prompt[0]["content"]]
+
+    def kept(rows_of, **options) -> list[str]:
+        ctx = _context(tmp_path, tiny_model_dir, rows_of)
+        ctx.options = SFTOptions(**options)
+        return [row["completion"][0]["content"] for row in SFTUpdater().build_dataset(ctx)]
+
+    assert kept(samples) == ["47"]
+    assert kept(samples, references="unsolved") == ["47", "30 + 31 = 61"]
+    assert kept(samples[2:], references="unsolved") == ["30 + 31 = 61"]
+    monkeypatch.setattr(sft, "train_with_trl", lambda context, rows, **kwargs: {"steps": 1})
+    ctx = _context(tmp_path, tiny_model_dir, samples)
+    ctx.options = SFTOptions(references="unsolved")
+    assert SFTUpdater().update(ctx).metrics["reference_rows"] == 1
+    ctx.options = SFTOptions()
+    assert "reference_rows" not in SFTUpdater().update(ctx).metrics
 
 
 def test_padding_free_is_the_default_exactly_when_every_example_fits(tmp_path, tiny_model_dir,
