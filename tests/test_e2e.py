@@ -61,6 +61,7 @@ def test_loop_run_end_to_end_on_tiny_model(tmp_path, weak_adder_dir, tiny_task_f
         "run", str(tiny_task_file), "--config", str(REPO / "configs" / "tiny-cpu.yaml"),
         "--model", str(weak_adder_dir), "--rounds", "2", "--name", "e2e", "--db", str(db),
         "--plugins-dir", str(plugins), *TINY_SETTINGS,
+        "--set", "train.options.references=unsolved",
     ])
     assert result.exit_code == 0, result.output
     assert "held-out pass@1" in result.output  # the per-round lines and final table
@@ -100,6 +101,15 @@ def test_loop_run_end_to_end_on_tiny_model(tmp_path, weak_adder_dir, tiny_task_f
     updates = list(conn["updates"].rows_where(order_by="round_idx"))
     assert all(u["dataset_size"] > 0 and len(u["adapter_sha256"]) == 64 for u in updates)
     assert all(json.loads(u["metrics_json"])["steps"] > 0 for u in updates)
+    # sft's `references: unsolved`: each update also trained on the one-line solution of every
+    # prompt of its round that no sample solved (arithmetic tasks carry one), train tasks only
+    unsolved = dict(conn.execute(
+        "select round_idx, sum(solved = 0) from (select a.round_idx, a.task_id, max(v.passed) "
+        "as solved from attempts a join verdicts v on v.attempt_id = a.id where a.purpose = "
+        "'train' group by a.round_idx, a.task_id) group by round_idx").fetchall())
+    assert sum(unsolved.values()) > 0
+    assert [json.loads(u["metrics_json"])["reference_rows"] for u in updates] == \
+        [unsolved[u["round_idx"]] for u in updates]
     assert not list(Path(run["run_dir"]).glob(".tmp-*"))  # no half-written checkpoint left
 
     # Observers saw each round start and finish, in order.
