@@ -129,7 +129,8 @@ def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
 
     `references` adds the task's worked reference solution (`metadata["solution"]`, where its
     source has one) as one more row, before the prompt's own answers: `unsolved` for a prompt
-    none of whose samples passed, `always` for every prompt, `never` (the default) for none.
+    none of whose samples passed, `failed` for a prompt any sample failed, `always` for every
+    prompt, `never` (the default) for none.
     Single answers only: an episode has no reference to replay token-exactly.
     Episodes: `input_ids` (prompt and turns) and `completion_mask` (1 on the model's tokens)."""
     samples, episodes = episodes_only(samples)
@@ -138,8 +139,9 @@ def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
         passed = [s for s in task_samples if s.passed]
         task = task_samples[0].task
         solution = task.metadata.get(loop.SOLUTION_KEY)
-        if (not episodes and isinstance(solution, str) and solution.strip()
-                and (references == "always" or (references == "unsolved" and not passed))):
+        wanted = {"always": True, "never": False, "unsolved": not passed,
+                  "failed": len(passed) < len(task_samples)}[references]
+        if wanted and not episodes and isinstance(solution, str) and solution.strip():
             rows.append({"prompt": task.prompt,
                          "completion": [{"role": "assistant", "content": solution.strip()}]})
         if dedupe:

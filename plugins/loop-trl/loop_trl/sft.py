@@ -35,6 +35,9 @@ from loop_trl.training import load_tokenizer, train_with_trl
 SFT_LEARNING_RATE = 5e-4
 
 
+References = Literal["never", "unsolved", "failed", "always"]
+
+
 class SFTOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -45,11 +48,12 @@ class SFTOptions(BaseModel):
         "order each prompt's passing answers shortest first, so that max_per_prompt keeps the "
         "shortest: a verifier that checks only the final answer also passes rambling answers "
         "that happen to end right"))
-    references: Literal["never", "unsolved", "always"] = Field(default="never", description=(
+    references: References = Field(default="never", description=(
         "also train on the task's worked reference solution (metadata 'solution', where its "
         "source has one: the gsm8k-style jsonl files, arithmetic, code files with a solution): "
         "`unsolved` for a prompt no sample solved, so the model also learns the problems it "
         "cannot solve yet (STaR's rationalization, with the reference as the rationale); "
+        "`failed` for a prompt any sample failed (solved only sometimes, or never); "
         "`always` for every prompt (RFT as Yuan et al. 2023: the supervised data plus the "
         "model's own verified answers); `never`: only the model's own answers"))
     padding_free: bool | None = Field(default=None, description=(

@@ -77,12 +77,16 @@ def test_sft_learns_distinct_verified_answers_including_repairs(samples):
 
 
 def test_sft_adds_reference_solutions_where_asked(samples):
-    """`unsolved`: the stored solution (stripped) for the prompt no sample solved; `always`: for
-    every prompt with one, before its own answers; a task without a solution gets none."""
+    """`unsolved`: the stored solution (stripped) for the prompt no sample solved; `failed`: for
+    every prompt a sample failed; `always`: for every prompt; each before the prompt's own
+    answers, and a task without a solution gets none."""
     assert sft_rows(samples) == sft_rows(samples, references="never")
     unsolved = _by_prompt(sft_rows(samples, references="unsolved"), "completion")
     assert unsolved == {"2+3=": [("5",), ("5 (fixed)",)], "4+4=": [("8",)],
                         "9+1=": [("9+1= 10",)], "6+1=": [("7",)]}
+    failed = _by_prompt(sft_rows(samples, references="failed"), "completion")
+    assert failed == {"2+3=": [("2+3= 5",), ("5",), ("5 (fixed)",)], "4+4=": [("8",)],
+                      "9+1=": [("9+1= 10",)], "6+1=": [("7",)]}
     always = _by_prompt(sft_rows(samples, references="always", max_per_prompt=1), "completion")
     assert always == {"2+3=": [("2+3= 5",), ("5",)], "4+4=": [("4+4= 8",), ("8",)],
                       "9+1=": [("9+1= 10",)], "6+1=": [("7",)]}
