@@ -41,6 +41,7 @@ from loop.plugin_manager import PluginError, build_registry, get_plugin_manager
 from loop.resolve import Chosen
 from loop.reward_verifiers import RewardVerifier, reward_verifier, trl_arguments
 from loop.schema import (
+    SOLUTION_KEY,
     Attempt,
     Critique,
     Generation,
@@ -55,7 +56,6 @@ from loop.schema import (
     Turn,
     UpdateResult,
     Verdict,
-    SOLUTION_KEY,
     stable_id,
 )
 from loop.tool_calls import format_tool_call, parse_tool_calls

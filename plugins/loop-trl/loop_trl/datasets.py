@@ -120,6 +120,10 @@ def _usable(sample: loop.Sample) -> bool:
     return sample.passed or any(v is not None for v in values)
 
 
+# When sft_rows adds a task's reference solution (see there).
+REFERENCES = ("never", "unsolved", "failed", "always")
+
+
 def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
              max_per_prompt: int | None = None, shortest_first: bool = False,
              references: str = "never") -> list[dict]:
@@ -133,6 +137,9 @@ def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
     prompt, `never` (the default) for none.
     Single answers only: an episode has no reference to replay token-exactly.
     Episodes: `input_ids` (prompt and turns) and `completion_mask` (1 on the model's tokens)."""
+    if references not in REFERENCES:
+        raise ValueError(f"sft_rows: references must be one of {', '.join(REFERENCES)}, "
+                         f"not {references!r}")
     samples, episodes = episodes_only(samples)
     rows = []
     for task_samples in _by_task(samples).values():

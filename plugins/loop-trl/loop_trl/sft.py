@@ -9,8 +9,9 @@ one), with TRL's SFTTrainer and PEFT; the result is written to `context.output_d
 
 A model learns only the problems it can already solve from its own answers. The `references`
 option also trains on a task's worked reference solution (where the task source gives one) for
-the prompts the round left unsolved, or for every prompt: STaR's rationalization and the RFT of
-Yuan et al. (2023), which adds the model's verified answers to the supervised data.
+the prompts the round left unsolved, those any sample failed, or every prompt: STaR's
+rationalization and the RFT of Yuan et al. (2023), which adds the model's verified answers to the
+supervised data.
 
 Episodes (agent rejection sampling: fine-tuning on the successful episodes): one pre-tokenized
 example per passing episode, `input_ids` = the prompt's and every turn's stored ids and

@@ -87,6 +87,8 @@ def test_sft_adds_reference_solutions_where_asked(samples):
     failed = _by_prompt(sft_rows(samples, references="failed"), "completion")
     assert failed == {"2+3=": [("2+3= 5",), ("5",), ("5 (fixed)",)], "4+4=": [("8",)],
                       "9+1=": [("9+1= 10",)], "6+1=": [("7",)]}
+    with pytest.raises(ValueError, match="references must be one of never, unsolved"):
+        sft_rows(samples, references="sometimes")
     always = _by_prompt(sft_rows(samples, references="always", max_per_prompt=1), "completion")
     assert always == {"2+3=": [("2+3= 5",), ("5",)], "4+4=": [("4+4= 8",), ("8",)],
                       "9+1=": [("9+1= 10",)], "6+1=": [("7",)]}
