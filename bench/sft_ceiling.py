@@ -10,10 +10,12 @@ task's 200 held-out problems at the task's evaluation token limit, graded by the
 verifier. The answers it trains on:
 
 - `reference`: `--problems` train problems drawn at random (`--sample-seed`), each answered by
-  its reference in the form the default job's model converges to ("47 + 38 = 85");
+  the task's one-line solution (`metadata["solution"]`), the form the default job's model
+  converges to ("47 + 38 = 85");
 - `verified`: a finished loop run's own training data pooled over all its rounds: the shortest
   verified answer to each train task it solved (`--db`, `--run`, default the latest run);
-- `reference-for-verified`: the same tasks as `verified`, answered by their references.
+- `reference-for-verified`: the same tasks as `verified`, answered by their one-line solutions
+  (a store written by this version of the arithmetic source, which keeps them).
 
 Comparing the three separates what limits rejection-sampling fine-tuning on this task: the text
 of the model's answers, or which problems it can solve at all. Prints one line: the answers, how
@@ -33,11 +35,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def reference_answer(task) -> str:
-    meta = task.metadata
-    return f"{meta['a']} {meta['op']} {meta['b']} = {task.reference}"
 
 
 def run_answers(db: Path, run: str | None) -> list[tuple[Any, str]]:
@@ -92,9 +89,9 @@ def main() -> int:
     tasks = ArithmeticTasks().load(config.task.options, seed=config.seed)
     if args.answers == "reference":
         chosen = random.Random(args.sample_seed).sample(tasks.train, args.problems)
-        pairs = [(t, reference_answer(t)) for t in chosen]
+        pairs = [(t, t.metadata[loop.SOLUTION_KEY]) for t in chosen]
     else:
-        pairs = [(t, text if args.answers == "verified" else reference_answer(t))
+        pairs = [(t, text if args.answers == "verified" else t.metadata[loop.SOLUTION_KEY])
                  for t, text in run_answers(args.db, args.run)]
     rows = [{"prompt": t.prompt, "completion": [{"role": "assistant", "content": text}]}
             for t, text in pairs]

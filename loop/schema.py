@@ -45,7 +45,8 @@ class Record(BaseModel):
 
 
 # The `Task.metadata` key of a reference solution (a worked answer), for sources that have one:
-# the select stage shows its start as a hint (ReGFT); critics never see it without `hints`.
+# the select stage shows its start as a hint (ReGFT), sft's `references` option trains on it, and
+# critics never see it without `hints`.
 SOLUTION_KEY = "solution"
 
 

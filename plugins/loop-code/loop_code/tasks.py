@@ -330,7 +330,7 @@ def make_task(source: str, problem: CodeProblem, split: str,
         metadata["name"] = problem.name
     hint = problem.hint if problem.hint is not None else problem.solution
     if hint:
-        metadata["solution"] = hint
+        metadata[loop.SOLUTION_KEY] = hint
     return loop.Task(source=source, split=split, prompt=messages, reference=problem.solution,
                      metadata=metadata)
 

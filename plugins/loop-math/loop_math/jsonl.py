@@ -130,7 +130,7 @@ class JsonlTasks(loop.TaskSource):
         messages.append({"role": "user", "content": row["question"]})
         return loop.Task(source=self.name, split=split, prompt=messages,
                          reference=row["reference"],
-                         metadata={"line": row["line"], "solution": row["answer"],
+                         metadata={"line": row["line"], loop.SOLUTION_KEY: row["answer"],
                                    "row": row["row"]})
 
 

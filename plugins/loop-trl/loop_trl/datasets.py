@@ -27,6 +27,7 @@ re-tokenised.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import loop
 
@@ -121,12 +122,13 @@ def _usable(sample: loop.Sample) -> bool:
 
 
 # When sft_rows adds a task's reference solution (see there).
-REFERENCES = ("never", "unsolved", "failed", "always")
+References = Literal["never", "unsolved", "failed", "always"]
+REFERENCES = get_args(References)
 
 
 def sft_rows(samples: list[loop.Sample], *, dedupe: bool = True,
              max_per_prompt: int | None = None, shortest_first: bool = False,
-             references: str = "never") -> list[dict]:
+             references: References = "never") -> list[dict]:
     """Verified-correct answers, one row each (identical answers to one prompt once if `dedupe`).
     A prompt's answers keep their sampled order, or with `shortest_first` go shortest first (ties
     in sampled order), so `max_per_prompt` keeps the shortest ones.

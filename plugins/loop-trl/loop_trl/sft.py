@@ -22,21 +22,16 @@ episodes (same ids) are kept once.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 import loop
-from loop_trl.datasets import episodes_truncated, sft_rows
+from loop_trl.datasets import References, episodes_truncated, sft_rows
 from loop_trl.training import load_tokenizer, train_with_trl
 
 # sft's default rate on a LoRA adapter (train.learning_rate or the `learning_rate` option
 # overrides it): on the default task, two epochs a round at 5e-4 took held-out pass@1 from 0.070
 # to 0.510 in one round where 2e-4 reached 0.240 (BENCHMARKS.md, "The default job").
 SFT_LEARNING_RATE = 5e-4
-
-
-References = Literal["never", "unsolved", "failed", "always"]
 
 
 class SFTOptions(BaseModel):
@@ -85,7 +80,7 @@ def row_lengths(rows: list[dict], tokenizer) -> list[int]:
 
 
 def _rows(samples: list[loop.Sample], options: SFTOptions,
-          references: str | None = None) -> list[dict]:
+          references: References | None = None) -> list[dict]:
     """sft's dataset under `options` (`references` overrides the option's)."""
     return sft_rows(samples, dedupe=options.dedupe, max_per_prompt=options.max_per_prompt,
                     shortest_first=options.shortest_first,
