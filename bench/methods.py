@@ -24,6 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, finished_run, gain, machine, pass_at_1, run_loop  # noqa: E402
 
 
+def own_answers_only(method: str) -> list[str]:
+    """Flags that make `method` learn from the model's own answers alone, like every method here:
+    the default job's sft also trains on references to the problems it leaves unsolved (the task
+    file's sft options), data the others lack."""
+    return ["--set", "train.options.references=never"] if method == "sft" else []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="sft,dpo,kto,grpo,nft,redi")
@@ -52,10 +59,8 @@ def main() -> int:
     for method in args.methods.split(","):
         done = finished_run(db, method) if args.reuse else None
         if done is None:
-            # Every method learns from the model's own answers alone: the default job's sft
-            # also trains on references to the problems it leaves unsolved, data the others lack.
-            own = ["--set", "train.options.references=never"] if method == "sft" else []
-            run_loop(db, method, "arithmetic", args.config, "--method", method, *settings, *own)
+            run_loop(db, method, "arithmetic", args.config, "--method", method, *settings,
+                     *own_answers_only(method))
             done = finished_run(db, method)
         results[method] = done  # wall time: the run's stored start to finish (rounds 0..N)
         wall = done[1]
