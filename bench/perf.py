@@ -1,5 +1,5 @@
-"""Performance against the machine's limits and against a plain TRL script (issue 9: P1-P5 and
-training), each figure a ratio of two things measured in the same run on the same machine.
+"""Performance against the machine's limits and against a plain TRL script (P1-P5 and training),
+each figure a ratio of two things measured in the same run on the same machine.
 
     python bench/perf.py [--sections p1,p2,p4,p5,train] [--quick] [--write]
 
@@ -392,6 +392,9 @@ def main() -> int:
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    from loop.allocator import keep_freed_memory
+
+    keep_freed_memory()  # measured as a run runs (loop.runs.drive tunes malloc the same way)
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     for name in wanted:
         print(f"measuring {name} ...", flush=True)

@@ -242,9 +242,11 @@ def drive(run: Run, reporter: Any = None, resuming: bool = False) -> None:
     resume takes over). The lock is released in every case. Verifier, reward and critic calls
     run in the run's plugin worker pool (`plugins.isolation`), closed before the lock is
     released."""
+    from loop.allocator import keep_freed_memory
     from loop.failpoints import failpoint
     from loop.plugin_workers import pool_for
 
+    keep_freed_memory()  # each training and decoding step reuses the last one's memory
     engine = engine_for(run, reporter)
     try:
         try:

@@ -412,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         watch_parent(parent["pid"], parent["started"])
     scratch = None
     try:
+        from loop.allocator import keep_freed_memory
         from loop.updates import EmptyDataset
 
+        keep_freed_memory()  # as the parent's run does (loop.runs.drive)
         context, updater = rebuild_context(request, rank)
         if rank != 0:
             scratch = Path(context.output_dir).parent
