@@ -26,8 +26,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def probe(mode: str, **env: str) -> tuple[str, int]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LOOP_KEEP_FREED_MEMORY")}
+    ours = ("GLIBC_TUNABLES", "LOOP_KEEP_FREED_MEMORY")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ours}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env},
                          capture_output=True, text=True, check=True).stdout.split()
     return out[0] if len(out) == 2 else " ".join(out[:-1]), int(out[-1])
