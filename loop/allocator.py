@@ -27,6 +27,7 @@ it before the first round (`loop.runs.drive`), and so does each `accelerate laun
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -37,20 +38,11 @@ USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
                  "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 OPT_OUT = "LOOP_KEEP_FREED_MEMORY"  # "0": leave malloc as it is (bench/allocator.py's baseline)
 
-_applied: str | None = None
 
-
+@functools.cache
 def keep_freed_memory() -> str:
     """Tune this process's malloc as the module docstring says, once. Returns what it did, in a
     few words: "kept" (tuned now or earlier), or why it left malloc alone."""
-    global _applied
-    if _applied is not None:
-        return _applied
-    _applied = _tune()
-    return _applied
-
-
-def _tune() -> str:
     if not sys.platform.startswith("linux"):
         return "left alone: not Linux"
     if os.environ.get(OPT_OUT) == "0":

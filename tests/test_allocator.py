@@ -73,3 +73,28 @@ def test_a_run_tunes_malloc_before_its_first_round(monkeypatch):
     run = type("Run", (), {"lock": Lock()})()
     with pytest.raises(Stop):
         loop.runs.drive(run)
+
+
+def test_the_allocator_bench_runs_its_baseline_with_malloc_left_alone(monkeypatch):
+    """bench/allocator.py: the `glibc` processes opt out, the `kept` ones run as a run does (the
+    train section itself is not run here: it takes minutes)."""
+    import json
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import allocator as bench
+
+    seen = {}
+
+    def run(command, env, **_):
+        seen[env.get("LOOP_KEEP_FREED_MEMORY")] = command
+        results = Path(command[command.index("--results") + 1])
+        results.write_text(json.dumps({"train": {"modes": {
+            "padded": {"tok_s": 1.0}, "padding_free": {"tok_s": 2.0}}}}))
+
+    monkeypatch.setenv("LOOP_KEEP_FREED_MEMORY", "0")  # inherited: the kept mode must drop it
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    assert bench.measure("glibc", quick=True)["padding_free"] == 2.0
+    assert bench.measure("kept", quick=True)["padded"] == 1.0
+    assert set(seen) == {"0", None}
+    assert all("--quick" in command and "train" in command for command in seen.values())
