@@ -255,8 +255,10 @@ def drive(run: Run, reporter: Any = None, resuming: bool = False) -> None:
                 run.store.set_run_status(run.run_id, "running")
                 for message in engine.recover():
                     engine.reporter.warn(message)
-            # plugin workers are forked here, before any stage opens a model (loop.plugin_workers)
-            with pool_for(run.plan.components, run.plan.config):
+            # plugin workers are forked here, before any stage opens a model (loop.plugin_workers);
+            # each stage's commit leaves the copy of its pages into the store file to a thread
+            with pool_for(run.plan.components, run.plan.config), \
+                    run.store.checkpoints_in_background():
                 engine.run()
             failpoint("run.before_finish")
             run.store.set_run_status(run.run_id, "finished")

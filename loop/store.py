@@ -27,6 +27,7 @@ from sqlite_utils import Database
 
 from loop.migrations import apply_migrations, unknown_migrations
 from loop.schema import Attempt, Critique, Task, ToolCall, Turn, Verdict, stable_id
+from loop.wal import BACKSTOP_PAGES, DEFAULT_AUTOCHECKPOINT, BackgroundCheckpoints
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 
@@ -371,6 +372,7 @@ class Store:
 
     def __init__(self, db: Database):
         self.db = db
+        self._checkpoints: BackgroundCheckpoints | None = None
 
     @classmethod
     def open(cls, path: str | Path, pm: Any = None) -> "Store":
@@ -404,6 +406,26 @@ class Store:
             if is_disk_full(exc):  # rolled back: what was committed before stays
                 raise DiskFull(f"the store {self.path}") from exc
             raise
+        if self._checkpoints is not None:
+            self._checkpoints.poke()
+
+    @contextlib.contextmanager
+    def checkpoints_in_background(self) -> Iterator[BackgroundCheckpoints | None]:
+        """Inside, each transaction's commit leaves the copy of its pages from the write-ahead
+        log into the database file to a thread (`loop.wal`), instead of doing it before it
+        returns once the log holds 1,000 pages; on the way out the thread copies the rest and
+        stops. Yields the BackgroundCheckpoints, or None for an in-memory store (no log)."""
+        if not self.path or self._checkpoints is not None:  # in memory, or already on
+            yield self._checkpoints
+            return
+        self.db.execute(f"pragma wal_autocheckpoint = {BACKSTOP_PAGES}")
+        self._checkpoints = BackgroundCheckpoints(self.path)
+        try:
+            yield self._checkpoints
+        finally:
+            checkpoints, self._checkpoints = self._checkpoints, None
+            checkpoints.close()
+            self.db.execute(f"pragma wal_autocheckpoint = {DEFAULT_AUTOCHECKPOINT}")
 
     def integrity_problems(self) -> list[str]:
         """`PRAGMA integrity_check` and `foreign_key_check` findings; empty when healthy."""

@@ -72,6 +72,7 @@ def _results():
         "p5": {**common, "attempts": 1_000_000, "insert": {
             "insert_attempts": {"wall": 25_000.0, "cpu": 30_000.0},
             "write stages": {"wall": 21_000.0, "cpu": 26_000.0}},
+            "background_checkpoints": {"checkpoints": 200, "seconds": 12.0, "cpu": 4.0},
             "queries": [{"name": "loop show RUN", "first_ms": 2.0, "median_ms": 1.0, "rows": 10},
                         {"name": "loop mistakes RUN (every row)", "first_ms": 900.0,
                          "median_ms": 800.0, "rows": 100_000}]},
@@ -112,6 +113,9 @@ def test_page_reports_every_goal_with_its_status_and_how_much_a_miss_is():
     assert "bench/results/vs_trl.png" in text and "Test CPU, 2 cores" in text
     assert "| padding-free | 70 | 0.56 | 1.000 |" in text
     assert "P5 attempts written per second (a round's rows, committed) | 21,000" in summary
+    # the checkpoints moved to a thread are said, and their CPU counted against the writes too
+    assert "ran 200 checkpoints in 12.0 s (4.0 s CPU)" in text
+    assert "well, whenever it ran: 23,551 attempts/s." in text
     # the every-row listing is shown, not held to the query goal
     assert "| 1.0 ms (loop show RUN) | < 100 ms | met |" in summary
     missing = perf_page.page({}, None, perf.GOALS)

@@ -28,11 +28,13 @@ from tiny_model import write_adder_plugin
 pytestmark = [pytest.mark.slow,  # starts `loop` processes
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")]
 
-# A plugin that fills the disk holding FILL_FILE to the last byte when round FILL_ROUND starts:
-# the round's first store write then needs space that is not there. Deterministic: the run's
-# writes are the same every time, and a small run's WAL only grows (no checkpoint resets it).
+# A plugin that fills the disk holding FILL_FILE to the last byte when round FILL_ROUND starts,
+# after emptying FILL_STORE's write-ahead log into the store file: the round's first store write
+# then needs space for the log that is not there. Deterministic: the run's writes are the same
+# every time. (Without the emptying, the log, whose pages a run's checkpoint thread copies out
+# after each commit, would be written over in place for as long as a commit fits in it.)
 FILL_PLUGIN = '''
-import errno, os
+import errno, os, sqlite3
 import loop
 
 @loop.hookimpl
@@ -40,6 +42,10 @@ def round_started(round_index):
     path = os.environ.get("FILL_FILE")
     if not path or round_index != int(os.environ.get("FILL_ROUND", "1")):
         return
+    store = sqlite3.connect(os.environ["FILL_STORE"], timeout=30)
+    busy, _, _ = store.execute("pragma wal_checkpoint(TRUNCATE)").fetchone()
+    store.close()
+    assert busy == 0, "the store's log could not be emptied"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         for size in (1 << 20, 1 << 12, 1):
@@ -160,7 +166,7 @@ def test_full_disk_at_a_store_write_then_resume(disk, tmp_path):
     size(16)
     db = mount / "loop.db"
     filler = mount / "filler"
-    stopped = _run(tmp_path, db, "full", "noop", {"FILL_FILE": str(filler)})
+    stopped = _run(tmp_path, db, "full", "noop", {"FILL_FILE": str(filler), "FILL_STORE": str(db)})
     assert stopped.returncode == 1, stopped.stderr[-3000:]
     line = _one_line(stopped.stderr)
     assert line == (f"error: run full stopped: no space left on the device to write the store "
