@@ -140,6 +140,17 @@ def default_stage() -> dict:
             "max_new_tokens": gen.max_new_tokens}
 
 
+def default_dtype() -> str:
+    """The weights' dtype the default job's generate stage loads here (its backend's `dtype`,
+    `auto` resolved on this machine)."""
+    from loop.runs import plan_run
+    from loop_hf.backend import native_dtype
+
+    dtype = plan_run("arithmetic", REPO / "configs" / "default.yaml").config.backend.options.get(
+        "dtype", "float32")
+    return native_dtype("cpu") if dtype == "auto" else dtype
+
+
 def section_p1(args) -> dict:
     import torch
 
@@ -152,7 +163,8 @@ def section_p1(args) -> dict:
     machine = describe_machine()
     if machine["bf16_instructions"] or torch.cuda.is_available():
         peaks["bfloat16"] = matmul_peak("bfloat16")
-    session = HFBackend().open(ModelRef(base=DEFAULT_MODEL), HFOptions(device="cpu"))
+    dtype = default_dtype()
+    session = HFBackend().open(ModelRef(base=DEFAULT_MODEL), HFOptions(device="cpu", dtype=dtype))
     model = session.model
     params = sum(p.numel() for p in model.parameters())
     limit = peaks["float32"] / (2 * params)
@@ -163,7 +175,7 @@ def section_p1(args) -> dict:
     prompts = default_prompts(max(64, per_call))
     encoded = [session.encode(p) for p in prompts]
 
-    def forced(prompt_ids: list[list[int]], n: int, per_call_rows: int) -> float:
+    def forced(prompt_ids: list[list[int]], n: int, per_call_rows: int, model=model) -> float:
         """tokens/s of loop's decoder with no end-of-sequence (every row makes `new_tokens`)."""
         per_call = max(1, per_call_rows // n)
         tokens, started = 0, time.perf_counter()
@@ -212,6 +224,12 @@ def section_p1(args) -> dict:
         {"lever": f"loop decoder, {rows} rows without shared prefill ({rows} prompts x 1)",
          "tok_s": forced([p for p in prompts_stage for _ in range(n)], 1, rows)},
     ]
+    if dtype != "float32":  # the same stage with float32 weights
+        fp32 = HFBackend().open(ModelRef(base=DEFAULT_MODEL),
+                                HFOptions(device="cpu", dtype="float32"))
+        levers.append({"lever": f"loop decoder, {rows} rows, float32 weights instead of {dtype}",
+                       "tok_s": forced(prompts_stage, n, rows, model=fp32.model)})
+        fp32.close()
     if not args.quick:
         threads = torch.get_num_threads()
         if threads > 1:
@@ -240,6 +258,7 @@ def section_p1(args) -> dict:
     return {
         "peak_flops": peaks, "params": params, "flops_per_token": 2 * params,
         "limit_tok_s": limit, "new_tokens": new_tokens, "stage": shape, "stage_tok_s": stage,
+        "dtype": dtype,
         "ratio": stage / limit, "reference_ratio": naive16 / limit, "levers": levers,
         "matmuls_only_tok_s": matmuls_only, "matmuls_only_ratio": matmuls_only / limit,
         "real": {"loop_tok_s": real_loop, "loop_tokens": real_tokens, "plain16_tok_s": real_plain,

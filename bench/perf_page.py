@@ -121,7 +121,8 @@ def _p1(s: dict, goals: dict) -> str:
         f"**{s['limit_tok_s']:,.0f} tokens/s**.", "",
         f"The generate stage's shape ({per_call} prompts x {stage['n']} samples = "
         f"{stage['rows']} rows per decoder call, "
-        f"temperature 0.7) with every row forced to {s['new_tokens']} new tokens: "
+        f"temperature 0.7) with every row forced to {s['new_tokens']} new tokens, weights in "
+        f"{s.get('dtype', 'float32')}{DTYPE_NOTE.get(s.get('dtype', 'float32'), '')}: "
         f"**{s['stage_tok_s']:,.0f} tokens/s = {s['ratio']:.2f} of the limit** (goal ≥ "
         f"{goals['p1']}: {_met(s['ratio'] >= goals['p1'])}). transformers' batched `generate` at "
         f"batch 16, the reference, reaches {s['reference_ratio']:.2f}.", "",
@@ -146,6 +147,10 @@ def _p1(s: dict, goals: dict) -> str:
         lines += [f"Missed by {goals['p1'] - s['ratio']:.2f} of the limit. " + P1_WHY, ""]
     return "\n".join(lines)
 
+
+DTYPE_NOTE = {"float32": " (the default job's `dtype: auto` on a CPU without AMX)",
+              "bfloat16": " (the default job's `dtype: auto` on a CPU with AMX; the limit above "
+                          "stays the fp32 one)"}
 
 P1_WHY = ("The matmuls alone come within reach of the goal (above); the rest of a decode step "
           "is not matmul. A torch.profiler trace of the decoder (32 steps of 128 rows, on the "

@@ -3,13 +3,16 @@ documented query (`loop show`, `loop logs`, `loop mistakes` with their filters, 
 canned queries) on a synthetic store of 1,000,000 attempts.
 
     python bench/store.py [--attempts 1000000] [--rounds 10] [--repeat 5] [--db PATH]
+                          [--inline-checkpoints]
 
 The store is written the way the engine writes it: one run of `--rounds` training rounds (plus
 round 0's baseline evaluation) and a second run a tenth its size, each stage's rows in one
 transaction through `Store.insert_attempts` / `insert_verdicts` / `insert_critiques` /
 `insert_rewards` / `update_mistakes` / `record_evaluation`, and `round_summary` when a round is
-done. Shapes: 3-digit additions, 8 samples per prompt, pass rate rising over the rounds, answers
-of 10 to 250 characters with their token ids (and log-probabilities for train answers), one
+done; as in a run, a thread checkpoints the write-ahead log after each commit (loop/wal.py), or,
+with `--inline-checkpoints` (the baseline), the committing thread does as SQLite does by
+default. Shapes: 3-digit additions, 8 samples per prompt, pass rate rising over the rounds,
+answers of 10 to 250 characters with their token ids (and log-probabilities for train answers), one
 `math` verdict per answer (0.2 % infra errors, whose rewards are NULL), a `binary` reward per
 train answer, repairs of some failures (depth 1 and 2) with a `taxonomy` and a
 `verifier_feedback` critique each, the mistake log, and a held-out evaluation per round.
@@ -399,7 +402,10 @@ def _explanation(kind: str) -> str:
     return EXPLANATIONS.get(kind, EXPLANATIONS["wrong_answer"])
 
 
-def build(path: Path, attempts: int, rounds: int, seed: int) -> dict[str, Any]:
+def build(path: Path, attempts: int, rounds: int, seed: int,
+          inline_checkpoints: bool = False) -> dict[str, Any]:
+    """Write the synthetic store. `inline_checkpoints`: each commit checkpoints in the committing
+    thread, as SQLite does by default (the baseline of loop.wal), instead of as a run does."""
     from loop.store import Store
 
     rng = random.Random(seed)
@@ -412,17 +418,21 @@ def build(path: Path, attempts: int, rounds: int, seed: int) -> dict[str, Any]:
     runs = []
     # as `loop run` does: each commit leaves the checkpoint to a thread (loop.wal), whose CPU
     # time counts in the CPU figures (this process's); the last one is timed on its own
-    with store.checkpoints_in_background() as checkpoints:
+    background = contextlib.nullcontext(None) if inline_checkpoints else \
+        store.checkpoints_in_background()
+    with background as checkpoints:
         for name, shape in (("bench-small", small), ("bench-big", big)):
             train_pool = make_tasks(rng, 3 * shape.prompts, "train", seen)
             eval_tasks = make_tasks(rng, shape.eval_problems, "eval", seen)
             store.upsert_tasks(train_pool + eval_tasks)
             runs.append(builder.run(name, shape, train_pool, eval_tasks))
         with timer("last checkpoint"):
-            checkpoints.close()
+            if checkpoints is not None:
+                checkpoints.close()
     wall = time.perf_counter() - started
-    background = {"checkpoints": checkpoints.checkpoints, "seconds": checkpoints.seconds,
-                  "cpu": checkpoints.cpu_seconds}
+    background = None if checkpoints is None else {
+        "checkpoints": checkpoints.checkpoints, "seconds": checkpoints.seconds,
+        "cpu": checkpoints.cpu_seconds}
     store.db.conn.close()
     return {"wall": wall, "timer": timer, "counts": builder.counts, "runs": runs,
             "background": background}
@@ -535,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--db", type=Path, default=None,
                         help="keep the store here; an existing one is reused (queries only)")
+    parser.add_argument("--inline-checkpoints", action="store_true",
+                        help="checkpoint in the committing thread (SQLite's default), not on a "
+                             "thread of their own as a run does: the baseline of loop/wal.py")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures here (bench/perf.py reads them)")
     args = parser.parse_args(argv)
@@ -554,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"building {args.attempts:,} attempts over {args.rounds} rounds in {db_path} ...",
               flush=True)
-        built = build(db_path, args.attempts, args.rounds, args.seed)
+        built = build(db_path, args.attempts, args.rounds, args.seed, args.inline_checkpoints)
     results = time_queries(db_path, args.repeat)
     report(db_path, args, built, results)
     if args.json is not None:
@@ -575,7 +588,8 @@ def figures(built: dict | None, results) -> dict:
         out["insert"] = {key: {"wall": attempts / timer.seconds[key],
                                "cpu": attempts / timer.cpu[key]}
                          for key in ("insert_attempts", "write stages", "search index")}
-        out["background_checkpoints"] = built["background"]
+        if built["background"] is not None:
+            out["background_checkpoints"] = built["background"]
     return out
 
 
@@ -596,7 +610,7 @@ def report(db_path: Path, args, built: dict | None, results) -> None:
     print(f"\nmachine: {machine()}; load average {args.load_before} before, "
           f"{_load()} after")
     print(f"command: python bench/store.py --attempts {args.attempts} --rounds {args.rounds} "
-          f"--repeat {args.repeat}")
+          f"--repeat {args.repeat}" + (" --inline-checkpoints" if args.inline_checkpoints else ""))
     print("store: " + ", ".join(f"{n:,} {t}" for t, n in sizes.items())
           + f"; {megabytes:,.0f} MB")
     rows = []
@@ -606,10 +620,14 @@ def report(db_path: Path, args, built: dict | None, results) -> None:
         print(f"mistake log (Store.update_mistakes, row by row): "
               f"{timer.seconds['mistake log']:.1f} s for {sizes['mistakes']:,} mistakes")
         background = built["background"]
-        print(f"checkpoints on their own thread (loop.wal), beside the writes: "
-              f"{background['checkpoints']:,} taking {background['seconds']:.1f} s "
-              f"({background['cpu']:.1f} s CPU); the last, when the store closed, "
-              f"{timer.seconds['last checkpoint']:.1f} s")
+        if background is None:
+            print("checkpoints: in the committing thread, as SQLite does by default "
+                  "(--inline-checkpoints)")
+        else:
+            print(f"checkpoints on their own thread (loop.wal), beside the writes: "
+                  f"{background['checkpoints']:,} taking {background['seconds']:.1f} s "
+                  f"({background['cpu']:.1f} s CPU); the last, when the store closed, "
+                  f"{timer.seconds['last checkpoint']:.1f} s")
         for key, label in (("insert_attempts", "Store.insert_attempts"),
                            ("write stages", "a round's rows, committed (attempts, verdicts, "
                                             "critiques, rewards)"),

@@ -369,6 +369,20 @@ class LoopConfig(Section):
         "where verifier, reward and critic calls run: worker processes or this process"))
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _components_keep_their_default_name(cls, value: Any) -> Any:
+        """A component section given without its name is the default component's:
+        `--set backend.options.dtype=bfloat16` sets an option of the default backend."""
+        if not isinstance(value, dict):
+            return value
+        for key, field in cls.model_fields.items():
+            section = value.get(key)
+            if (field.annotation is ComponentRef and isinstance(section, dict)
+                    and "name" not in section and field.default_factory is not None):
+                value = {**value, key: {"name": field.default_factory().name, **section}}
+        return value
+
     @field_validator("name")
     @classmethod
     def _name_is_not_an_id_lookalike(cls, value: str | None) -> str | None:
@@ -530,17 +544,21 @@ def _over(data: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _drop_options_of_another_method(data: dict[str, Any], layer: Mapping[str, Any]) -> None:
-    """`train.options` are the options of `train.method`. A layer (config file, env, flags, one
-    --set) that picks another method drops the options set below it (its own, if any, are all
-    that remain): a task file's options for sft must not reach `--method kto`, which would
-    reject them or train at sft's rate."""
-    train = layer.get("train")
-    if not isinstance(train, Mapping) or "method" not in train:
-        return
-    below = data.get("train")
-    if isinstance(below, dict) and "options" in below and \
-            train["method"] != below.get("method", TrainConfig.model_fields["method"].default):
-        data["train"] = {k: v for k, v in below.items() if k != "options"}  # not in place
+    """`train.options` are the options of `train.method`, and `backend.options` those of
+    `backend.name`. A layer (config file, env, flags, one --set) that picks another method or
+    backend drops the options set below it (its own, if any, are all that remain): a task file's
+    options for sft must not reach `--method kto`, which would reject them or train at sft's
+    rate, nor its hf options (`dtype`) a `backend: openai`."""
+    for section, key, default in (
+            ("train", "method", TrainConfig.model_fields["method"].default),
+            ("backend", "name", LoopConfig.model_fields["backend"].default_factory().name)):
+        chosen = layer.get(section)
+        if not isinstance(chosen, Mapping) or key not in chosen:
+            continue
+        below = data.get(section)
+        if isinstance(below, dict) and "options" in below and \
+                chosen[key] != below.get(key, default):
+            data[section] = {k: v for k, v in below.items() if k != "options"}  # not in place
 
 
 def task_run_settings(section: dict[str, Any]) -> dict[str, Any]:

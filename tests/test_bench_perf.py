@@ -11,6 +11,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
@@ -84,6 +85,14 @@ def _results():
     }
 
 
+def test_p1_loads_the_weights_as_the_default_job_does(monkeypatch):
+    """`dtype: auto` in the default task: bfloat16 on a CPU with AMX, float32 elsewhere."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert perf.default_dtype() == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert perf.default_dtype() == "float32"
+
+
 def test_p1_measures_the_default_jobs_generate_stage():
     """P1's shape is the task file's, read here from the YAML itself."""
     import yaml
@@ -107,6 +116,7 @@ def test_page_reports_every_goal_with_its_status_and_how_much_a_miss_is():
     assert len(rows) == 1 + 8  # header, P1, P2, P3, P4, P5 answers, P5 round, P5 query, training
     assert "| P1 generate stage / compute limit (fp32) | 0.78 | ≥ 0.7 | met |" in summary
     assert "shape (128 prompts x 2 samples = 256 rows per decoder call" in text
+    assert "weights in float32 (the default job's `dtype: auto` on a CPU without AMX)" in text
     assert "| 7.5% | ≤ 5% | **missed** |" in summary
     assert "| 0.62 | ≤ 0.25 | **missed** |" in summary
     assert "Missed by 2.5 points." in text  # P2's miss, said in its section

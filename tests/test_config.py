@@ -98,6 +98,22 @@ def test_a_task_files_run_settings_sit_below_the_config_file_and_name_the_runs(t
     assert build_config("jsonl", None, environ={}, task_dirs=[]).task.name is None
 
 
+def test_a_backend_option_set_alone_is_the_default_backends(tmp_path):
+    config = build_config("arithmetic", None, sets=["backend.options.dtype=bfloat16"], environ={})
+    assert config.backend.name == "hf" and config.backend.options == {"dtype": "bfloat16"}
+    named = build_config("arithmetic", None, environ={},
+                         sets=["backend.name=openai", "backend.options.base_url=http://x"])
+    assert named.backend.name == "openai"  # a name given is kept
+    # a task file's hf options belong to hf: another backend chosen above drops them
+    task = tmp_path / "t.yaml"
+    task.write_text("source: arithmetic\nrun:\n  backend: {options: {dtype: auto}}\n")
+    assert build_config(str(task), None, environ={}).backend.options == {"dtype": "auto"}
+    other = build_config(str(task), None, environ={}, sets=["backend.name=openai"])
+    assert other.backend.name == "openai" and other.backend.options == {}
+    kept = build_config(str(task), None, environ={}, sets=["backend.name=hf"])
+    assert kept.backend.options == {"dtype": "auto"}
+
+
 def test_train_options_belong_to_the_method_they_were_set_for(tmp_path):
     task = tmp_path / "mytask.yaml"
     task.write_text("source: arithmetic\nrun:\n  train: {options: {max_per_prompt: 1}}\n")

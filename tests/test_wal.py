@@ -175,3 +175,8 @@ def test_the_store_bench_writes_the_way_a_run_does(monkeypatch):
     # every stage's commit poked it (two runs of three stages and an evaluation at least)
     assert built["background"]["checkpoints"] >= 6
     assert built["timer"].seconds["last checkpoint"] >= 0
+    with tempfile.TemporaryDirectory() as folder:  # the baseline: SQLite's own checkpoints
+        inline = bench.build(Path(folder) / "loop.db", attempts=300, rounds=1, seed=0,
+                             inline_checkpoints=True)
+    assert len(seen) == 1 and inline["background"] is None
+    assert inline["counts"] == built["counts"]  # the same rows either way

@@ -20,11 +20,30 @@ import loop
 class HFOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32", description="weights dtype for generation (bf16 changes answers on CPU)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="float32", description=(
+            "weights dtype for generation; auto: bfloat16 where the hardware computes it natively "
+            "(a CUDA GPU that supports it, a CPU with AMX), float32 elsewhere (bf16 changes "
+            "answers slightly; training is unaffected)"))
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda if present")
     batch_size: int | None = Field(default=None, ge=1, description="rows per decode batch "
                                    "(default: the config's generate/evaluate batch_size)")
+
+
+def native_dtype(device: str) -> str:
+    """What `dtype: auto` loads: "bfloat16" on a CUDA GPU that supports it and on a CPU with AMX
+    tiles (Intel Xeon since Sapphire Rapids: bf16 matmuls several times as fast as float32 ones;
+    the default task's generate stage 2.4x, BENCHMARKS.md P1), "float32" elsewhere (a CPU without
+    AMX emulates bf16, slower than float32)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own check (not public)
+    try:
+        return "bfloat16" if amx is not None and amx() else "float32"
+    except RuntimeError:
+        return "float32"
 
 
 class HFBackend(loop.Backend):
@@ -62,13 +81,15 @@ class HFSession(loop.GenerationSession):
             if (Path(path) / "tokenizer_config.json").is_file():  # else weights only: the base's
                 tokenizer_path = path
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, options.dtype))
+        dtype = native_dtype(device) if options.dtype == "auto" else options.dtype
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         if ref.adapter and not full_model:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, ref.adapter).merge_and_unload()
         self.model = model.to(device).eval()
         self.device = device
+        self.dtype = dtype  # what `auto` resolved to
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         if self.tokenizer.eos_token_id is not None:

@@ -88,10 +88,14 @@ def decode_batch(
               **cache_kw, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(batch)
         mask = torch.cat([mask.new_ones((batch, shared)), mask], -1)
-    # logits_to_keep=1: the vocabulary projection only for the last position (the prompt's
-    # other positions need no logits; at 49k words that projection dominates a prefill).
+    # logits_to_keep: the vocabulary projection only for the last position (the prompt's other
+    # positions need no logits; at 49k words that projection dominates a prefill). As an index,
+    # not the int 1: an int slices the hidden states into a strided view, and torch.matmul,
+    # given a strided batch and a weight that needs no gradient (a merged adapter's), copies
+    # the whole vocabulary matrix once per row for bmm in bfloat16 (15 s at 128 rows).
+    last = torch.tensor([width - 1], device=device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kw,
-                use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=last)
     logits = out.logits[:, -1, :].float()
     if n > 1:  # the n samples share this prefill
         cache.batch_repeat_interleave(n)
