@@ -287,7 +287,11 @@ def section_p2(args) -> dict:
     data = json.loads(shown.stdout)
     run = data["time"]
     startup = max(0.0, command_wall - run["wall_seconds"])
-    overhead = run["overhead_seconds"] + startup
+    # Overhead by clocks that cannot step: the command's monotonic time less the work (stage
+    # timings are monotonic too). The run row's created and finished times are wall-clock
+    # readings, which a clock stepped during the run (a virtual machine's resync) skews.
+    overhead = command_wall - run["work_seconds"]
+    clock_step = max(0.0, run["wall_seconds"] - command_wall)
     stages: dict[str, dict] = {}
     for r in data["rounds"]:
         for name, s in r["time"]["stages"].items():
@@ -302,6 +306,7 @@ def section_p2(args) -> dict:
             "startup_s": startup, "outside_rounds_s": run["outside_rounds_seconds"],
             "between_stages_s": between, "work_s": run["work_seconds"],
             "overhead_s": overhead, "ratio": overhead / command_wall, "stages": stages,
+            "clock_step_s": clock_step,
             "pass_at_1": [r["eval"]["pass_at_1"] for r in data["rounds"]]}
 
 

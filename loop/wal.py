@@ -4,8 +4,9 @@ A store is in WAL mode: a commit appends the pages it changed to `loop.db-wal`, 
 later copies them into `loop.db`, fsyncing both files (with `synchronous = normal` these are the
 only waits on the disk a commit has). By default SQLite checkpoints in the committing thread, right
 after any commit that leaves more than 1,000 pages in the log: every large stage's commit waited
-for the copy of its pages and for two fsyncs. In a store of a million attempts that was a tenth
-of the wall time of writing a round's rows (bench/store.py; BENCHMARKS.md, P5).
+for the copy of its pages and for two fsyncs. In a store of a million attempts, moving them to a
+thread wrote a round's rows 1.26x as fast by wall clock (bench/store.py against its
+`--inline-checkpoints` baseline; BENCHMARKS.md, "Store writes, before and after").
 
 `BackgroundCheckpoints(path)` runs the checkpoints on a daemon thread with a connection of its
 own: each `poke()` (`Store.transaction` pokes after each commit) asks for one PASSIVE checkpoint,

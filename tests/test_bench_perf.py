@@ -128,6 +128,10 @@ def test_page_reports_every_goal_with_its_status_and_how_much_a_miss_is():
     assert "well, whenever it ran: 23,551 attempts/s." in text
     # the every-row listing is shown, not held to the query goal
     assert "| 1.0 ms (loop show RUN) | < 100 ms | met |" in summary
+    assert "clock stepped" not in text  # no step in these figures
+    stepped = _results()
+    stepped["p2"]["clock_step_s"] = 6.8
+    assert "span 6.8 s more than the whole command took" in perf_page.page(stepped, vs, perf.GOALS)
     missing = perf_page.page({}, None, perf.GOALS)
     assert "Not measured yet: `python bench/perf.py --sections p1`" in missing
     assert "Not measured yet: `python bench/vs_trl.py`" in missing
