@@ -156,7 +156,7 @@ def section_p1(args) -> dict:
 
     from loop.config import DEFAULT_MODEL
     from loop.schema import ModelRef, Sampling
-    from loop_hf.backend import HFBackend, HFOptions
+    from loop_hf.backend import HFBackend, HFOptions, native_dtype
     from loop_hf.decoding import decode_batch
 
     peaks = {"float32": matmul_peak("float32")}
@@ -224,12 +224,14 @@ def section_p1(args) -> dict:
         {"lever": f"loop decoder, {rows} rows without shared prefill ({rows} prompts x 1)",
          "tok_s": forced([p for p in prompts_stage for _ in range(n)], 1, rows)},
     ]
-    if dtype != "float32":  # the same stage with float32 weights
-        fp32 = HFBackend().open(ModelRef(base=DEFAULT_MODEL),
-                                HFOptions(device="cpu", dtype="float32"))
-        levers.append({"lever": f"loop decoder, {rows} rows, float32 weights instead of {dtype}",
-                       "tok_s": forced(prompts_stage, n, rows, model=fp32.model)})
-        fp32.close()
+    other = "float32" if dtype != "float32" else (
+        "bfloat16" if native_dtype("cpu") == "bfloat16" else None)
+    if other is not None:  # the same stage with the weights in the other dtype `auto` picks from
+        session_other = HFBackend().open(ModelRef(base=DEFAULT_MODEL),
+                                         HFOptions(device="cpu", dtype=other))
+        levers.append({"lever": f"loop decoder, {rows} rows, {other} weights instead of {dtype}",
+                       "tok_s": forced(prompts_stage, n, rows, model=session_other.model)})
+        session_other.close()
     if not args.quick:
         threads = torch.get_num_threads()
         if threads > 1:

@@ -148,9 +148,8 @@ def _p1(s: dict, goals: dict) -> str:
     return "\n".join(lines)
 
 
-DTYPE_NOTE = {"float32": " (the default job's `dtype: auto` on a CPU without AMX)",
-              "bfloat16": " (the default job's `dtype: auto` on a CPU with AMX; the limit above "
-                          "stays the fp32 one)"}
+DTYPE_NOTE = {"float32": " (the default job's)",
+              "bfloat16": " (the limit above stays the fp32 one)"}
 
 P1_WHY = ("The matmuls alone come within reach of the goal (above); the rest of a decode step "
           "is not matmul. A torch.profiler trace of the decoder (32 steps of 128 rows, on the "

@@ -23,8 +23,9 @@ class HFOptions(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="float32", description=(
             "weights dtype for generation; auto: bfloat16 where the hardware computes it natively "
-            "(a CUDA GPU that supports it, a CPU with AMX), float32 elsewhere (bf16 changes "
-            "answers slightly; training is unaffected)"))
+            "(a CUDA GPU that supports it, a CPU with AMX), float32 elsewhere. Training stays "
+            "float32; bf16 sampling kept sft's accuracy on the default task but, through its "
+            "log-probabilities, cut grpo's gain in half (BENCHMARKS.md, bf16 generation)"))
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda if present")
     batch_size: int | None = Field(default=None, ge=1, description="rows per decode batch "
                                    "(default: the config's generate/evaluate batch_size)")
@@ -33,7 +34,7 @@ class HFOptions(BaseModel):
 def native_dtype(device: str) -> str:
     """What `dtype: auto` loads: "bfloat16" on a CUDA GPU that supports it and on a CPU with AMX
     tiles (Intel Xeon since Sapphire Rapids: bf16 matmuls several times as fast as float32 ones;
-    the default task's generate stage 2.4x, BENCHMARKS.md P1), "float32" elsewhere (a CPU without
+    the default task's generate stage 2.2x, BENCHMARKS.md P1), "float32" elsewhere (a CPU without
     AMX emulates bf16, slower than float32)."""
     import torch
 
