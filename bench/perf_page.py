@@ -151,20 +151,20 @@ def _p1(s: dict, goals: dict) -> str:
 DTYPE_NOTE = {"float32": " (the default job's)",
               "bfloat16": " (the limit above stays the fp32 one)"}
 
-P1_WHY = ("The matmuls alone come within reach of the goal (above); the rest of a decode step "
-          "is not matmul. A torch.profiler trace of the decoder (32 steps of 128 rows, on the "
-          "Xeon) put 37 % of the time in matmuls, about 30 % in growing the KV cache by "
-          "concatenation and the copies around it, about 20 % in the passes over the "
-          "49,152-word vocabulary (sampling, log-probabilities) and 4 % in attention. The "
-          "decoder now writes each step into KV room reserved for the whole decode (rows that "
-          "finish still leave it): 1.10x at the default stage's shape, the same tokens, on the "
-          "EPYC (DynamicLayer against the reserved layer, alternating, best of 3). "
-          "`torch.compile` of the model's forward was tried (torch 2.13, CPU inductor): with "
-          "dynamic shapes it fails to compile (inductor raises \"Expected "
-          "!size_bytes_is_heap_allocated_\"), and static shapes would compile again for every "
-          "length of the growing key/value cache. The passes over the vocabulary (sampling, and "
-          "the logsumexp of the log-probabilities: about 0.2 s a step at 256 rows on one busy "
-          "thread) take a few sweeps each in eager PyTorch; fusing them needs a compiler too.")
+P1_WHY = ("In fp32 the matmuls themselves are the limit: a torch.profiler trace of the default "
+          "stage's decoder (16 steps of 256 rows, fp32, on the Xeon, 2026-12-07) puts 73 % of "
+          "the time in matmuls, 10 % in attention and about 8 % in the passes over the "
+          "49,152-word vocabulary (sampling, log-probabilities); the KV cache, once 30 % of a "
+          "step grown by concatenation, is now written into room reserved for the whole decode "
+          "(1.10x). The matmuls alone reach the share above, so fp32 decoding meets the goal "
+          "only if everything else in a step (now about a quarter of it) shrinks to a tenth of "
+          "the step, and attention alone takes that. bf16 weights on a CPU with AMX do "
+          "(the lever above, `backend.options.dtype: auto`) and keep sft's accuracy, but they "
+          "halve grpo's gain through its behaviour log-probabilities (\"bf16 generation\" below), "
+          "so they are not the default. `torch.compile` of the model's forward was tried (torch "
+          "2.13, CPU inductor): with dynamic shapes it fails to compile (inductor raises "
+          "\"Expected !size_bytes_is_heap_allocated_\"), and static shapes would compile again "
+          "for every length of the growing key/value cache.")
 
 
 def _p2(s: dict, goals: dict) -> str:
