@@ -418,9 +418,9 @@ def build(path: Path, attempts: int, rounds: int, seed: int,
     runs = []
     # as `loop run` does: each commit leaves the checkpoint to a thread (loop.wal), whose CPU
     # time counts in the CPU figures (this process's); the last one is timed on its own
-    background = contextlib.nullcontext(None) if inline_checkpoints else \
+    checkpointing = contextlib.nullcontext(None) if inline_checkpoints else \
         store.checkpoints_in_background()
-    with background as checkpoints:
+    with checkpointing as checkpoints:
         for name, shape in (("bench-small", small), ("bench-big", big)):
             train_pool = make_tasks(rng, 3 * shape.prompts, "train", seen)
             eval_tasks = make_tasks(rng, shape.eval_problems, "eval", seen)

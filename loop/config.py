@@ -351,6 +351,9 @@ class TrainConfig(Section):
         "where the update runs: in process, or under `accelerate launch`"))
 
 
+DEFAULT_BACKEND = "hf"
+
+
 class LoopConfig(Section):
     """Everything a run needs; `loop run` validates it before touching the store."""
 
@@ -358,7 +361,7 @@ class LoopConfig(Section):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     rounds: int = Field(default=3, ge=0, le=10_000, description="training rounds after round 0")
     model: str = Field(default=DEFAULT_MODEL, min_length=1, description="alias, local folder or hub id")
-    backend: ComponentRef = Field(default_factory=lambda: ComponentRef(name="hf"))
+    backend: ComponentRef = Field(default_factory=lambda: ComponentRef(name=DEFAULT_BACKEND))
     task: TaskConfig = Field(default_factory=TaskConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -551,7 +554,7 @@ def _drop_options_of_another_method(data: dict[str, Any], layer: Mapping[str, An
     rate, nor its hf options (`dtype`) a `backend: openai`."""
     for section, key, default in (
             ("train", "method", TrainConfig.model_fields["method"].default),
-            ("backend", "name", LoopConfig.model_fields["backend"].default_factory().name)):
+            ("backend", "name", DEFAULT_BACKEND)):
         chosen = layer.get(section)
         if not isinstance(chosen, Mapping) or key not in chosen:
             continue

@@ -54,7 +54,7 @@ def test_commits_leave_the_checkpoint_to_the_thread_which_copies_every_page(tmp_
     assert _autocheckpoint(store) == DEFAULT_AUTOCHECKPOINT
     # what the thread copied is in the database file itself: read it without the log
     store.db.conn.close()
-    os.remove(tmp_path / "loop.db-wal") if (tmp_path / "loop.db-wal").exists() else None
+    (tmp_path / "loop.db-wal").unlink(missing_ok=True)
     conn = sqlite3.connect(tmp_path / "loop.db")
     assert conn.execute("select count(*), max(k) from filler").fetchone() == (5010, 5009)
     conn.close()
