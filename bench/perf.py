@@ -271,6 +271,20 @@ def section_p1(args) -> dict:
 
 # ----- P2: loop's overhead ----------------------------------------------------------------------
 
+def p2_split(command_wall: float, run: dict) -> tuple[float, float, float]:
+    """(start-up and exit, overhead, clock step) in seconds of a `loop run` that took
+    `command_wall` by the monotonic clock, from its `loop show --json` time totals `run`.
+
+    Overhead is counted by clocks that cannot step: the command's monotonic time less the work
+    (stage timings are monotonic too). The run row's created and finished times are wall-clock
+    readings, which a clock stepped during the run (a virtual machine's resync) skews: the step
+    is what they hold beyond the whole command."""
+    startup = max(0.0, command_wall - run["wall_seconds"])
+    overhead = command_wall - run["work_seconds"]
+    clock_step = max(0.0, run["wall_seconds"] - command_wall)
+    return startup, overhead, clock_step
+
+
 def section_p2(args) -> dict:
     import shutil
 
@@ -288,12 +302,7 @@ def section_p2(args) -> dict:
                            capture_output=True, text=True)
     data = json.loads(shown.stdout)
     run = data["time"]
-    startup = max(0.0, command_wall - run["wall_seconds"])
-    # Overhead by clocks that cannot step: the command's monotonic time less the work (stage
-    # timings are monotonic too). The run row's created and finished times are wall-clock
-    # readings, which a clock stepped during the run (a virtual machine's resync) skews.
-    overhead = command_wall - run["work_seconds"]
-    clock_step = max(0.0, run["wall_seconds"] - command_wall)
+    startup, overhead, clock_step = p2_split(command_wall, run)
     stages: dict[str, dict] = {}
     for r in data["rounds"]:
         for name, s in r["time"]["stages"].items():

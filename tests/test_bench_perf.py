@@ -92,6 +92,16 @@ def test_p1_loads_the_weights_as_the_default_job_does(monkeypatch):
     assert perf.default_dtype() == "float32"
 
 
+def test_p2_counts_overhead_by_the_monotonic_clock_whatever_the_run_rows_clock_did():
+    # the run row's wall clock stepped 6.8 s forward: its span exceeds the whole command
+    stepped = {"wall_seconds": 256.8, "work_seconds": 232.8}
+    startup, overhead, step = perf.p2_split(250.0, stepped)
+    assert (startup, round(overhead, 6), round(step, 6)) == (0.0, 17.2, 6.8)
+    steady = {"wall_seconds": 248.0, "work_seconds": 232.8}
+    startup, overhead, step = perf.p2_split(250.0, steady)
+    assert (startup, round(overhead, 6), step) == (2.0, 17.2, 0.0)
+
+
 def test_p1_measures_the_default_jobs_generate_stage():
     """P1's shape is the task file's, read here from the YAML itself."""
     import yaml
