@@ -371,10 +371,28 @@ def _start_held_run(tmp_path: Path, name: str) -> Child:
     return child
 
 
+def _settled_store_bytes(db: Path, timeout: float = 30.0) -> str:
+    """A hash of the database file and its write-ahead log once neither has changed for half a
+    second: the held run's checkpoint thread may still be copying its last commit's pages into
+    the database file when the run reaches its hold."""
+    def digest() -> str:
+        wal = db.with_name(db.name + "-wal")
+        return hashlib.sha256(db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")).hexdigest()
+    deadline = time.monotonic() + timeout
+    last = digest()
+    while True:
+        time.sleep(0.5)
+        now = digest()
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "the held run's store never settled"
+        last = now
+
+
 def test_second_process_on_a_live_run_fails_fast_naming_the_pid(tmp_path):
     proc = _start_held_run(tmp_path, "live")
     try:
-        before = hashlib.sha256((tmp_path / "loop.db").read_bytes()).hexdigest()
+        before = _settled_store_bytes(tmp_path / "loop.db")
         started = time.perf_counter()
         second = resume(tmp_path, "live")
         elapsed = time.perf_counter() - started
@@ -382,7 +400,7 @@ def test_second_process_on_a_live_run_fails_fast_naming_the_pid(tmp_path):
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and f"run live is locked by pid {proc.pid}" in lines[0]
         assert elapsed < 10  # the lock is checked before plugins load or anything is written
-        assert hashlib.sha256((tmp_path / "loop.db").read_bytes()).hexdigest() == before
+        assert _settled_store_bytes(tmp_path / "loop.db") == before
     finally:
         proc.kill()
     # Once it is dead (kill -9 leaves the run "running"), resume takes over and finishes it.
