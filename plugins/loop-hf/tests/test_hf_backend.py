@@ -157,11 +157,21 @@ def test_adapter_is_applied(weak_adder_dir, tmp_path):
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     peft.save_pretrained(tmp_path / "adapter")
+    expected = {k: v.clone() for k, v in peft.merge_and_unload().state_dict().items()}
+    checkpoint = weak_adder_dir / "model.safetensors"
+    on_disk = checkpoint.read_bytes()
     sampling = Sampling(n=1, temperature=0, max_new_tokens=6)
     base = HFBackend().open(ModelRef(base=str(weak_adder_dir)))
     tuned = HFBackend().open(ModelRef(base=str(weak_adder_dir), adapter=str(tmp_path / "adapter")))
     assert [g[0].token_ids for g in base.generate(PROMPTS, sampling)] != [
         g[0].token_ids for g in tuned.generate(PROMPTS, sampling)]
+    # the session merged into its own copy of the weights: the merge is exact, the base session
+    # and the checkpoint file keep the base weights
+    merged = tuned.model.state_dict()
+    assert all(torch.allclose(merged[k], v, atol=1e-6) for k, v in expected.items())
+    untouched = AutoModelForCausalLM.from_pretrained(weak_adder_dir).state_dict()
+    assert all(torch.equal(base.model.state_dict()[k], v) for k, v in untouched.items())
+    assert checkpoint.read_bytes() == on_disk
 
 
 def test_a_full_model_without_tokenizer_files_uses_the_bases(weak_adder_dir, tmp_path):
