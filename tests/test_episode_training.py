@@ -318,12 +318,31 @@ def test_grpo_rollouts_are_the_stored_episodes_with_env_mask(tmp_path, chat_mode
 
     samples = _samples(chat_model)
     batches = first_batch(GRPOTrainer)
-    result = GRPOUpdater().update(_context(tmp_path, chat_model, GRPOUpdater(), GRPOOptions(),
-                                           samples))
+    options = GRPOOptions(behaviour_logprobs=True)
+    result = GRPOUpdater().update(_context(tmp_path, chat_model, GRPOUpdater(), options, samples))
     assert result.metrics["groups"] == 2 and result.metrics["behaviour_logprobs"] is True
     batch = batches[0]
     assert "tool_mask" in batch and "old_per_token_logps" in batch
     assert _check_rollouts(batch, samples) == 8
+
+
+@pytest.mark.parametrize("options", [GRPOOptions(), None], ids=["default-options", "no-options"])
+def test_grpo_by_default_takes_trls_old_policy_not_the_stored_logprobs(tmp_path, chat_model,
+                                                                       first_batch, options):
+    """Stored log-probs far from the model's (-5 per token) never reach the default loss: its
+    ratio is against the policy at the step (TRL's own), not the sampling policy."""
+    from trl import GRPOTrainer
+
+    samples = _samples(chat_model)
+    for sample in samples:
+        sample.attempt.logprobs = [-5.0] * len(sample.attempt.logprobs)
+    batches = first_batch(GRPOTrainer)
+    result = GRPOUpdater().update(_context(tmp_path, chat_model, GRPOUpdater(), options, samples))
+    assert result.metrics["behaviour_logprobs"] is False
+    batch = batches[0]
+    assert batch.get("old_per_token_logps") is None or not (
+        batch["old_per_token_logps"] == -5.0).any()
+    assert batch["completion_ids"].shape[0] == 8
 
 
 @pytest.mark.parametrize("updater,options", [(NFTUpdater(), NFTOptions()),

@@ -6,11 +6,16 @@ answers each request with a group's stored token ids and sampling log-probabilit
 stored rewards reach TRL through reward functions that only read them back. Advantages,
 clipping and loss aggregation are TRL's own.
 
-One addition (`StoredGroupTrainer`): TRL uses the log-probabilities a rollout returns only on its
-vLLM path. Ours are the behaviour policy's (the round's starting model), so they become the
-`old_per_token_logps` of the PPO ratio: a step that trains on a group sampled before earlier
-steps' updates gets the true importance ratio π_θ/π_sample, clipped, not a ratio of 1. They are
-raw (temperature 1) log-probabilities, so the trainer scores with temperature 1 too.
+The PPO ratio's old policy is TRL's own by default: the policy at the step that trains the batch
+(a ratio of 1 on the batch's first pass, TRL's old log-probs on later passes). One addition
+(`StoredGroupTrainer`), the option `behaviour_logprobs`: TRL uses the log-probabilities a
+rollout returns only on its vLLM path; with the option they become the `old_per_token_logps`,
+so every step of a round takes its ratio π_θ/π_sample, clipped, against the policy that sampled
+the round (the round's starting model): PPO's trust region around one rollout. On the default
+task that region clips away the later steps of a round once the policy has moved, and grpo
+learned about half as much with it (BENCHMARKS.md, "grpo's old policy"), so it is off by
+default. The stored log-probs are raw (temperature 1) ones, so the trainer scores with
+temperature 1 too.
 
 Groups are each prompt's n first-try attempts. A group whose rewards are all equal carries no
 signal and is skipped and counted, as is a group with an unscored attempt (checker failure).
@@ -172,8 +177,10 @@ class GRPOOptions(BaseModel):
         default="group", description="divide advantages by the group's reward std (TRL default)")
     epsilon: float = Field(default=0.2, gt=0, description="PPO clip range")
     beta: float = Field(default=0.0, ge=0, description="KL penalty to the round's starting model")
-    behaviour_logprobs: bool = Field(
-        default=True, description="use the stored sampling log-probs as the PPO ratio's π_old")
+    behaviour_logprobs: bool = Field(default=False, description=(
+        "use the stored sampling log-probs as the PPO ratio's π_old, a trust region around the "
+        "round's sampling policy for all of its steps; false: TRL's own π_old, the policy at "
+        "each step (faster learning on the default task)"))
     learning_rate: float | None = Field(default=None, gt=0, le=1, description=(
         f"None: {GRPO_LEARNING_RATE:g}, or train.learning_rate when the run sets one"))
 
@@ -279,8 +286,11 @@ class GroupUpdater(loop.Updater):
                                                 else s.attempt.completion_tokens)
                      for g in groups.groups for s in g.samples)
         options = context.options
+        if options is None and getattr(self, "Options", None) is not None:
+            options = self.Options()
         trainer_cls = self.trainer_cls(options)
-        behaviour = getattr(options, "behaviour_logprobs", True)
+        # only grpo and nft have the option; redi's loss reads no old log-probs
+        behaviour = bool(getattr(options, "behaviour_logprobs", False))
         settings = {
             "num_generations": n,
             "per_device_train_batch_size": per_step * n,
