@@ -148,8 +148,9 @@ def _p1(s: dict, goals: dict) -> str:
     return "\n".join(lines)
 
 
-DTYPE_NOTE = {"float32": " (the default job's)",
-              "bfloat16": " (the limit above stays the fp32 one)"}
+DTYPE_NOTE = {"float32": " (the default job's `dtype: auto` on a CPU without AMX)",
+              "bfloat16": " (the default job's `dtype: auto` on a CPU with AMX; the limit above "
+                          "stays the fp32 one)"}
 
 P1_WHY = ("In fp32 the matmuls themselves are the limit: a torch.profiler trace of the default "
           "stage's decoder (16 steps of 256 rows, fp32, on the Xeon, 2026-12-07) puts 73 % of "
@@ -158,10 +159,9 @@ P1_WHY = ("In fp32 the matmuls themselves are the limit: a torch.profiler trace 
           "step grown by concatenation, is now written into room reserved for the whole decode "
           "(1.10x). The matmuls alone reach the share above, so fp32 decoding meets the goal "
           "only if everything else in a step (now about a quarter of it) shrinks to a tenth of "
-          "the step, and attention alone takes that. bf16 weights on a CPU with AMX do "
-          "(the lever above, `backend.options.dtype: auto`) and keep sft's accuracy, but they "
-          "halve grpo's gain through its behaviour log-probabilities (\"bf16 generation\" below), "
-          "so they are not the default. `torch.compile` of the model's forward was tried (torch "
+          "the step, and attention alone takes that. bf16 weights do, on a CPU with AMX (the "
+          "default job's `dtype: auto` picks them there; \"bf16 generation\" below). "
+          "`torch.compile` of the model's forward was tried (torch "
           "2.13, CPU inductor): with dynamic shapes it fails to compile (inductor raises "
           "\"Expected !size_bytes_is_heap_allocated_\"), and static shapes would compile again "
           "for every length of the growing key/value cache.")

@@ -86,9 +86,10 @@ def _results():
 
 
 def test_p1_loads_the_weights_as_the_default_job_does(monkeypatch):
-    """The default task keeps float32 weights, on a CPU with AMX too (bf16 sampling is a lever
-    P1 measures beside it, not the default: it cripples grpo's behaviour log-probs)."""
+    """`dtype: auto` in the default task: bfloat16 on a CPU with AMX, float32 elsewhere."""
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert perf.default_dtype() == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert perf.default_dtype() == "float32"
 
 
@@ -125,7 +126,7 @@ def test_page_reports_every_goal_with_its_status_and_how_much_a_miss_is():
     assert len(rows) == 1 + 8  # header, P1, P2, P3, P4, P5 answers, P5 round, P5 query, training
     assert "| P1 generate stage / compute limit (fp32) | 0.78 | ≥ 0.7 | met |" in summary
     assert "shape (128 prompts x 2 samples = 256 rows per decoder call" in text
-    assert "weights in float32 (the default job's)" in text
+    assert "weights in float32 (the default job's `dtype: auto` on a CPU without AMX)" in text
     assert "| 7.5% | ≤ 5% | **missed** |" in summary
     assert "| 0.62 | ≤ 0.25 | **missed** |" in summary
     assert "Missed by 2.5 points." in text  # P2's miss, said in its section

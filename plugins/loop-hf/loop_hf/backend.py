@@ -23,9 +23,9 @@ class HFOptions(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="float32", description=(
             "weights dtype for generation; auto: bfloat16 where the hardware computes it natively "
-            "(a CUDA GPU that supports it, a CPU with AMX), float32 elsewhere. Training stays "
-            "float32; bf16 sampling kept sft's accuracy on the default task but, through its "
-            "log-probabilities, cut grpo's gain in half (BENCHMARKS.md, bf16 generation)"))
+            "(a CUDA GPU that supports it, a CPU with AMX), float32 elsewhere (the default "
+            "task sets auto). Training stays float32; stored log-probabilities are those of the "
+            "weights sampled from (BENCHMARKS.md, bf16 generation)"))
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda if present")
     batch_size: int | None = Field(default=None, ge=1, description="rows per decode batch "
                                    "(default: the config's generate/evaluate batch_size)")
