@@ -137,8 +137,8 @@ def _p1(s: dict, goals: dict) -> str:
               f"({real['loop_tok_s'] / real['plain16_tok_s']:.2f}x): finished rows leave loop's "
               "batch, while a static batch decodes until its longest answer ends.", ""]
     if "matmuls_only_tok_s" in s:
-        lines += [f"The same {stage['rows']} rows through nothing but the model's matmuls (every linear layer "
-                  f"and the vocabulary projection, timed alone): {s['matmuls_only_tok_s']:,.0f} "
+        lines += [f"The same {stage['rows']} rows through nothing but the model's matmuls in float32 (every "
+                  f"linear layer and the vocabulary projection, timed alone): {s['matmuls_only_tok_s']:,.0f} "
                   f"tokens/s = {s['matmuls_only_ratio']:.2f} of the limit. That is the ceiling "
                   "of fp32 decoding at this batch on this machine: matrices "
                   f"{stage['rows']} rows thin run "

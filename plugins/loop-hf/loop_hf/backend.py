@@ -47,6 +47,20 @@ def native_dtype(device: str) -> str:
         return "float32"
 
 
+def _mapped(path: str, dtype: str) -> bool:
+    """Whether transformers hands out views of the checkpoint's memory map: its safetensors hold
+    `dtype` already (a conversion to another dtype copies into process memory anyway)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return False
+    with safe_open(str(files[0]), framework="pt") as f:
+        names = list(f.keys())
+        stored = f.get_slice(names[0]).get_dtype() if names else ""
+    return {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(stored) == dtype
+
+
 def _own_weights(model: Any) -> None:
     """Copy weights that still live in the checkpoint file's memory map into process memory.
 
@@ -102,7 +116,7 @@ class HFSession(loop.GenerationSession):
         if ref.adapter and not full_model:
             from peft import PeftModel
 
-            if device == "cpu":
+            if device == "cpu" and _mapped(path, dtype):
                 _own_weights(model)
             model = PeftModel.from_pretrained(model, ref.adapter).merge_and_unload()
         self.model = model.to(device).eval()

@@ -305,3 +305,19 @@ def test_dtype_auto_is_bf16_only_where_the_hardware_computes_it(session, weak_ad
     finally:
         auto.close()
     assert session.dtype == "float32"  # the default stays float32
+
+
+def test_only_weights_still_in_the_checkpoints_memory_map_are_copied_before_a_merge(
+        weak_adder_dir, tmp_path):
+    """A checkpoint stored in the dtype loaded is handed out as memory-map views (copied before
+    merging an adapter); one stored in another dtype is converted into process memory anyway."""
+    from transformers import AutoModelForCausalLM
+
+    from loop_hf.backend import _mapped
+
+    AutoModelForCausalLM.from_pretrained(weak_adder_dir, dtype=torch.bfloat16).save_pretrained(
+        tmp_path / "bf16")
+    assert _mapped(str(weak_adder_dir), "float32") and not _mapped(str(weak_adder_dir), "bfloat16")
+    assert _mapped(str(tmp_path / "bf16"), "bfloat16") and not _mapped(str(tmp_path / "bf16"),
+                                                                       "float32")
+    assert not _mapped(str(tmp_path), "float32")  # no safetensors: nothing mapped
