@@ -321,3 +321,28 @@ def test_only_weights_still_in_the_checkpoints_memory_map_are_copied_before_a_me
     assert _mapped(str(tmp_path / "bf16"), "bfloat16") and not _mapped(str(tmp_path / "bf16"),
                                                                        "float32")
     assert not _mapped(str(tmp_path), "float32")  # no safetensors: nothing mapped
+
+
+def test_a_mapped_checkpoint_is_copied_before_the_adapter_merge(weak_adder_dir, tmp_path,
+                                                                 monkeypatch):
+    """Float32 weights from a float32 checkpoint (memory-map views) are copied before merging;
+    bfloat16 ones (converted on load) are not copied again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import loop_hf.backend as backend
+
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(weak_adder_dir),
+                          LoraConfig(r=4, target_modules="all-linear"))
+    peft.save_pretrained(tmp_path / "adapter")
+    copied = []
+    original = backend._own_weights
+    monkeypatch.setattr(backend, "_own_weights",
+                        lambda model: copied.append(model) or original(model))
+    ref = ModelRef(base=str(weak_adder_dir), adapter=str(tmp_path / "adapter"))
+    HFBackend().open(ref, HFOptions(device="cpu", dtype="float32")).close()
+    assert len(copied) == 1
+    HFBackend().open(ref, HFOptions(device="cpu", dtype="bfloat16")).close()
+    assert len(copied) == 1
+    HFBackend().open(ModelRef(base=str(weak_adder_dir)), HFOptions(device="cpu")).close()
+    assert len(copied) == 1  # no adapter, no merge: the mapped weights stay mapped
